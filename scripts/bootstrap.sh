@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create .venv with a Python >= 3.12 found on this machine and install the project into it.
+# Sourced by scripts/test and scripts/demo; idempotent (re-installs only when pyproject.toml changed).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+find_python() {
+    local candidates=(python3.13 python3.12 python3)
+    local c
+    for c in "${candidates[@]}"; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    # pyenv installs that the shims refuse without PYENV_VERSION
+    for c in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3 \
+             /usr/local/bin/python3.13 /usr/local/bin/python3.12 /usr/bin/python3.13 /usr/bin/python3.12; do
+        if [ -x "$c" ] && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            echo "$c"; return 0
+        fi
+    done
+    return 1
+}
+
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+    PY="$(find_python)" || { echo "error: django-tasks-shared needs Python >= 3.12 (Django 6); none found on PATH or under ~/.pyenv" >&2; exit 1; }
+    echo "bootstrap: creating .venv with $PY ($("$PY" --version))" >&2
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+fi
+
+STAMP="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+    echo "bootstrap: installing django-tasks-shared[test,bench] into .venv" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,bench]" >&2
+    rm -f "$VENV"/.installed-*
+    touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

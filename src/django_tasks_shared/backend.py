@@ -1,0 +1,172 @@
+"""The Django task backends: every operation is one round trip to the shared server.
+
+    Task.enqueue -> validate -> JSON check -> record -> client.call("enqueue") -> TaskResult
+    get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
+    wait()       -> client.call("wait") -> blocks in the server until finished or timeout
+
+Django builds a backend instance per thread, so __init__ only reads a cached Config and the
+module-level StoreClient of its alias (one connection per process and thread, fork-aware).
+"""
+
+import json
+import time
+
+from django.conf import settings
+from django.core import checks
+from django.tasks import TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils.crypto import get_random_string
+from django.utils.json import normalize_json
+
+from . import launcher
+from .client import StoreClient
+from .config import ConfigError, build_config
+from .exceptions import ServerAuthenticationError, ServerUnavailable
+from .records import to_task_result, to_timestamp
+from .store import new_record
+
+_configs = {}   # (alias, kind, options repr, queues, secret) -> Config
+_clients = {}   # (alias, address) -> StoreClient
+WAIT_SLICE = 2.0  # a server-side wait stays well inside the socket timeout
+
+
+def get_config(alias, params, kind):
+    queues = tuple(sorted(params.get("QUEUES") or ["default"]))
+    options = params.get("OPTIONS") or {}
+    key = (alias, kind, repr(sorted(options.items(), key=lambda kv: str(kv[0]))), queues,
+           settings.SECRET_KEY, settings.SETTINGS_MODULE)
+    config = _configs.get(key)
+    if config is None:
+        try:
+            config = build_config(alias, options, kind=kind, queues=queues,
+                                  secret_key=settings.SECRET_KEY,
+                                  settings_module=settings.SETTINGS_MODULE)
+        except ConfigError as exc:
+            raise InvalidTaskBackend(f"TASKS[{alias!r}]: {exc}") from None
+        _configs[key] = config
+    return config
+
+
+def get_client(config):
+    client = _clients.get((config.alias, config.address))
+    if client is None:
+        client = _clients[(config.alias, config.address)] = StoreClient(
+            config.address, config.authkey, timeout=config.connect_timeout)
+    return client
+
+
+class SharedBackend(BaseTaskBackend):
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+    kind = "process"
+
+    def __init__(self, alias, params):
+        super().__init__(alias, params)
+        self.config = get_config(alias, params, self.kind)
+        self.client = get_client(self.config)
+
+    def call(self, method, *args):
+        """One round trip; in embedded/AUTOSTART mode a missing server is started first."""
+        try:
+            return self.client.call(method, *args)
+        except ServerAuthenticationError:
+            raise
+        except ServerUnavailable:
+            if not self.config.can_start:
+                raise
+        launcher.ensure_server(self.config)
+        return self.client.call(method, *args)
+
+    def enqueue(self, task, args, kwargs):
+        self.validate_task(task)
+        args, kwargs = _json_arguments(task, args, kwargs)
+        record = new_record(
+            id=get_random_string(32), task=task.module_path, args=args, kwargs=kwargs,
+            priority=task.priority, queue=task.queue_name, run_after=to_timestamp(task.run_after),
+            takes_context=task.takes_context, backend=self.alias)
+        record["enqueued_at"] = self.call("enqueue", record)
+        result = to_task_result(record, task)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id):
+        record = self.call("get", result_id)
+        if record is None:
+            raise TaskResultDoesNotExist(result_id)
+        return to_task_result(record)
+
+    def wait(self, result_id, timeout):
+        """The record once finished (or as it stands when `timeout` runs out)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            record = self.call("wait", result_id, max(0.0, min(remaining, WAIT_SLICE)))
+            if record is None:
+                raise TaskResultDoesNotExist(result_id)
+            if record["status"] in ("SUCCESSFUL", "FAILED") or remaining <= WAIT_SLICE:
+                return record
+
+    def health(self):
+        """The server's health snapshot; never starts a server."""
+        return self.client.call("health")
+
+    def check(self, **kwargs):
+        messages = []
+        address = self.config.address
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost", "::1"):
+            messages.append(checks.Warning(
+                f"TASKS[{self.alias!r}] ADDRESS {self.config.address_text} is not loopback: "
+                "anyone who can reach it and knows the authkey can run code in the server.",
+                hint="Prefer a unix socket path, or bind to 127.0.0.1 behind a firewall.",
+                id="django_tasks_shared.W001"))
+        return messages
+
+
+def _json_arguments(task, args, kwargs):
+    """Arguments exactly as a worker will see them, or a TypeError naming the culprit."""
+    try:
+        args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+        json.dumps([args, kwargs])
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"arguments of task {task.module_path!r} must be JSON-serializable ({exc}); nothing "
+            f"was enqueued. Pass plain data (ids, strings, numbers, lists, dicts), not model "
+            f"instances or objects.") from None
+    return args, kwargs
+
+
+class ProcessPoolBackend(SharedBackend):
+    """WORKERS processes (default: CPU count), each running THREADS threads (default 1)."""
+
+    kind = "process"
+
+
+class ThreadPoolBackend(SharedBackend):
+    """One worker process running THREADS threads (default min(32, CPUs + 4)): I/O-bound tasks."""
+
+    kind = "thread"
+
+
+def wait(result, timeout=30.0):
+    """Block until `result` (a TaskResult) is finished, served by the server without polling.
+
+    Refreshes `result` in place and returns it; raises TimeoutError if it is still unfinished.
+    """
+    from django.tasks import task_backends
+
+    backend = task_backends[result.backend]
+    record = backend.wait(result.id, timeout)
+    fresh = to_task_result(record, result.task)
+    for attr in ("status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
+                 "errors", "worker_ids", "_return_value"):
+        object.__setattr__(result, attr, getattr(fresh, attr))
+    if result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+        raise TimeoutError(f"task result {result.id} is still {result.status} after {timeout} s")
+    return result
+
+
+__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "wait"]

@@ -1,0 +1,31 @@
+"""Exceptions raised by django-tasks-shared.
+
+`ServerUnavailable` and `QueueFull` reach callers of the backend. `WorkerLost` and
+`TimeLimitExceeded` are never raised in user code: the supervisor records their class paths in
+`TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class` resolves
+to them. This module imports nothing from Django so that the server process stays light.
+"""
+
+
+class SharedTasksError(Exception):
+    """Base class of this package's exceptions."""
+
+
+class ServerUnavailable(SharedTasksError):
+    """The task server cannot be reached (not running, unreachable, or stalled)."""
+
+
+class ServerAuthenticationError(ServerUnavailable):
+    """The server answered but rejected our authkey (or we rejected its)."""
+
+
+class QueueFull(SharedTasksError):
+    """The server holds MAX_QUEUE pending tasks already; nothing was stored."""
+
+
+class WorkerLost(SharedTasksError):
+    """The worker process running the task died (signal, os._exit, OOM killer, drain timeout)."""
+
+
+class TimeLimitExceeded(SharedTasksError):
+    """The task ran longer than the backend's TIME_LIMIT and its worker was killed."""

@@ -1,0 +1,55 @@
+"""`manage.py tasks_server`: run the task server and its workers in the foreground."""
+
+import dataclasses
+import logging
+
+from django.core.management.base import BaseCommand, CommandError
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+
+from django_tasks_shared.backend import SharedBackend
+from django_tasks_shared.server import AlreadyRunning, serve
+
+
+class Command(BaseCommand):
+    help = ("Run the django-tasks-shared server and its worker processes in the foreground "
+            "(systemd, Docker). SIGTERM or Ctrl-C drains: no new tasks, running ones get "
+            "--grace seconds, then the rest end FAILED (WorkerLost).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
+                            help="TASKS alias to serve (default: %(default)s)")
+        parser.add_argument("--workers", type=int, help="override OPTIONS['WORKERS']")
+        parser.add_argument("--threads", type=int, help="override OPTIONS['THREADS']")
+        parser.add_argument("--grace", type=float, default=30.0,
+                            help="seconds running tasks may finish after SIGTERM (default 30)")
+
+    def handle(self, *args, backend, workers, threads, grace, **options):
+        try:
+            instance = task_backends[backend]
+        except Exception as exc:
+            raise CommandError(f"no usable task backend {backend!r}: {exc}")
+        if not isinstance(instance, SharedBackend):
+            raise CommandError(f"TASKS[{backend!r}] is {type(instance).__name__}, not a "
+                               "django-tasks-shared backend.")
+        config = instance.config
+        changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v}
+        if changes:
+            config = dataclasses.replace(config, **changes)
+        if config.embedded:
+            self.stderr.write(self.style.WARNING(
+                "no OPTIONS['ADDRESS'] is set: serving the embedded address "
+                f"{config.address_text}; set ADDRESS so that every process finds this server."))
+        logger = logging.getLogger("django_tasks_shared")
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler(self.stderr._out)
+            handler.setFormatter(logging.Formatter("[tasks-server %(process)d] %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        self.stdout.write(f"django-tasks-shared server for {backend!r} on {config.address_text}: "
+                          f"{config.workers} worker(s) x {config.threads} thread(s)")
+        self.stdout.flush()
+        try:
+            serve(config, grace=grace)
+        except AlreadyRunning as exc:
+            raise CommandError(f"a task server is already running at {config.address_text} "
+                               f"({exc}); stop it first, or use tasks_health to inspect it.")

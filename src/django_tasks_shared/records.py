@@ -1,0 +1,66 @@
+"""Conversions between the server's plain record dicts and Django's `TaskResult`.
+
+Runs in client and worker processes (never in the server). Task objects are resolved by module
+path once per process and cached, so a `get_result` costs one round trip plus a dataclass.
+"""
+
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.tasks.base import TaskError, TaskResult, TaskResultStatus
+from django.utils.module_loading import import_string
+
+_tasks = {}  # (path, priority, queue, run_after, backend) -> Task
+_STATUS = {s.value: s for s in TaskResultStatus}
+
+
+def to_timestamp(value):
+    return None if value is None else value.timestamp()
+
+
+def to_datetime(ts):
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC) if settings.USE_TZ else datetime.fromtimestamp(ts)
+
+
+def resolve_task(record):
+    key = (record["task"], record["priority"], record["queue"], record["run_after"],
+           record["backend"])
+    task = _tasks.get(key)
+    if task is None:
+        try:
+            base = import_string(record["task"])
+        except ImportError as exc:
+            raise ImportError(
+                f"task {record['task']!r} (result {record['id']}) cannot be imported in this "
+                f"process: {exc}. Every process that enqueues, runs or reads results must be "
+                f"able to import the task's module.") from exc
+        if not hasattr(base, "using"):
+            raise ImportError(f"{record['task']!r} is not a Task: decorate it with "
+                              "@django.tasks.task.")
+        task = base.using(priority=record["priority"], queue_name=record["queue"],
+                          run_after=to_datetime(record["run_after"]), backend=record["backend"])
+        if len(_tasks) > 4096:
+            _tasks.clear()
+        _tasks[key] = task
+    return task
+
+
+def to_task_result(record, task=None):
+    result = TaskResult(
+        task=task or resolve_task(record),
+        id=record["id"],
+        status=_STATUS[record["status"]],
+        enqueued_at=to_datetime(record["enqueued_at"]),
+        started_at=to_datetime(record["started_at"]),
+        finished_at=to_datetime(record["finished_at"]),
+        last_attempted_at=to_datetime(record["last_attempted_at"]),
+        args=record["args"],
+        kwargs=record["kwargs"],
+        backend=record["backend"],
+        errors=[TaskError(**error) for error in record["errors"]],
+        worker_ids=list(record["worker_ids"]),
+    )
+    object.__setattr__(result, "_return_value", record["return_value"])
+    return result

@@ -1,0 +1,164 @@
+"""The server process: one TaskStore served over a `multiprocessing.managers` BaseManager.
+
+    clients (web, shells, workers) ──unix socket / TCP──> accepter thread
+                                                          └─ one thread per connection
+                                                             └─ TaskStore method (pinned "store")
+    Supervisor thread ── psutil ──> worker processes (see supervisor.py)
+
+Started three ways, all through `serve()`:
+- `manage.py tasks_server` (foreground, systemd, Docker);
+- embedded: `python -m django_tasks_shared.server` launched by the first process that uses a
+  backend with no ADDRESS; it exits when that owner dies;
+- AUTOSTART: the same, detached, for a configured ADDRESS.
+The spec (Config.to_spec() plus launch fields) arrives as JSON on stdin, so the authkey is never
+on a command line or in the environment.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+from multiprocessing import managers, process
+
+from . import __version__
+from .client import STORE_IDENT
+from .config import Config
+from .store import TaskStore
+from .supervisor import Supervisor
+
+logger = logging.getLogger("django_tasks_shared.server")
+
+# The TaskStore methods clients may call; supervisor methods stay private to this process.
+EXPOSED = ("enqueue", "get", "get_many", "wait", "finish_and_claim", "worker_failed", "ping",
+           "health")
+
+_store = None
+
+
+def _the_store():
+    return _store
+
+
+class StoreManager(managers.BaseManager):
+    """`StoreManager(address, authkey).connect(); m.store()` also works, with stock proxies."""
+
+
+StoreManager.register("store", callable=_the_store, exposed=EXPOSED)
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def lock_path(address):
+    if isinstance(address, str):
+        return address + ".lock"
+    from .config import runtime_dir
+
+    return os.path.join(runtime_dir(), "tcp-%s-%d.lock" % tuple(address))
+
+
+def _take_lifetime_lock(address):
+    """Held while the server lives: whoever gets it knows any socket file there is stale."""
+    fd = os.open(lock_path(address), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(f"another task server holds {lock_path(address)}") from None
+    return fd
+
+
+def _raise_fd_limit():
+    # The accepter spins at 100 % CPU when accept() fails for want of file descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=True):
+    """Serve until SIGTERM/SIGINT (or the owner's death); drain, stop workers, clean up."""
+    global _store
+    address = config.address
+    if isinstance(address, str):
+        directory = os.path.dirname(address)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    lock_fd = _take_lifetime_lock(address)
+    try:
+        if isinstance(address, str) and os.path.exists(address):
+            os.unlink(address)  # stale: its server is gone, or we would not hold the lock
+        _raise_fd_limit()
+        _store = store = TaskStore(
+            max_results=config.max_results, result_ttl=config.result_ttl,
+            max_queue=config.max_queue, max_tasks_per_worker=config.max_tasks_per_worker)
+        store.meta.update(
+            address=config.address_text, version=__version__, alias=config.alias,
+            kind=config.kind, python=sys.version.split()[0], embedded=config.embedded,
+            workers_expected=config.workers, threads=config.threads,
+            time_limit=config.time_limit, max_worker_memory=config.max_worker_memory,
+            queues=list(config.queues))
+        old_umask = os.umask(0o077)  # socket file 0600 whatever the caller's umask
+        try:
+            server = StoreManager(address=address, authkey=config.authkey).get_server()
+        finally:
+            os.umask(old_umask)
+        # Pin the store under a fixed id: thin clients call it without creating proxies.
+        server.id_to_obj[STORE_IDENT] = (store, frozenset(EXPOSED), None)
+        server.id_to_refcount[STORE_IDENT] = 1
+        # 3.12 listens with a backlog of 16; a restart of every web worker is a connect herd.
+        server.listener._listener._socket.listen(512)
+        server.stop_event = threading.Event()
+        process.current_process()._manager_server = server
+        threading.Thread(target=server.accepter, name="accepter", daemon=True).start()
+
+        stop = threading.Event()
+        urgent = threading.Event()
+
+        def request_stop(signum, frame):
+            if stop.is_set():
+                urgent.set()  # second signal: skip the grace period
+            stop.set()
+
+        if install_signals:
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGINT, request_stop)
+        supervisor = Supervisor(config, store, owner_pid=owner_pid, on_owner_lost=stop.set)
+        supervisor.start()
+        logger.info("task server %s listening on %s (%d workers x %d threads)",
+                    __version__, config.address_text, config.workers, config.threads)
+        if ready is not None:
+            ready()
+        while not stop.wait(0.5):
+            pass
+        owner_gone = supervisor.owner_lost
+        logger.info("task server stopping: draining (grace %.1f s)", 0 if owner_gone else grace)
+        supervisor.shutdown(grace=0 if owner_gone else grace, urgent=urgent)
+        server.stop_event.set()
+        unlink = server.listener._listener._unlink  # the listener's finalizer (None for TCP)
+        if unlink is not None:
+            unlink()  # runs once: the socket file goes now, not at interpreter exit
+        logger.info("task server stopped")
+    finally:
+        os.close(lock_fd)
+
+
+def main():
+    """`python -m django_tasks_shared.server`: the spec arrives as one JSON object on stdin."""
+    spec = json.loads(sys.stdin.readline())
+    sys.stdin.close()
+    logging.basicConfig(level=logging.INFO, format="[tasks-server %(process)d] %(message)s")
+    config = Config.from_spec(spec["config"])
+    try:
+        serve(config, owner_pid=spec.get("owner_pid"), grace=spec.get("grace", 30.0))
+    except AlreadyRunning as exc:
+        logger.info("not starting: %s", exc)
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

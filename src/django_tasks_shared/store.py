@@ -1,0 +1,376 @@
+"""TaskStore: the pending queue, the running set and the LRU of results, in one process.
+
+Plain, thread-safe Python with no IPC and no Django: the server registers ONE instance on its
+manager, so every method below that clients call is one socket round trip.
+
+    enqueue(record) ──> deferred heap (run_after, seq, id) ──due──┐
+                    └─> ready heap (-priority, seq, id) <─────────┘
+    finish_and_claim(worker, outcome) ──pop ready──> record RUNNING, owned by worker
+                                      <─outcome───── SUCCESSFUL / FAILED ──> finished LRU
+    get(id) / wait(id) ──> record copy (a hit refreshes LRU recency)
+    supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
+
+Records are JSON-compatible dicts (see `new_record`). Inner lists are replaced, never mutated,
+so a shallow copy handed to the pickler can never change under it. Timestamps are `time.time()`
+floats taken in this process (or reported by a worker on the same host), so
+enqueued_at <= started_at <= finished_at holds across processes.
+"""
+
+import heapq
+import itertools
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+
+from .exceptions import QueueFull
+
+READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
+FINISHED = (FAILED, SUCCESSFUL)
+# finish_and_claim returns this instead of a record: the worker thread must exit.
+STOP = "STOP"
+
+
+def new_record(
+    *, id, task, args, kwargs, priority=0, queue="default", run_after=None,
+    takes_context=False, backend="default",
+):
+    """The record a client sends to `enqueue`."""
+    return {
+        "id": id, "task": task, "args": args, "kwargs": kwargs, "priority": priority,
+        "queue": queue, "run_after": run_after, "takes_context": takes_context,
+        "backend": backend, "status": READY, "enqueued_at": None, "started_at": None,
+        "last_attempted_at": None, "finished_at": None, "return_value": None,
+        "errors": [], "worker_ids": [],
+    }
+
+
+class TaskStore:
+    def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
+                 max_tasks_per_worker=None, clock=time.time):
+        self.max_results = max_results
+        self.result_ttl = result_ttl
+        self.max_queue = max_queue
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # signalled when a task becomes ready
+        self._seq = itertools.count()
+        self._records = {}              # id -> record (pending, running and finished)
+        self._ready = []                # heap of (-priority, seq, id)
+        self._deferred = []             # heap of (run_after, seq, id)
+        self._finished = OrderedDict()  # id -> None, least recently used first
+        self._expiry = deque()          # (finished_at, id) in finishing order, for RESULT_TTL
+        self._running = {}              # id -> worker id
+        self._waiters = {}              # id -> Event set when the task finishes
+        self._pending_by_queue = {}     # queue -> [ready, deferred]
+        self._workers = {}              # worker id -> info dict (see register_worker)
+        self._draining = False
+        self.meta = {"pid": os.getpid(), "started_at": clock()}
+        self.counters = dict.fromkeys(
+            ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
+             "expired", "rejected_full", "worker_restarts"), 0)
+
+    # ---- client operations (exposed over the manager) -------------------------------------
+
+    def enqueue(self, record):
+        """Store a READY record; returns its server-side `enqueued_at`. Idempotent per id."""
+        with self._lock:
+            existing = self._records.get(record["id"])
+            if existing is not None:  # a retried enqueue after a dropped connection
+                return existing["enqueued_at"]
+            if self.max_queue is not None and self._pending() >= self.max_queue:
+                self.counters["rejected_full"] += 1
+                raise QueueFull(
+                    f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
+                    f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
+            now = self._clock()
+            record = dict(record, status=READY, enqueued_at=now)
+            self._records[record["id"]] = record
+            counts = self._pending_by_queue.setdefault(record["queue"], [0, 0])
+            run_after = record["run_after"]
+            if run_after is not None and run_after > now:
+                heapq.heappush(self._deferred, (run_after, next(self._seq), record["id"]))
+                counts[1] += 1
+                self._work.notify()  # a waiting worker shortens its wait to the due time
+            else:
+                heapq.heappush(self._ready, (-record["priority"], next(self._seq), record["id"]))
+                counts[0] += 1
+                self._work.notify()
+            self.counters["enqueued"] += 1
+            return now
+
+    def get(self, task_id):
+        """The record, or None if unknown, evicted or expired."""
+        with self._lock:
+            record = self._lookup(task_id)
+            return None if record is None else dict(record)
+
+    def get_many(self, task_ids):
+        with self._lock:
+            return [None if (r := self._lookup(i)) is None else dict(r) for i in task_ids]
+
+    def wait(self, task_id, timeout):
+        """Block until the task is finished or `timeout` passes; returns the record or None."""
+        with self._lock:
+            record = self._lookup(task_id)
+            if record is None or record["status"] in FINISHED:
+                return None if record is None else dict(record)
+            event = self._waiters.setdefault(task_id, threading.Event())
+        event.wait(timeout)
+        return self.get(task_id)
+
+    def finish_and_claim(self, worker_id, outcome, timeout):
+        """Report the outcome of the worker thread's last task (or None), then block up to
+        `timeout` seconds for the next one. Returns a record, None (nothing to do yet) or STOP."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if outcome is not None:
+                self._finish(outcome, worker_id)
+            if worker is None or self._draining or worker["retiring"]:
+                return STOP
+            if worker["state"] == "starting":
+                worker["state"] = "idle"
+                worker["ready_at"] = self._clock()
+            limit = self.max_tasks_per_worker
+            while True:
+                if limit is not None and worker["claimed"] >= limit:
+                    worker["retiring"] = True
+                    worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
+                    return STOP
+                now = self._clock()
+                record = self._pop_ready(now)
+                if record is not None:
+                    return self._start(record, worker_id, worker, now)
+                remaining = deadline - now
+                if remaining <= 0:
+                    return None
+                if self._deferred:
+                    remaining = min(remaining, max(self._deferred[0][0] - now, 0.001))
+                self._work.wait(remaining)
+                if self._draining or worker["retiring"] or worker_id not in self._workers:
+                    return STOP
+
+    def worker_failed(self, worker_id, reason):
+        """A worker reports why it cannot start (bad settings, import error) before exiting."""
+        with self._lock:
+            if worker_id in self._workers:
+                self._workers[worker_id]["failure"] = reason
+
+    def ping(self):
+        return self.meta["pid"]
+
+    def health(self):
+        """A JSON-compatible snapshot for `tasks_health`; supervisor fields are cached stats."""
+        with self._lock:
+            self._expire(self._clock())
+            now = self._clock()
+            queues = {q: {"ready": c[0], "deferred": c[1]}
+                      for q, c in sorted(self._pending_by_queue.items())}
+            workers = []
+            for worker in self._workers.values():
+                current = [
+                    {"id": tid, "name": self._records[tid]["task"],
+                     "running_for": round(now - self._records[tid]["started_at"], 3)}
+                    for tid in worker["current"] if tid in self._records]
+                workers.append({
+                    k: v for k, v in worker.items() if k not in ("current", "claimed")
+                } | {"current_tasks": current,
+                     "current_task": current[0] if current else None,
+                     "state": ("busy" if current else worker["state"]) if worker["state"] in
+                     ("idle", "busy") else worker["state"],
+                     "uptime": round(now - worker["started_at"], 3)})
+            return {
+                "server": dict(self.meta, uptime=round(now - self.meta["started_at"], 3),
+                               draining=self._draining),
+                "queues": queues,
+                "pending": self._pending(),
+                "running": len(self._running),
+                "results": {"stored": len(self._finished), "max": self.max_results,
+                            "ttl": self.result_ttl, "evicted": self.counters["evicted"],
+                            "expired": self.counters["expired"]},
+                "limits": {"max_queue": self.max_queue,
+                           "max_tasks_per_worker": self.max_tasks_per_worker},
+                "counters": dict(self.counters),
+                "workers": workers,
+            }
+
+    # ---- supervisor operations (same process, never exposed) -------------------------------
+
+    def register_worker(self, worker_id, pid, **info):
+        with self._lock:
+            self._workers[worker_id] = {
+                "id": worker_id, "pid": pid, "state": "starting", "started_at": self._clock(),
+                "ready_at": None, "tasks_done": 0, "claimed": 0, "current": {},
+                "retiring": False, "retire_reason": None, "failure": None,
+                "rss_bytes": None, "cpu_percent": None, **info}
+
+    def update_worker(self, worker_id, **fields):
+        with self._lock:
+            if worker_id in self._workers:
+                self._workers[worker_id].update(fields)
+
+    def worker_info(self, worker_id):
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            return None if worker is None else dict(worker, current=dict(worker["current"]))
+
+    def retire_worker(self, worker_id, reason):
+        """Let the worker finish what it runs, then stop it (its threads get STOP)."""
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if worker is not None and not worker["retiring"]:
+                worker["retiring"] = True
+                worker["retire_reason"] = reason
+                self._work.notify_all()
+
+    def worker_exited(self, worker_id, exception_path, message):
+        """Forget the worker; its running tasks end FAILED with `exception_path`."""
+        with self._lock:
+            worker = self._workers.pop(worker_id, None)
+            failed = []
+            if worker is not None:
+                for task_id in list(worker["current"]):
+                    self._fail(task_id, exception_path, message)
+                    failed.append(task_id)
+            self._work.notify_all()
+            return worker, failed
+
+    def fail_task(self, task_id, exception_path, message):
+        """End a RUNNING task as FAILED (time limit); a late report from its worker is ignored."""
+        with self._lock:
+            return self._fail(task_id, exception_path, message)
+
+    def overdue(self, time_limit):
+        """(worker id, task id, seconds running) for every task running longer than time_limit."""
+        now = self._clock()
+        with self._lock:
+            return [(wid, tid, now - self._records[tid]["started_at"])
+                    for tid, wid in self._running.items()
+                    if now - self._records[tid]["started_at"] > time_limit]
+
+    def drain(self):
+        """Hand out no more tasks: every claim now returns STOP."""
+        with self._lock:
+            self._draining = True
+            self._work.notify_all()
+
+    def running_count(self):
+        with self._lock:
+            return len(self._running)
+
+    def sweep(self):
+        """Drop finished results past RESULT_TTL (called from the supervisor tick)."""
+        with self._lock:
+            self._expire(self._clock())
+
+    def count(self, name, n=1):
+        with self._lock:
+            self.counters[name] += n
+
+    # ---- internals (lock held) --------------------------------------------------------------
+
+    def _pending(self):
+        return len(self._ready) + len(self._deferred)
+
+    def _lookup(self, task_id):
+        record = self._records.get(task_id)
+        if record is not None and record["status"] in FINISHED:
+            if self.result_ttl is not None and \
+                    record["finished_at"] + self.result_ttl <= self._clock():
+                self._forget(task_id)
+                self.counters["expired"] += 1
+                return None
+            self._finished.move_to_end(task_id)
+        return record
+
+    def _pop_ready(self, now):
+        deferred, ready = self._deferred, self._ready
+        while deferred and deferred[0][0] <= now:
+            _, seq, task_id = heapq.heappop(deferred)
+            record = self._records[task_id]
+            heapq.heappush(ready, (-record["priority"], seq, task_id))
+            counts = self._pending_by_queue[record["queue"]]
+            counts[1] -= 1
+            counts[0] += 1
+        if not ready:
+            return None
+        _, _, task_id = heapq.heappop(ready)
+        record = self._records[task_id]
+        self._pending_by_queue[record["queue"]][0] -= 1
+        return record
+
+    def _start(self, record, worker_id, worker, now):
+        record["status"] = RUNNING
+        record["started_at"] = record["last_attempted_at"] = now
+        record["worker_ids"] = record["worker_ids"] + [worker_id]
+        self._running[record["id"]] = worker_id
+        worker["current"][record["id"]] = now
+        worker["claimed"] += 1
+        return dict(record)
+
+    def _finish(self, outcome, worker_id):
+        task_id = outcome["id"]
+        if self._running.get(task_id) != worker_id:
+            return  # already ended by the supervisor (time limit, worker lost)
+        record = self._records[task_id]
+        status = outcome["status"]
+        finished_at = max(outcome.get("finished_at") or self._clock(), record["started_at"])
+        record.update(status=status, finished_at=finished_at,
+                      return_value=outcome.get("return_value"),
+                      errors=record["errors"] + list(outcome.get("errors") or ()))
+        self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            worker["current"].pop(task_id, None)
+            worker["tasks_done"] += 1
+        self._finished_record(task_id, finished_at)
+
+    def _fail(self, task_id, exception_path, message):
+        worker_id = self._running.get(task_id)
+        if worker_id is None:
+            return False
+        record = self._records[task_id]
+        now = max(self._clock(), record["started_at"])
+        record.update(status=FAILED, finished_at=now, errors=record["errors"] + [
+            {"exception_class_path": exception_path, "traceback": message}])
+        self.counters["failed"] += 1
+        name = exception_path.rsplit(".", 1)[-1]
+        if name == "WorkerLost":
+            self.counters["worker_lost"] += 1
+        elif name == "TimeLimitExceeded":
+            self.counters["timed_out"] += 1
+        worker = self._workers.get(worker_id)
+        if worker is not None:
+            worker["current"].pop(task_id, None)
+        self._finished_record(task_id, now)
+        return True
+
+    def _finished_record(self, task_id, finished_at):
+        del self._running[task_id]
+        self._finished[task_id] = None
+        if self.result_ttl is not None:
+            self._expiry.append((finished_at, task_id))
+        while len(self._finished) > self.max_results:
+            old_id, _ = self._finished.popitem(last=False)
+            self._records.pop(old_id, None)
+            self.counters["evicted"] += 1
+        event = self._waiters.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    def _forget(self, task_id):
+        self._finished.pop(task_id, None)
+        self._records.pop(task_id, None)
+
+    def _expire(self, now):
+        if self.result_ttl is None:
+            return
+        expiry = self._expiry
+        while expiry and expiry[0][0] + self.result_ttl <= now:
+            finished_at, task_id = expiry.popleft()
+            record = self._records.get(task_id)
+            if record is not None and record["finished_at"] == finished_at:
+                self._forget(task_id)
+                self.counters["expired"] += 1

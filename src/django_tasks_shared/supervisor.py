@@ -1,0 +1,280 @@
+"""The supervisor thread: owns the worker processes and keeps the failure promises.
+
+Every TICK seconds, for each worker it spawned (subprocess.Popen = the only reaper; a
+psutil.Process made at spawn = pid + create time, so PID reuse can never fool it):
+
+    Popen.poll() -> exited?  fail its running tasks (WorkerLost, naming pid and signal),
+                             respawn; exits before the worker ever got ready count as a crash
+                             loop and back off exponentially (reason kept for health)
+    psutil       -> cache RSS (with children) and CPU %  ->  store.update_worker (health reads it)
+                    RSS over MAX_WORKER_MEMORY            ->  store.retire_worker (nothing fails)
+    store.overdue(TIME_LIMIT)                             ->  fail with TimeLimitExceeded,
+                                                              SIGTERM, SIGKILL after KILL_GRACE
+    owner pid (embedded mode) gone                        ->  ask the server to stop
+
+Workers are fresh interpreters (`python -c ...worker...`), the equivalent of the `spawn` start
+method: no fork() of this multi-threaded process, and Django is set up in each worker.
+"""
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from .config import python_path
+
+logger = logging.getLogger("django_tasks_shared.supervisor")
+
+TICK = 0.5
+KILL_GRACE = 1.0            # SIGTERM -> SIGKILL for a worker past TIME_LIMIT
+CHILDREN_EVERY = 10         # ticks between scans for a worker's own child processes
+BACKOFF_MAX = 30.0
+WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
+TIME_LIMIT_EXCEEDED = "django_tasks_shared.exceptions.TimeLimitExceeded"
+WORKER_CMD = "from django_tasks_shared.worker import main; main()"
+
+
+def describe_exit(returncode):
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+@dataclass
+class Worker:
+    id: str
+    popen: subprocess.Popen
+    proc: psutil.Process
+    spawned_at: float
+    children: list = field(default_factory=list)
+    kill_at: float | None = None        # SIGKILL deadline after a SIGTERM
+    kill_reason: str | None = None
+
+
+class Supervisor:
+    def __init__(self, config, store, *, owner_pid=None, on_owner_lost=None):
+        self.config = config
+        self.store = store
+        self.owner_pid = owner_pid
+        self.on_owner_lost = on_owner_lost
+        self.owner_lost = False
+        self.workers = {}
+        self.crash_streak = 0
+        self.next_spawn_at = 0.0
+        self.last_failure = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._lock = threading.Lock()  # tick vs shutdown
+        self._ticks = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self):
+        with self._lock:
+            for _ in range(self.config.workers):
+                self._spawn()
+        self._publish()
+        self._thread.start()
+
+    def shutdown(self, grace, urgent=None):
+        """Stop handing out tasks, give running ones `grace` seconds, then stop every worker."""
+        self._stopping = True
+        self.store.drain()
+        deadline = time.monotonic() + grace
+        while self.store.running_count() and time.monotonic() < deadline:
+            if urgent is not None and urgent.is_set():
+                break
+            with self._lock:
+                self._reap()
+            time.sleep(0.05)
+        with self._lock:
+            for worker in self.workers.values():
+                self._signal(worker, signal.SIGTERM)
+            stop_by = time.monotonic() + 2.0
+            for worker in list(self.workers.values()):
+                try:  # Popen stays the only reaper: psutil.wait_procs would steal exit codes
+                    worker.popen.wait(timeout=max(0.0, stop_by - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self._signal(worker, signal.SIGKILL)
+                    try:
+                        worker.popen.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        logger.error("worker %s (pid %d) did not exit", worker.id,
+                                     worker.popen.pid)
+                self._forget(worker, "the task server stopped before the task finished "
+                                     f"(shutdown grace {grace:g} s)")
+
+    # ---- the tick -------------------------------------------------------------------------------
+
+    def _run(self):
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                with self._lock:
+                    if not self._stopping:
+                        self._tick()
+            except Exception:
+                logger.exception("supervisor tick failed")
+            time.sleep(max(0.0, TICK - (time.monotonic() - started)))
+
+    def _tick(self):
+        self._ticks += 1
+        if self.owner_pid is not None and os.getppid() != self.owner_pid:
+            logger.warning("owner process %d is gone: stopping the embedded server",
+                           self.owner_pid)
+            self.owner_lost = True
+            self._stopping = True
+            if self.on_owner_lost:
+                self.on_owner_lost()
+            return
+        self._reap()
+        self._enforce_time_limit()
+        self._sample()
+        now = time.monotonic()
+        while len(self.workers) < self.config.workers and now >= self.next_spawn_at:
+            self._spawn(replacement=True)
+        self.store.sweep()
+        self._publish()
+
+    def _reap(self):
+        for worker in list(self.workers.values()):
+            if worker.popen.poll() is not None:
+                self._on_exit(worker)
+
+    def _on_exit(self, worker):
+        info = self.store.worker_info(worker.id) or {}
+        how = describe_exit(worker.popen.returncode)
+        reason = worker.kill_reason or how
+        failed = self._forget(worker, f"worker {worker.id} (pid {worker.popen.pid}) {reason}")
+        if failed:
+            logger.error("worker %s (pid %d) %s; %d task(s) failed with WorkerLost",
+                         worker.id, worker.popen.pid, reason, len(failed))
+        if info.get("retiring") and worker.popen.returncode == 0:
+            logger.info("worker %s (pid %d) retired: %s", worker.id, worker.popen.pid,
+                        info.get("retire_reason"))
+            return
+        if info.get("ready_at") is None and not self._stopping and worker.kill_reason is None:
+            # Died before it could take a task: broken settings, import error... back off.
+            self.crash_streak += 1
+            delay = min(0.5 * 2 ** (self.crash_streak - 1), BACKOFF_MAX)
+            self.next_spawn_at = time.monotonic() + delay
+            failure = (info.get("failure") or "").strip().splitlines()
+            self.last_failure = {
+                "worker": worker.id, "pid": worker.popen.pid, "exit": how,
+                "reason": failure[-1] if failure else how, "detail": info.get("failure"),
+                "at": time.time(), "retry_in": delay, "streak": self.crash_streak}
+            logger.error("worker %s (pid %d) failed to start (%s): %s; retrying in %.1f s",
+                         worker.id, worker.popen.pid, how, self.last_failure["reason"], delay)
+
+    def _forget(self, worker, message):
+        self.workers.pop(worker.id, None)
+        _, failed = self.store.worker_exited(
+            worker.id, WORKER_LOST, f"{WORKER_LOST}: {message}\n")
+        return failed
+
+    def _enforce_time_limit(self):
+        limit = self.config.time_limit
+        now = time.monotonic()
+        if limit is not None:
+            for worker_id, task_id, ran in self.store.overdue(limit):
+                worker = self.workers.get(worker_id)
+                text = (f"{TIME_LIMIT_EXCEEDED}: task {task_id} ran {ran:.1f} s, over "
+                        f"TIME_LIMIT={limit:g} s; worker {worker_id} (pid "
+                        f"{worker.popen.pid if worker else '?'}) was killed\n")
+                if self.store.fail_task(task_id, TIME_LIMIT_EXCEEDED, text):
+                    logger.error(text.strip())
+                if worker is not None and worker.kill_at is None:
+                    worker.kill_reason = (f"was killed: a task it ran exceeded TIME_LIMIT="
+                                          f"{limit:g} s")
+                    self._signal(worker, signal.SIGTERM)
+                    worker.kill_at = now + KILL_GRACE
+        for worker in self.workers.values():
+            if worker.kill_at is not None and now >= worker.kill_at:
+                self._signal(worker, signal.SIGKILL)
+                worker.kill_at = float("inf")
+
+    def _sample(self):
+        limit = self.config.max_worker_memory
+        scan_children = self._ticks % CHILDREN_EVERY == 1
+        for worker in self.workers.values():
+            try:
+                if scan_children:
+                    worker.children = worker.proc.children(recursive=True)
+                rss = worker.proc.memory_info().rss
+                for child in worker.children:
+                    try:
+                        rss += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                cpu = worker.proc.cpu_percent(None)
+            except psutil.Error:
+                continue  # exited between poll() and now: the next tick reaps it
+            self.store.update_worker(worker.id, rss_bytes=rss, cpu_percent=round(cpu, 1))
+            if limit is not None and rss > limit * 1024 * 1024:
+                self.store.retire_worker(
+                    worker.id, f"RSS {rss / 2**20:.0f} MiB over MAX_WORKER_MEMORY={limit} MiB")
+
+    def _publish(self):
+        if self.crash_streak and self.workers:
+            for worker_id in self.workers:
+                info = self.store.worker_info(worker_id)
+                if info and info.get("ready_at") is not None:
+                    self.crash_streak = 0
+                    self.last_failure = dict(self.last_failure or {}, resolved=True)
+                    break
+        self.store.meta.update(
+            supervisor={
+                "workers_expected": self.config.workers,
+                "workers_alive": len(self.workers),
+                "crash_loop": bool(self.crash_streak),
+                "next_spawn_in": round(max(0.0, self.next_spawn_at - time.monotonic()), 2)
+                if self.crash_streak else None,
+                "last_failure": self.last_failure,
+            })
+
+    # ---- processes --------------------------------------------------------------------------------
+
+    def _spawn(self, replacement=False):
+        config = self.config
+        worker_id = f"{config.alias}-{secrets.token_hex(4)}"
+        env = dict(os.environ, PYTHONPATH=python_path())
+        if config.settings_module:
+            env["DJANGO_SETTINGS_MODULE"] = config.settings_module
+        popen = subprocess.Popen(
+            [sys.executable, "-c", WORKER_CMD], stdin=subprocess.PIPE, env=env,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the server, not the workers
+            close_fds=True)
+        proc = psutil.Process(popen.pid)
+        self.store.register_worker(worker_id, popen.pid)
+        spec = {"address": config.address if isinstance(config.address, str)
+                else list(config.address), "authkey": config.authkey.hex(),
+                "worker_id": worker_id, "alias": config.alias, "threads": config.threads, "server_pid": os.getpid(),
+                "timeout": config.connect_timeout}
+        try:
+            popen.stdin.write(json.dumps(spec).encode() + b"\n")
+            popen.stdin.close()
+        except OSError:
+            pass  # died at once: the next tick reaps it
+        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic())
+        if replacement:
+            self.store.count("worker_restarts")
+        return worker_id
+
+    def _signal(self, worker, sig):
+        try:
+            worker.proc.send_signal(sig)  # psutil checks pid + create time first
+        except psutil.Error:
+            pass
