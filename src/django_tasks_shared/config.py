@@ -79,7 +79,8 @@ def _number(options, key, kind=int, minimum=1):
 def parse_address(value):
     """'host:port' -> (host, port); anything containing '/' -> an absolute socket path."""
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"OPTIONS['ADDRESS'] must be a socket path or 'host:port', got {value!r}.")
+        raise ConfigError(
+            f"OPTIONS['ADDRESS'] must be a socket path or 'host:port', got {value!r}.")
     if "/" not in value and ":" in value:
         host, _, port = value.rpartition(":")
         if not port.isdigit():
@@ -101,6 +102,13 @@ def runtime_dir():
     return path
 
 
+def side_file(address, suffix):
+    """<socket>.lock / .start.lock / .log beside a unix socket; in runtime_dir() for TCP."""
+    if isinstance(address, str):
+        return address + suffix
+    return os.path.join(runtime_dir(), "tcp-%s-%d%s" % (*address, suffix))
+
+
 def derive_authkey(secret_key, alias):
     from django.utils.crypto import salted_hmac
 
@@ -112,7 +120,8 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"unknown OPTIONS key(s) {', '.join(map(repr, unknown))} for task backend {alias!r}; "
+            f"unknown OPTIONS key(s) {', '.join(map(repr, unknown))} for task backend "
+            f"{alias!r}; "
             f"valid keys are {', '.join(sorted(DEFAULTS))}.")
     opts = {**DEFAULTS, **options}
     workers = _number(opts, "WORKERS")
@@ -120,7 +129,8 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
     max_workers = _number(opts, "MAX_WORKERS")
     if kind == "process":
         if workers is not None and max_workers is not None:
-            raise ConfigError("give WORKERS or MAX_WORKERS (its django-tasks-local name), not both.")
+            raise ConfigError(
+                "give WORKERS or MAX_WORKERS (its django-tasks-local name), not both.")
         workers = workers or max_workers or os.cpu_count() or 1
         threads = threads or 1
     else:
@@ -128,7 +138,8 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
             raise ConfigError("ThreadPoolBackend runs one worker process; set THREADS (or "
                               "MAX_WORKERS) for its thread count, or use ProcessPoolBackend.")
         if threads is not None and max_workers is not None:
-            raise ConfigError("give THREADS or MAX_WORKERS (its django-tasks-local name), not both.")
+            raise ConfigError(
+                "give THREADS or MAX_WORKERS (its django-tasks-local name), not both.")
         workers = 1
         threads = threads or max_workers or min(32, (os.cpu_count() or 1) + 4)
 

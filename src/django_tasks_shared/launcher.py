@@ -20,7 +20,7 @@ import sys
 import time
 
 from .client import StoreClient, describe
-from .config import python_path, runtime_dir
+from .config import python_path, side_file
 from .exceptions import ServerUnavailable
 
 SERVER_CMD = "from django_tasks_shared.server import main; main()"
@@ -29,9 +29,7 @@ _owned = {}  # address -> Popen of an embedded server this process started
 
 
 def _start_lock_path(address):
-    if isinstance(address, str):
-        return address + ".start.lock"
-    return os.path.join(runtime_dir(), "tcp-%s-%d.start.lock" % tuple(address))
+    return side_file(address, ".start.lock")
 
 
 def _alive(config):
@@ -79,9 +77,7 @@ def ensure_server(config, timeout=START_TIMEOUT):
 
 
 def _log_path(config):
-    if isinstance(config.address, str):
-        return config.address + ".log"
-    return os.path.join(runtime_dir(), "tcp-%s-%d.log" % tuple(config.address))
+    return side_file(config.address, ".log")
 
 
 def _spawn(config):

@@ -26,7 +26,7 @@ from multiprocessing import managers, process
 
 from . import __version__
 from .client import STORE_IDENT
-from .config import Config
+from .config import Config, side_file
 from .store import TaskStore
 from .supervisor import Supervisor
 
@@ -55,11 +55,7 @@ class AlreadyRunning(RuntimeError):
 
 
 def lock_path(address):
-    if isinstance(address, str):
-        return address + ".lock"
-    from .config import runtime_dir
-
-    return os.path.join(runtime_dir(), "tcp-%s-%d.lock" % tuple(address))
+    return side_file(address, ".lock")
 
 
 def _take_lifetime_lock(address):

@@ -245,7 +245,7 @@ class Supervisor:
                 "last_failure": self.last_failure,
             })
 
-    # ---- processes --------------------------------------------------------------------------------
+    # ---- processes ------------------------------------------------------------------------------
 
     def _spawn(self, replacement=False):
         config = self.config
@@ -261,8 +261,8 @@ class Supervisor:
         self.store.register_worker(worker_id, popen.pid)
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
-                "worker_id": worker_id, "alias": config.alias, "threads": config.threads, "server_pid": os.getpid(),
-                "timeout": config.connect_timeout}
+                "worker_id": worker_id, "alias": config.alias, "threads": config.threads,
+                "server_pid": os.getpid(), "timeout": config.connect_timeout}
         try:
             popen.stdin.write(json.dumps(spec).encode() + b"\n")
             popen.stdin.close()
