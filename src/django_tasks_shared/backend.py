@@ -9,6 +9,7 @@ module-level StoreClient of its alias (one connection per process and thread, fo
 """
 
 import json
+import secrets
 import time
 
 from django.conf import settings
@@ -17,7 +18,6 @@ from django.tasks import TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
-from django.utils.crypto import get_random_string
 from django.utils.json import normalize_json
 
 from . import launcher
@@ -28,7 +28,7 @@ from .records import to_task_result, to_timestamp
 from .store import new_record
 
 _configs = {}   # (alias, kind, options repr, queues, secret) -> Config
-_clients = {}   # (alias, address) -> StoreClient
+_clients = {}   # (alias, address, authkey, timeout) -> StoreClient
 WAIT_SLICE = 2.0  # a server-side wait stays well inside the socket timeout
 
 
@@ -50,9 +50,11 @@ def get_config(alias, params, kind):
 
 
 def get_client(config):
-    client = _clients.get((config.alias, config.address))
+    # The authkey is in the key: changed settings must not reuse a connection made with another.
+    key = (config.alias, config.address, config.authkey, config.connect_timeout)
+    client = _clients.get(key)
     if client is None:
-        client = _clients[(config.alias, config.address)] = StoreClient(
+        client = _clients[key] = StoreClient(
             config.address, config.authkey, timeout=config.connect_timeout)
     return client
 
@@ -85,7 +87,7 @@ class SharedBackend(BaseTaskBackend):
         self.validate_task(task)
         args, kwargs = _json_arguments(task, args, kwargs)
         record = new_record(
-            id=get_random_string(32), task=task.module_path, args=args, kwargs=kwargs,
+            id=secrets.token_hex(16), task=task.module_path, args=args, kwargs=kwargs,
             priority=task.priority, queue=task.queue_name, run_after=to_timestamp(task.run_after),
             takes_context=task.takes_context, backend=self.alias)
         record["enqueued_at"] = self.call("enqueue", record)
@@ -169,4 +171,51 @@ def wait(result, timeout=30.0):
     return result
 
 
-__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "wait"]
+WAIT_ALL_CHUNK = 500  # results fetched per get_many in wait_all
+
+
+def wait_all(results, timeout=30.0):
+    """Block until every TaskResult in `results` is finished; refreshes each in place.
+
+    A few round trips for the whole batch instead of one per result: per chunk of results (of
+    one backend), the server waits for the LAST unfinished one (tasks of equal priority start
+    in FIFO order, so by then nearly all are done), then ONE `get_many` fetches all of them;
+    any still unfinished go round again. Raises TimeoutError when `timeout` runs out,
+    TaskResultDoesNotExist for an unknown or evicted id. Returns `results`.
+    """
+    from django.tasks import task_backends
+
+    deadline = time.monotonic() + timeout
+    finished = (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+    groups = {}
+    for result in results:
+        groups.setdefault(result.backend, []).append(result)
+    for alias, group in groups.items():
+        backend = task_backends[alias]
+        for start in range(0, len(group), WAIT_ALL_CHUNK):
+            pending = group[start:start + WAIT_ALL_CHUNK]
+            while pending:
+                remaining = deadline - time.monotonic()
+                record = backend.wait(pending[-1].id, max(0.0, remaining))
+                if len(pending) == 1:
+                    records = [record]
+                else:
+                    records = backend.call("get_many", [r.id for r in pending])
+                still = []
+                for result, record in zip(pending, records, strict=True):
+                    if record is None:
+                        raise TaskResultDoesNotExist(result.id)
+                    fresh = to_task_result(record, result.task)
+                    for attr in ("status", "enqueued_at", "started_at", "finished_at",
+                                 "last_attempted_at", "errors", "worker_ids", "_return_value"):
+                        object.__setattr__(result, attr, getattr(fresh, attr))
+                    if result.status not in finished:
+                        still.append(result)
+                pending = still
+                if pending and time.monotonic() >= deadline:
+                    raise TimeoutError(f"{len(pending)} task result(s) still unfinished after "
+                                       f"{timeout} s, e.g. {pending[0].id}")
+    return results
+
+
+__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "wait", "wait_all"]

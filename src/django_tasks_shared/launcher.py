@@ -63,7 +63,11 @@ def ensure_server(config, timeout=START_TIMEOUT):
         while time.monotonic() < deadline:
             if _alive(config):
                 return
-            if popen.poll() is not None and popen.returncode != 0:
+            if popen.poll() is not None and not _alive(config):
+                if popen.returncode == 0:  # it found another server holding the lock
+                    raise ServerUnavailable(
+                        f"a task server holds {describe(config.address)} but does not answer "
+                        f"(stalled or overloaded?); check its process, or remove it")
                 raise ServerUnavailable(
                     f"the task server for {describe(config.address)} exited at start "
                     f"(code {popen.returncode}); see its output above"

@@ -22,6 +22,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 from multiprocessing import managers, process
 
 from . import __version__
@@ -35,6 +36,8 @@ logger = logging.getLogger("django_tasks_shared.server")
 # The TaskStore methods clients may call; supervisor methods stay private to this process.
 EXPOSED = ("enqueue", "get", "get_many", "wait", "finish_and_claim", "worker_failed", "ping",
            "health")
+
+SHUTDOWN_LINGER = 0.2  # seconds for in-flight replies after the last task ended
 
 _store = None
 
@@ -98,7 +101,8 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
             workers_expected=config.workers, threads=config.threads,
             time_limit=config.time_limit, max_worker_memory=config.max_worker_memory,
             queues=list(config.queues))
-        old_umask = os.umask(0o077)  # socket file 0600 whatever the caller's umask
+        # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
+        old_umask = os.umask(0o177)
         try:
             server = StoreManager(address=address, authkey=config.authkey).get_server()
         finally:
@@ -134,6 +138,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         owner_gone = supervisor.owner_lost
         logger.info("task server stopping: draining (grace %.1f s)", 0 if owner_gone else grace)
         supervisor.shutdown(grace=0 if owner_gone else grace, urgent=urgent)
+        # Clients blocked in wait() were just woken with their tasks' final records (FAILED,
+        # WorkerLost, for those cut off): let their connection threads reply before we exit.
+        time.sleep(SHUTDOWN_LINGER)
         server.stop_event.set()
         unlink = server.listener._listener._unlink  # the listener's finalizer (None for TCP)
         if unlink is not None:

@@ -231,7 +231,10 @@ class Supervisor:
         if self.crash_streak and self.workers:
             for worker_id in self.workers:
                 info = self.store.worker_info(worker_id)
-                if info and info.get("ready_at") is not None:
+                # Only a worker that got ready AFTER the last failure proves start-up works again:
+                # one that was already running before the break must not reset the back-off.
+                if info and info.get("ready_at") is not None and \
+                        info["ready_at"] > (self.last_failure or {}).get("at", 0):
                     self.crash_streak = 0
                     self.last_failure = dict(self.last_failure or {}, resolved=True)
                     break

@@ -19,7 +19,8 @@ MIDDLEWARE = []
 _options = json.loads(os.environ.get("TASKS_OPTIONS") or "{}")
 if os.environ.get("TASKS_ADDRESS"):
     _options["ADDRESS"] = os.environ["TASKS_ADDRESS"]
-_options.setdefault("WORKERS", 2)
+if "MAX_WORKERS" not in _options and "ThreadPool" not in os.environ.get("TASKS_BACKEND", ""):
+    _options.setdefault("WORKERS", 2)  # MAX_WORKERS (or a thread pool) must not get WORKERS too
 
 TASKS = {
     "default": {
