@@ -6,11 +6,11 @@ public names here are loaded lazily.
 
 __version__ = "0.1.0"
 
-__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "current_result_id", "wait"]
+__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "current_result_id", "wait", "wait_all"]
 
 
 def __getattr__(name):
-    if name in ("ProcessPoolBackend", "ThreadPoolBackend", "wait"):
+    if name in ("ProcessPoolBackend", "ThreadPoolBackend", "wait", "wait_all"):
         from . import backend
 
         return getattr(backend, name)

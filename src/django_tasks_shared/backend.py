@@ -106,10 +106,12 @@ class SharedBackend(BaseTaskBackend):
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            record = self.call("wait", result_id, max(0.0, min(remaining, WAIT_SLICE)))
+            # Each server-side wait stays well inside the socket timeout.
+            slice_ = min(WAIT_SLICE, self.config.connect_timeout / 2)
+            record = self.call("wait", result_id, max(0.0, min(remaining, slice_)))
             if record is None:
                 raise TaskResultDoesNotExist(result_id)
-            if record["status"] in ("SUCCESSFUL", "FAILED") or remaining <= WAIT_SLICE:
+            if record["status"] in ("SUCCESSFUL", "FAILED") or remaining <= slice_:
                 return record
 
     def health(self):

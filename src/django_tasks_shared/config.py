@@ -85,6 +85,9 @@ def parse_address(value):
         host, _, port = value.rpartition(":")
         if not port.isdigit():
             raise ConfigError(f"OPTIONS['ADDRESS'] {value!r}: the port must be a number.")
+        if ":" in host:
+            raise ConfigError(f"OPTIONS['ADDRESS'] {value!r}: IPv6 is not supported (the "
+                              "multiprocessing listener binds IPv4); use 127.0.0.1 or a path.")
         return (host.strip("[]") or "127.0.0.1", int(port))
     path = os.path.abspath(value)
     if len(path.encode()) > 107:

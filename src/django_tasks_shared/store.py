@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-from .exceptions import QueueFull
+from .exceptions import QueueFull, ServerUnavailable
 
 READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
 FINISHED = (FAILED, SUCCESSFUL)
@@ -79,6 +79,10 @@ class TaskStore:
             existing = self._records.get(record["id"])
             if existing is not None:  # a retried enqueue after a dropped connection
                 return existing["enqueued_at"]
+            if self._draining:
+                raise ServerUnavailable(
+                    f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
+                    f"new tasks; nothing was stored. Retry once it is back.")
             if self.max_queue is not None and self._pending() >= self.max_queue:
                 self.counters["rejected_full"] += 1
                 raise QueueFull(

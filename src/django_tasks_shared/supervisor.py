@@ -277,7 +277,10 @@ class Supervisor:
         return worker_id
 
     def _signal(self, worker, sig):
-        try:
-            worker.proc.send_signal(sig)  # psutil checks pid + create time first
-        except psutil.Error:
-            pass
+        """Signal the worker's process group (its own session: the task's children too).
+        Safe against PID reuse: we are its only reaper and it is not reaped yet."""
+        if worker.popen.poll() is None:
+            try:
+                os.killpg(worker.popen.pid, sig)
+            except ProcessLookupError:
+                pass

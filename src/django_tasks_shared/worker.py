@@ -23,7 +23,7 @@ from .client import StoreClient
 from .exceptions import ServerUnavailable
 from .store import STOP
 
-CLAIM_WAIT = 1.0  # server-side long-poll; shorter than the socket timeout
+CLAIM_WAIT = 1.0  # server-side long-poll; at most half the socket timeout (see _loop)
 logger = logging.getLogger("django_tasks_shared.worker")
 
 
@@ -36,11 +36,14 @@ def _watch_parent(server_pid):
 
 def _loop(client, worker_id, sender, execute):
     outcome = None
+    claim_wait = min(CLAIM_WAIT, client.timeout / 2)
     while True:
         try:
-            record = client.call("finish_and_claim", worker_id, outcome, CLAIM_WAIT)
+            record = client.call("finish_and_claim", worker_id, outcome, claim_wait)
         except ServerUnavailable:
-            return
+            # Server gone, or a reply lost (it may have handed us a task we never saw): exit the
+            # whole process, so the supervisor fails what it ran (WorkerLost) and replaces it.
+            os._exit(4)
         outcome = None
         if record is None:
             continue
