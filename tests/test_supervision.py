@@ -205,6 +205,27 @@ def test_memory_limit_retires_the_worker_after_its_task_and_nothing_fails():
 
 
 @pytest.mark.timeout(60)
+def test_memory_limit_below_a_fresh_worker_is_reported_not_respawned_in_a_loop():
+    # A fresh worker (Django set up) has ~40 MiB RSS: a 10 MiB limit can never be met.
+    with running_server({"WORKERS": 1, "MAX_WORKER_MEMORY": 10}) as srv, srv.settings():
+        pid = wait_until(lambda: ready_workers(srv), 15, message="a ready worker").pop()
+        snap = wait_until(
+            lambda: (s := health(srv))["server"]["supervisor"]["memory_warning"] and s, 5,
+            message="the memory warning")
+        assert "below the RSS of a fresh worker" in snap["server"]["supervisor"]["memory_warning"]
+        time.sleep(2.0)  # four ticks: a loop would have respawned it by now
+        snap = health(srv)
+        assert [w["pid"] for w in snap["workers"]] == [pid]
+        assert snap["counters"]["worker_restarts"] == 0
+        out = subprocess.run([sys.executable, MANAGE, "tasks_health"], env=srv.env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "MAX_WORKER_MEMORY=10 MiB is below" in out.stdout
+        # Tasks still run; a worker that ran one is recycled once (no failure), not in a loop.
+        assert wait(tasks.add.enqueue(2, 2), timeout=15).return_value == 4
+
+
+@pytest.mark.timeout(60)
 def test_max_tasks_per_worker_recycles_workers_and_nothing_fails():
     with running_server({"WORKERS": 1, "MAX_TASKS_PER_WORKER": 2}) as srv, srv.settings():
         results = [tasks.whoami.enqueue() for _ in range(6)]

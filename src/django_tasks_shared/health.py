@@ -56,6 +56,8 @@ def evaluate(snapshot):
         if failure.get("reason"):
             text += f": {failure['reason']}"
         reasons.append(text)
+    if sup.get("memory_warning"):
+        reasons.append(sup["memory_warning"])
     max_queue = (snapshot.get("limits") or {}).get("max_queue")
     pending = snapshot.get("pending") or 0
     if max_queue and pending > QUEUE_ALARM * max_queue:

@@ -75,6 +75,7 @@ class Supervisor:
         self.crash_streak = 0
         self.next_spawn_at = 0.0
         self.last_failure = None
+        self.memory_warning = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._lock = threading.Lock()  # tick vs shutdown
@@ -99,6 +100,7 @@ class Supervisor:
                 break
             with self._lock:
                 self._reap()
+                self._enforce_time_limit()  # TIME_LIMIT holds during the grace period too
             time.sleep(0.05)
         with self._lock:
             for worker in self.workers.values():
@@ -224,6 +226,14 @@ class Supervisor:
                 continue  # exited between poll() and now: the next tick reaps it
             self.store.update_worker(worker.id, rss_bytes=rss, cpu_percent=round(cpu, 1))
             if limit is not None and rss > limit * 1024 * 1024:
+                info = self.store.worker_info(worker.id) or {}
+                if not info.get("claimed"):
+                    # Over the limit before running anything: recycling cannot help and would
+                    # respawn in a loop. Keep it, and say so in health.
+                    self.memory_warning = (
+                        f"MAX_WORKER_MEMORY={limit} MiB is below the RSS of a fresh worker "
+                        f"({rss / 2**20:.0f} MiB): raise it")
+                    continue
                 self.store.retire_worker(
                     worker.id, f"RSS {rss / 2**20:.0f} MiB over MAX_WORKER_MEMORY={limit} MiB")
 
@@ -246,6 +256,7 @@ class Supervisor:
                 "next_spawn_in": round(max(0.0, self.next_spawn_at - time.monotonic()), 2)
                 if self.crash_streak else None,
                 "last_failure": self.last_failure,
+                "memory_warning": self.memory_warning,
             })
 
     # ---- processes ------------------------------------------------------------------------------
