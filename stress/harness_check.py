@@ -1,0 +1,431 @@
+"""The invariants of a stress run, the report table and its JSON form.
+
+Sources, deliberately independent of each other:
+- the ledger: one line per task execution, appended by the task itself in its worker process;
+- what each client saw: the final record of each of its tasks, the status sequence of its own
+  polls, and its lookups of other clients' ids (with the time before and after each call);
+- the harness: health samples (stored results, workers, server RSS), the workers it SIGKILLed
+  (id and pid) and the servers it SIGKILLed.
+"""
+
+import glob
+import os
+import statistics
+
+WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
+TIME_LIMIT = "django_tasks_shared.exceptions.TimeLimitExceeded"
+STRESS_FAILURE = "stress.tasks.StressFailure"
+TERMINAL = ("SUCCESSFUL", "FAILED")
+RANK = {"READY": 0, "RUNNING": 1, "SUCCESSFUL": 2, "FAILED": 2}
+SLACK = 0.05  # seconds, for comparisons of one host's clock read in different processes
+MiB = 2 ** 20
+
+
+def workers_restored(health):
+    server = health["server"]
+    sup = server.get("supervisor") or {}
+    expected = server["workers_expected"]
+    ready = [w for w in health["workers"]
+             if w["state"] in ("idle", "busy") and not w.get("retiring")]
+    ok = (len(ready) == expected and len(health["workers"]) == expected
+          and sup.get("workers_alive") == expected and not sup.get("crash_loop"))
+    return ok, (f"{len(ready)} ready of {expected} configured (registered "
+                f"{len(health['workers'])}, supervisor alive {sup.get('workers_alive')}, "
+                f"crash loop {bool(sup.get('crash_loop'))})")
+
+
+def _pct(values, q):
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def read_ledger(directory):
+    runs = {}
+    for path in glob.glob(os.path.join(directory, "*.log")):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 4:
+                    runs.setdefault(parts[0], []).append(
+                        {"pid": int(parts[1]), "server_pid": int(parts[2]), "w": parts[3]})
+    return runs
+
+
+def _examples(items, n=5):
+    items = list(items)
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(str(i) for i in items[:n]) + more
+
+
+def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_health,
+          run_seconds, wall_start):
+    invariants = []
+
+    def inv(name, ok, detail, failures=()):
+        invariants.append({"name": name, "ok": bool(ok), "detail": detail,
+                           "failures": list(failures)[:20]})
+
+    tasks, cross, down_seen, enqueue_errors = {}, [], [], []
+    for out in outputs:
+        if out is None:
+            continue
+        tasks.update(out["tasks"])
+        cross.extend([out["idx"]] + obs for obs in out["cross"])
+        down_seen.extend(out["down_seen"])
+        enqueue_errors.extend(out["enqueue_errors"])
+    runs = read_ledger(ledger_dir)
+    killed = {k["worker_id"]: k for k in faults.kills}
+    restarts = faults.restarts
+    final_worker_ids = {w["id"] for w in (final_health or {}).get("workers", [])}
+
+    # A task whose owner missed its end (server gone) but another client saw it terminal.
+    seen_terminal = {}
+    for _, task_id, status, err, _t0, _t1 in cross:
+        if status in TERMINAL:
+            seen_terminal.setdefault(task_id, (status, err))
+    for task_id, info in tasks.items():
+        if info["how"] != "store" and task_id in seen_terminal:
+            info["how"] = "seen-by-other-client"
+            info["status"], info["err"] = seen_terminal[task_id]
+
+    # 1. every task reached a terminal state (or is honestly counted as lost with the server)
+    hows = {}
+    for task_id, info in tasks.items():
+        hows.setdefault(info["how"], []).append(task_id)
+    terminal = len(hows.get("store", [])) + len(hows.get("seen-by-other-client", []))
+    lost_server = hows.get("lost-with-server", [])
+    bad = []
+    for how in ("missing", "unfinished"):
+        bad += [f"{i} {how} ({tasks[i]['w']})" for i in hows.get(how, [])]
+    never = config["tasks"] - len(tasks)
+    if never:
+        bad.append(f"{never} planned task(s) never enqueued ({_examples(enqueue_errors, 2)})")
+    if any(code != 0 for code in client_codes):
+        bad.append(f"client exit codes {client_codes}")
+    for task_id in lost_server:
+        info = tasks[task_id]
+        if not any(r["t"] + SLACK >= info["enqueued_at"] for r in restarts):
+            bad.append(f"{task_id} called lost with the server but no server was killed after "
+                       f"it was enqueued")
+    inv("every task reached a terminal state exactly once; none lost",
+        not bad,
+        f"{len(tasks)} enqueued: {terminal} terminal, {len(lost_server)} lost with the server "
+        f"(restart), {len(hows.get('missing', []))} missing, "
+        f"{len(hows.get('unfinished', []))} unfinished", bad)
+
+    # 2. exactly-once execution, from the ledger the tasks wrote
+    bad = []
+    dups = {i: r for i, r in runs.items() if len(r) > 1}
+    bad += [f"{i} ran {len(r)} times: pids {[x['pid'] for x in r]}" for i, r in dups.items()]
+    strangers = set(runs) - set(tasks)
+    bad += [f"{i} in the ledger but enqueued by nobody" for i in strangers]
+    for task_id, info in tasks.items():
+        n = len(runs.get(task_id, ()))
+        status, err = info.get("status"), info.get("err")
+        wids = info.get("worker_ids") or []
+        was_killed = bool(wids) and wids[-1] in killed
+        if info["how"] not in ("store", "seen-by-other-client"):
+            ok = n <= 1
+        elif status == "SUCCESSFUL":
+            ok = n == 1 and (info.get("ret") or {}).get("pid") == runs[task_id][0]["pid"]
+        elif err == WORKER_LOST and was_killed:
+            ok = n == 0 or runs[task_id][0]["pid"] == killed[wids[-1]]["pid"]
+        elif err == WORKER_LOST:
+            ok = n == 1 if info["w"] == "crash" else n <= 1
+        else:
+            ok = n == 1
+        if not ok:
+            bad.append(f"{task_id} ({info['w']}, {status} {err}) has {n} ledger line(s)")
+    inv("no duplicated execution (ledger written by the tasks)", not bad,
+        f"{sum(len(r) for r in runs.values())} executions of {len(runs)} distinct ids in the "
+        f"ledger; {len(dups)} duplicated, {len(strangers)} unknown", bad)
+
+    # 3. each outcome matches its workload
+    bad, table, lost_to_kills = [], {}, {}
+    retire_seen = 0
+    for task_id, info in tasks.items():
+        w, status, err, msg = info["w"], info.get("status"), info.get("err"), info.get("msg")
+        if info["how"] not in ("store", "seen-by-other-client"):
+            table.setdefault(w, {}).setdefault(info["how"], 0)
+            table[w][info["how"]] += 1
+            continue
+        label = status if status == "SUCCESSFUL" else (err or "?").rsplit(".", 1)[-1]
+        table.setdefault(w, {}).setdefault(label, 0)
+        table[w][label] += 1
+        wids = info.get("worker_ids") or []
+        was_killed = bool(wids) and wids[-1] in killed
+        lost_by_kill = was_killed and err == WORKER_LOST and "SIGKILL" in (msg or "")
+        if lost_by_kill:
+            lost_to_kills.setdefault(wids[-1], []).append(task_id)
+        if w in ("noop", "cpu", "sleep"):
+            ok = (status == "SUCCESSFUL" and info.get("expect") is not None and
+                  (info.get("ret") or {}).get("value") == info["expect"]["value"]) or lost_by_kill
+        elif w == "fail":
+            ok = (status == "FAILED" and err == STRESS_FAILURE) or lost_by_kill
+        elif w == "crash":
+            ok = status == "FAILED" and err == WORKER_LOST and (
+                "exited with code 17" in (msg or "") or was_killed)
+        elif w == "hang":
+            ok = (status == "FAILED" and err == TIME_LIMIT) or lost_by_kill
+        elif w == "hog":
+            ok = status == "SUCCESSFUL" or lost_by_kill
+            if ok and status == "SUCCESSFUL":
+                if wids and wids[-1] in final_worker_ids:
+                    ok = False
+                    msg = f"its worker {wids[-1]} was not recycled"
+                if wids and wids[-1] in monitor.retiring_seen:
+                    retire_seen += 1
+        else:
+            ok = False
+        if not ok:
+            bad.append(f"{task_id} {w}: {status} {err} {msg!r}")
+    expected_label = {"noop": "SUCCESSFUL", "cpu": "SUCCESSFUL", "sleep": "SUCCESSFUL",
+                      "hog": "SUCCESSFUL", "fail": "StressFailure", "crash": "WorkerLost",
+                      "hang": "TimeLimitExceeded"}
+    for w, counts in table.items():
+        ended = sum(v for k, v in counts.items() if k not in ("lost-with-server",))
+        if ended and not counts.get(expected_label[w]):
+            bad.append(f"no {w} task ended {expected_label[w]} (all {ended} explained by kills?)")
+    too_many = {wid: ids for wid, ids in lost_to_kills.items()
+                if len(ids) > config["threads"]}
+    bad += [f"killed worker {wid} lost {len(ids)} tasks" for wid, ids in too_many.items()]
+    n_lost_kill = sum(len(ids) for ids in lost_to_kills.values())
+    inv("each outcome matches its workload", not bad,
+        f"fail->StressFailure, crash->WorkerLost, hang->TimeLimitExceeded, hog->SUCCESSFUL "
+        f"and worker recycled ({retire_seen} retirements also seen in health); "
+        f"{n_lost_kill} task(s) WorkerLost because the harness SIGKILLed their worker", bad)
+
+    # 4. cross-client lookups agree with the final state, and never go backwards
+    bad, per_observer = [], {}
+    agreed = terminal_obs = none_obs = 0
+    for observer, task_id, status, err, t0, t1 in cross:
+        info = tasks.get(task_id)
+        if info is None:
+            bad.append(f"client {observer} looked up {task_id}, enqueued by nobody")
+            continue
+        key = (observer, task_id)
+        prev = per_observer.get(key)
+        if status is None:
+            none_obs += 1
+            fin = info.get("finished_at")
+            if info["how"] in ("store", "seen-by-other-client"):
+                if fin is not None and t1 + SLACK < fin:
+                    bad.append(f"{task_id}: not found at {t1:.3f} before it finished at {fin:.3f}")
+            elif info["how"] == "lost-with-server":
+                if not any(r["t"] <= t1 + SLACK for r in restarts):
+                    bad.append(f"{task_id}: not found before any server restart")
+            per_observer[key] = (prev[0] if prev else -1, True)
+            continue
+        rank = RANK[status]
+        if prev is not None:
+            if prev[1]:
+                bad.append(f"{task_id}: client {observer} found it again ({status}) after "
+                           f"'does not exist'")
+            elif rank < prev[0]:
+                bad.append(f"{task_id}: client {observer} saw it go backwards to {status}")
+        per_observer[key] = (max(rank, prev[0] if prev else -1), False)
+        if status in TERMINAL:
+            terminal_obs += 1
+            if (status, err) == (info.get("status"), info.get("err")):
+                agreed += 1
+            else:
+                bad.append(f"{task_id}: client {observer} saw {status} {err}, final is "
+                           f"{info.get('status')} {info.get('err')}")
+        else:
+            fin = info.get("finished_at")
+            if fin is not None and t0 > fin + SLACK:
+                bad.append(f"{task_id}: client {observer} saw {status} at {t0:.3f}, after it "
+                           f"finished at {fin:.3f}")
+    for task_id, info in tasks.items():
+        ranks = [RANK[s] for s in info["seen"]]
+        if ranks != sorted(ranks) or (len(info["seen"]) > 1 and ranks[-1] == ranks[-2]):
+            bad.append(f"{task_id}: its own client saw {info['seen']}")
+    inv("cross-client lookups agreed with the final state", not bad,
+        f"{len(cross)} lookups of other clients' ids: {terminal_obs} terminal ({agreed} agreed), "
+        f"{none_obs} not found (evicted or lost with the server)", bad)
+
+    # 5. stored results never exceeded MAX_RESULTS
+    samples = monitor.samples
+    over = [s for s in samples if s["stored"] > s["max"]]
+    max_stored = max((s["stored"] for s in samples), default=0)
+    last_evicted = {}
+    for s in samples:
+        last_evicted[s["server_pid"]] = s["evicted"]
+    evicted = sum(last_evicted.values())
+    inv("stored results never exceeded MAX_RESULTS", samples and not over,
+        f"max {max_stored} stored of MAX_RESULTS={config['max_results']} over {len(samples)} "
+        f"health samples ({evicted} results evicted, all servers)",
+        [f"{s['stored']} stored at {s['t']:.3f}" for s in over])
+
+    # 6. workers back to the configured count
+    if final_health is None:
+        inv("workers back to the configured count", False, "no final health")
+    else:
+        ok, detail = workers_restored(final_health)
+        inv("workers back to the configured count", ok, detail)
+
+    # 7. server RSS bounded (per server generation; last third vs first third)
+    rss_detail, bad = [], []
+    by_gen = {}
+    for s in samples:
+        if s["rss"] is not None:
+            by_gen.setdefault(s["server_pid"], []).append(s["rss"])
+    rss_summary = {}
+    for pid, values in by_gen.items():
+        if len(values) < 9:
+            continue
+        third = len(values) // 3
+        first = statistics.mean(values[:third])
+        last = statistics.mean(values[-third:])
+        peak = max(values)
+        rss_summary[str(pid)] = {"first_third_mib": round(first / MiB, 1),
+                                 "last_third_mib": round(last / MiB, 1),
+                                 "peak_mib": round(peak / MiB, 1), "samples": len(values)}
+        rss_detail.append(f"pid {pid}: {first / MiB:.1f} -> {last / MiB:.1f} MiB "
+                          f"(peak {peak / MiB:.1f}, {len(values)} samples)")
+        if last > 2 * first + 64 * MiB:
+            bad.append(f"server {pid} grew from {first / MiB:.1f} to {last / MiB:.1f} MiB")
+    inv("server RSS did not grow without bound", not bad,
+        ("; ".join(rss_detail) or "too few samples for a trend") +
+        " (bound: last third <= 2 x first third + 64 MiB)", bad)
+
+    # 8. faults injected and survived
+    bad = []
+    if "kill" in config["faults"] and not faults.kills:
+        bad.append("no worker was killed")
+    if "restart-server" in config["faults"]:
+        if len(restarts) < config["restarts"]:
+            bad.append(f"only {len(restarts)} of {config['restarts']} server restarts happened")
+        for r in restarts:
+            if r["recovered_at"] is None:
+                bad.append(f"server {r['pid']} killed at {r['t']:.3f}: no new server answered")
+        if restarts and not down_seen:
+            bad.append("no client ever saw ServerUnavailable during a restart")
+    recovery = [r.get("recovery_s") for r in restarts if r.get("recovery_s") is not None]
+    signals = ", ".join(f"SIG{r.get('signal', 'kill').upper()}" for r in restarts)
+    inv("faults injected and survived", not bad,
+        f"{len(faults.kills)} worker SIGKILLs ({faults.kill_misses} skipped: no ready "
+        f"worker), {n_lost_kill} task(s) lost to them; {len(restarts)} server restart(s) "
+        f"({signals or '-'}), "
+        f"{sum(r['recovered_at'] is not None for r in restarts)} recovered by AUTOSTART "
+        f"(recovery {', '.join(f'{x:.2f} s' for x in recovery) or '-'}); clients saw "
+        f"ServerUnavailable {len(down_seen)} time(s)", bad)
+
+    # 9. run_after honoured
+    bad, deferred = [], 0
+    for task_id, info in tasks.items():
+        if info.get("run_after") and info.get("started_at") is not None:
+            deferred += 1
+            if info["started_at"] + 0.001 < info["run_after"]:
+                bad.append(f"{task_id} started {info['run_after'] - info['started_at']:.3f} s "
+                           "before its run_after")
+    inv("run_after honoured", not bad, f"{deferred} deferred tasks started", bad)
+
+    # 10. TIME_LIMIT enforced: nothing is seen RUNNING long past it (tick + kill grace + slack)
+    bad, limit = [], config["time_limit"]
+    longest = max((i.get("ran_max", 0.0) for i in tasks.values()), default=0.0)
+    if limit:
+        bound = limit + 2.5
+        bad = [f"{task_id} ({i['w']}) still RUNNING {i['ran_max']:.1f} s after it started"
+               for task_id, i in tasks.items() if i.get("ran_max", 0.0) > bound]
+        inv("TIME_LIMIT enforced", not bad,
+            f"longest RUNNING seen {longest:.2f} s (bound TIME_LIMIT + 2.5 s = {bound:g} s)", bad)
+
+    # figures
+    lat = [(i["finished_at"] - i["enqueued_at"]) * 1000 for i in tasks.values()
+           if i.get("status") == "SUCCESSFUL" and not i.get("run_after")
+           and i.get("finished_at") is not None and i["how"] == "store"]
+    lat_noop = [(i["finished_at"] - i["enqueued_at"]) * 1000 for i in tasks.values()
+                if i.get("status") == "SUCCESSFUL" and i["w"] == "noop" and not i.get("run_after")
+                and i.get("finished_at") is not None and i["how"] == "store"]
+    finished = [i for i in tasks.values() if i["how"] in ("store", "seen-by-other-client")]
+    first = min((i["t_enq"] for i in tasks.values()), default=0)
+    last = max((i.get("t_final") or 0 for i in tasks.values()), default=0)
+    span = last - first
+    return {
+        "config": config,
+        "passed": all(i["ok"] for i in invariants),
+        "tasks": {"planned": config["tasks"], "enqueued": len(tasks), "terminal": terminal,
+                  "lost_with_server": len(lost_server),
+                  "missing": len(hows.get("missing", [])),
+                  "unfinished": len(hows.get("unfinished", [])),
+                  "successful": sum(i.get("status") == "SUCCESSFUL" for i in finished),
+                  "failed": sum(i.get("status") == "FAILED" for i in finished),
+                  "outcomes_by_workload": table},
+        "run_seconds": round(run_seconds, 3),
+        "load_seconds": round(span, 3),
+        "throughput_per_s": round(len(tasks) / span, 1) if span > 0 else None,
+        "latency_ms": {name: {f"p{q}": (round(_pct(values, q), 2) if values else None)
+                              for q in (50, 95, 99)} | {"n": len(values)}
+                       for name, values in (("successful", lat), ("noop", lat_noop))},
+        "faults": {"worker_kills": len(faults.kills), "kills_skipped": faults.kill_misses,
+                   "tasks_lost_to_kills": n_lost_kill,
+                   "server_restarts": len(restarts),
+                   "server_restarts_recovered": sum(r["recovered_at"] is not None
+                                                    for r in restarts),
+                   "recovery_seconds": recovery,
+                   "restart_signals": [r.get("signal") for r in restarts],
+                   "client_saw_server_unavailable": len(down_seen),
+                   "enqueue_retries": len(enqueue_errors),
+                   "server_generations": [g[0] for g in monitor.generations]},
+        "lookups": {"cross_client": len(cross)},
+        "results": {"max_stored": max_stored, "max_results": config["max_results"],
+                    "evicted": evicted, "health_samples": len(samples)},
+        "server_rss": rss_summary,
+        "invariants": invariants,
+    }
+
+
+def render(report):
+    c, t, f = report["config"], report["tasks"], report["faults"]
+    lines = ["", "django-tasks-shared stress report", "=" * 33]
+
+    def row(name, value):
+        lines.append(f"  {name:<22} {value}")
+
+    row("server", f"{c['address']} ({'existing' if c['external'] else 'started, AUTOSTART'}), "
+        f"{c['workers']} workers x {c['threads']} thread(s)")
+    row("limits", f"TIME_LIMIT={c['time_limit']} s, MAX_WORKER_MEMORY={c['max_worker_memory']} "
+        f"MiB, MAX_RESULTS={c['max_results']}")
+    row("run", f"{c['clients']} clients, {c['tasks']} tasks, mix {c['mix']}, seed {c['seed']}")
+    row("faults requested", f"{', '.join(c['faults']) or 'none'} (kill every {c['kill_every']} "
+        f"s, {c['restarts']} restart(s), {c['restart_signal']})")
+    row("tasks", f"{t['enqueued']} enqueued, {t['terminal']} terminal ({t['successful']} "
+        f"SUCCESSFUL, {t['failed']} FAILED), {t['lost_with_server']} lost with the server, "
+        f"{t['missing'] + t['unfinished']} lost otherwise")
+    row("wall time", f"{report['run_seconds']:.1f} s (clients start-up included); first "
+        f"enqueue to last result {report['load_seconds']:.1f} s")
+    row("throughput", f"{report['throughput_per_s']} tasks/s (first enqueue to last result, all "
+        "workloads, faults included)")
+    for name, lat in report["latency_ms"].items():
+        if lat["n"]:
+            row(f"latency {name}", f"p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  "
+                f"p99 {lat['p99']:.1f} ms  (enqueue -> finished, n={lat['n']})")
+    row("worker kills", f"{f['worker_kills']} injected, {f['tasks_lost_to_kills']} task(s) "
+        f"WorkerLost with them, workers replaced")
+    row("server restarts", f"{f['server_restarts']} injected, {f['server_restarts_recovered']} "
+        f"recovered (AUTOSTART, {', '.join(f'{x:.2f} s' for x in f['recovery_seconds']) or '-'})"
+        f", ServerUnavailable seen {f['client_saw_server_unavailable']}x")
+    row("cross-client lookups", f"{report['lookups']['cross_client']}")
+    r = report["results"]
+    row("results stored", f"max {r['max_stored']} / {r['max_results']} "
+        f"({r['evicted']} evicted, LRU, all servers)")
+    for pid, s in report["server_rss"].items():
+        row(f"server RSS pid {pid}", f"{s['first_third_mib']} -> {s['last_third_mib']} MiB "
+            f"(peak {s['peak_mib']})")
+    lines.append("  outcomes by workload:")
+    for w, counts in sorted(report["tasks"]["outcomes_by_workload"].items()):
+        lines.append(f"    {w:<6} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    lines.append("")
+    lines.append("invariants:")
+    for i in report["invariants"]:
+        lines.append(f"  {'PASS' if i['ok'] else 'FAIL'}  {i['name']}: {i['detail']}")
+        for failure in i["failures"][:10]:
+            lines.append(f"          - {failure}")
+    lines.append("")
+    lines.append("RESULT: " + ("PASS" if report["passed"] else "FAIL"))
+    return "\n".join(lines)

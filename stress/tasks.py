@@ -1,0 +1,85 @@
+"""The workload of the stress harness.
+
+Every task first appends one line "<result_id> <pid> <server_pid> <workload>" to a ledger file of
+its own worker process (opened with O_APPEND, one os.write per line, so a line is never torn and
+survives os._exit or SIGKILL right after). The harness counts executions from these files, not
+from the store's word: an id seen twice ran twice.
+"""
+
+import os
+import time
+
+from django.tasks import task
+
+from django_tasks_shared import current_result_id
+
+_ledgers = {}   # directory -> fd, one per worker process
+_hoard = []     # hog keeps its memory here, so the worker stays over MAX_WORKER_MEMORY
+
+
+class StressFailure(Exception):
+    """Raised by the `fail` workload; its class path must show up in the TaskError."""
+
+
+def _ledger(directory, workload):
+    pid = os.getpid()
+    fd = _ledgers.get(directory)
+    if fd is None:
+        fd = _ledgers[directory] = os.open(
+            os.path.join(directory, f"{pid}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, f"{current_result_id.get()} {pid} {os.getppid()} {workload}\n".encode())
+    return pid
+
+
+@task
+def noop(ledger, n=0):
+    return {"pid": _ledger(ledger, "noop"), "value": n}
+
+
+@task
+def cpu(ledger, n=20_000):
+    pid = _ledger(ledger, "cpu")
+    x = 0
+    for i in range(n):
+        x += i * i
+    return {"pid": pid, "value": x}
+
+
+@task
+def sleep(ledger, seconds=0.05):
+    pid = _ledger(ledger, "sleep")
+    time.sleep(seconds)
+    return {"pid": pid, "value": seconds}
+
+
+@task
+def fail(ledger, message="planned failure"):
+    _ledger(ledger, "fail")
+    raise StressFailure(message)
+
+
+@task
+def crash(ledger, code=17):
+    _ledger(ledger, "crash")
+    os._exit(code)
+
+
+@task
+def hang(ledger, seconds=3600.0):
+    """Sleeps far past TIME_LIMIT: the supervisor must end it with TimeLimitExceeded."""
+    pid = _ledger(ledger, "hang")
+    time.sleep(seconds)
+    return {"pid": pid, "value": "woke up"}
+
+
+@task
+def hog(ledger, limit_mib):
+    """Grows this worker's RSS past MAX_WORKER_MEMORY and keeps it: the task succeeds and the
+    supervisor must retire the worker after it (nothing fails)."""
+    import psutil
+
+    pid = _ledger(ledger, "hog")
+    rss = psutil.Process().memory_info().rss
+    need = max(limit_mib * 2**20 + 32 * 2**20 - rss, 16 * 2**20)
+    _hoard.append(bytearray(b"\x01") * need)  # touched pages: really resident
+    return {"pid": pid, "value": len(_hoard)}
