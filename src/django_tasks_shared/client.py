@@ -14,13 +14,13 @@ without proxies: no refcount round trips, no finalizers that can hang at exit, a
 """
 
 import os
-import pickle
 import socket
 import struct
 import threading
 from multiprocessing import AuthenticationError, connection
 
 from .exceptions import ServerAuthenticationError, ServerUnavailable
+from .wire import read_message, write_message
 
 STORE_IDENT = "store"  # the id under which the server pins its TaskStore
 
@@ -51,44 +51,6 @@ def _connect(address, authkey, timeout):
         conn.close()
         raise
     return conn
-
-
-def _roundtrip(fd, request):
-    """One request and its reply in the stock wire format (4-byte big-endian length + pickle),
-    in 1 write + usually 1 read: `Connection.send/recv` build a ForkingPickler (a copy of its
-    dispatch table) per message and read header and body separately, which costs about 20 us of
-    client CPU per round trip."""
-    data = pickle.dumps(request, pickle.HIGHEST_PROTOCOL)
-    if len(data) > 0x7FFFFFFF:
-        data = struct.pack("!iQ", -1, len(data)) + data
-    else:
-        data = struct.pack("!i", len(data)) + data
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    chunk = os.read(fd, 65536)
-    while len(chunk) < 4:
-        more = os.read(fd, 65536)
-        if not more:
-            raise EOFError
-        chunk += more
-    size, start = struct.unpack("!i", chunk[:4])[0], 4
-    if size == -1:
-        while len(chunk) < 12:
-            more = os.read(fd, 65536)
-            if not more:
-                raise EOFError
-            chunk += more
-        size, start = struct.unpack("!Q", chunk[4:12])[0], 12
-    if len(chunk) - start >= size:
-        return pickle.loads(memoryview(chunk)[start:start + size])
-    buf = bytearray(chunk[start:])
-    while len(buf) < size:
-        more = os.read(fd, min(size - len(buf), 1 << 20))
-        if not more:
-            raise EOFError
-        buf += more
-    return pickle.loads(buf)
 
 
 def describe(address):
@@ -135,7 +97,9 @@ class StoreClient:
     def call(self, method, *args):
         conn = self._connection()
         try:
-            kind, value = _roundtrip(conn.fileno(), (STORE_IDENT, method, args, {}))
+            fd = conn.fileno()
+            write_message(fd, (STORE_IDENT, method, args, {}))
+            kind, value = read_message(fd)
         except BaseException as exc:
             self.close()  # the reply may still arrive: never reuse this connection
             if isinstance(exc, (OSError, EOFError)):

@@ -15,14 +15,17 @@ on a command line or in the environment.
 """
 
 import fcntl
+import functools
 import json
 import logging
 import os
+import pickle
 import resource
 import signal
 import sys
 import threading
 import time
+import traceback
 from multiprocessing import managers, process
 
 from . import __version__
@@ -30,6 +33,7 @@ from .client import STORE_IDENT
 from .config import Config, side_file
 from .store import TaskStore
 from .supervisor import Supervisor
+from .wire import read_message, write_message
 
 logger = logging.getLogger("django_tasks_shared.server")
 
@@ -46,8 +50,50 @@ def _the_store():
     return _store
 
 
+class StoreServer(managers.Server):
+    """The stock Server with a leaner per-connection loop (same wire protocol).
+
+    Each request is read with usually one system call and plain pickle (see wire.py), and the
+    reply written with one. Methods that raise answer ('#ERROR', exc), re-raised by the client
+    with its type; anything else wrong answers ('#TRACEBACK', text). Methods that return new
+    proxies (method_to_typeid) are not supported: nothing registered here uses them.
+    """
+
+    def serve_client(self, conn):
+        fd = conn.fileno()
+        id_to_obj, fallbacks, stop = self.id_to_obj, self.fallback_mapping, self.stop_event
+        while not stop.is_set():
+            try:
+                ident, methodname, args, kwds = read_message(fd)
+            except (EOFError, OSError):
+                sys.exit(0)  # client gone; handle_request() closes the connection
+            try:
+                obj, exposed, _ = id_to_obj[ident]
+                if methodname in exposed:
+                    function = getattr(obj, methodname)
+                elif methodname in fallbacks:
+                    function = functools.partial(fallbacks[methodname], self, conn, ident, obj)
+                else:
+                    raise AttributeError(f"method {methodname!r} of {type(obj)} is not exposed")
+            except Exception:
+                msg = ("#TRACEBACK", traceback.format_exc())
+            else:
+                try:
+                    msg = ("#RETURN", function(*args, **kwds))
+                except Exception as exc:
+                    msg = ("#ERROR", exc)
+            try:
+                write_message(fd, msg)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                write_message(fd, ("#UNSERIALIZABLE", traceback.format_exc()))
+            except OSError:
+                sys.exit(0)
+
+
 class StoreManager(managers.BaseManager):
     """`StoreManager(address, authkey).connect(); m.store()` also works, with stock proxies."""
+
+    _Server = StoreServer
 
 
 StoreManager.register("store", callable=_the_store, exposed=EXPOSED)
