@@ -308,8 +308,9 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     recovery = [r.get("recovery_s") for r in restarts if r.get("recovery_s") is not None]
     signals = ", ".join(f"SIG{r.get('signal', 'kill').upper()}" for r in restarts)
     inv("faults injected and survived", not bad,
-        f"{len(faults.kills)} worker SIGKILLs ({faults.kill_misses} skipped: no ready "
-        f"worker), {n_lost_kill} task(s) lost to them; {len(restarts)} server restart(s) "
+        f"{len(faults.kills)} worker SIGKILLs ({faults.kill_misses} attempts found no worker "
+        f"mid-way through a sleep/cpu task), {n_lost_kill} task(s) lost to them; "
+        f"{len(restarts)} server restart(s) "
         f"({signals or '-'}), "
         f"{sum(r['recovered_at'] is not None for r in restarts)} recovered by AUTOSTART "
         f"(recovery {', '.join(f'{x:.2f} s' for x in recovery) or '-'}); clients saw "

@@ -229,40 +229,43 @@ class Faults:
                 self.restart(health)
                 return
         if "kill" in self.args.fault_set and now >= self.next_kill and fresh:
-            self.next_kill = now + self.args.kill_every
-            self.kill(health)
+            # A miss (no worker mid-way through a sleep/cpu task) is retried soon, not skipped.
+            self.next_kill = now + (self.args.kill_every if self.kill(health) else 0.1)
 
     def kill(self, health):
         import psutil
 
-        candidates = _ready_workers(health)
-        # Spare the workers running hang/hog/crash (they end their own way), so that the
-        # supervisor's own outcomes (TimeLimitExceeded, recycling, WorkerLost) stay covered.
-        spared = (".hang", ".hog", ".crash")
-        candidates = [w for w in candidates if not (w.get("current_task") and
-                      w["current_task"]["name"].endswith(spared))]
-        busy = [w for w in candidates if w.get("current_task")]
-        if busy and self.rng.random() < 0.75:
-            candidates = busy
+        try:  # a fresh snapshot: the monitor's may be 0.25 s old, long enough for new claims
+            health = self.monitor.backend.health()
+        except Exception:
+            self.kill_misses += 1
+            return False
+        # Kill only workers in the middle of a task that takes a while (sleep, cpu): spare the
+        # ones running hang/hog/crash (they end their own way) and idle or noop ones (they may
+        # claim a hang task before the signal lands), so the supervisor's own outcomes
+        # (TimeLimitExceeded, recycling, WorkerLost) stay covered.
+        candidates = [w for w in _ready_workers(health) if w.get("current_task") and
+                      w["current_task"]["name"].endswith((".sleep", ".cpu"))]
         if not candidates:
             self.kill_misses += 1
-            return
+            return False
         worker = self.rng.choice(candidates)
         proc = self.monitor.workers.get(worker["pid"])
         if proc is None:
             self.kill_misses += 1
-            return
+            return False
         try:
             if proc.ppid() != health["server"]["pid"]:
                 self.kill_misses += 1
-                return
+                return False
             proc.send_signal(signal.SIGKILL)  # psutil checks pid + create time
         except psutil.Error:
             self.kill_misses += 1
-            return
+            return False
         task = worker.get("current_task")
         self.kills.append({"t": time.time(), "worker_id": worker["id"], "pid": worker["pid"],
                            "task": task["id"] if task else None})
+        return True
 
     def restart(self, health):
         import psutil
