@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core import checks
 from django.tasks import TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TASK_REFRESH_ATTRS
 from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
@@ -155,6 +156,13 @@ class ThreadPoolBackend(SharedBackend):
     kind = "thread"
 
 
+def _refresh_in_place(result, record):
+    """What TaskResult.refresh() does, from a record we already have."""
+    fresh = to_task_result(record, result.task)
+    for attr in TASK_REFRESH_ATTRS:
+        object.__setattr__(result, attr, getattr(fresh, attr))
+
+
 def wait(result, timeout=30.0):
     """Block until `result` (a TaskResult) is finished, served by the server without polling.
 
@@ -164,10 +172,7 @@ def wait(result, timeout=30.0):
 
     backend = task_backends[result.backend]
     record = backend.wait(result.id, timeout)
-    fresh = to_task_result(record, result.task)
-    for attr in ("status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
-                 "errors", "worker_ids", "_return_value"):
-        object.__setattr__(result, attr, getattr(fresh, attr))
+    _refresh_in_place(result, record)
     if result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
         raise TimeoutError(f"task result {result.id} is still {result.status} after {timeout} s")
     return result
@@ -207,10 +212,7 @@ def wait_all(results, timeout=30.0):
                 for result, record in zip(pending, records, strict=True):
                     if record is None:
                         raise TaskResultDoesNotExist(result.id)
-                    fresh = to_task_result(record, result.task)
-                    for attr in ("status", "enqueued_at", "started_at", "finished_at",
-                                 "last_attempted_at", "errors", "worker_ids", "_return_value"):
-                        object.__setattr__(result, attr, getattr(fresh, attr))
+                    _refresh_in_place(result, record)
                     if result.status not in finished:
                         still.append(result)
                 pending = still

@@ -12,11 +12,11 @@ import sys
 import time
 
 from django.core.management.base import BaseCommand, CommandError
-from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
 from django_tasks_shared import health
-from django_tasks_shared.backend import SharedBackend
 from django_tasks_shared.client import StoreClient
+from django_tasks_shared.management.commands._backend import shared_backend
 
 # Socket timeout of the probe: with Django's start-up, `unreachable` is reported within 5 s.
 PROBE_TIMEOUT = 2.5
@@ -40,14 +40,7 @@ class Command(BaseCommand):
         as_json = options["json"]
         if watch is not None and watch <= 0:
             raise CommandError("--watch takes a number of seconds > 0")
-        try:
-            instance = task_backends[backend]
-        except Exception as exc:
-            raise CommandError(f"no usable task backend {backend!r}: {exc}")
-        if not isinstance(instance, SharedBackend):
-            raise CommandError(f"TASKS[{backend!r}] is {type(instance).__name__}, not a "
-                               "django-tasks-shared backend.")
-        config = instance.config
+        config = shared_backend(backend).config
         # Our own client, never the backend's `call` (which may start a server).
         client = StoreClient(config.address, config.authkey,
                              timeout=min(config.connect_timeout, PROBE_TIMEOUT))

@@ -4,9 +4,9 @@ import dataclasses
 import logging
 
 from django.core.management.base import BaseCommand, CommandError
-from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
-from django_tasks_shared.backend import SharedBackend
+from django_tasks_shared.management.commands._backend import shared_backend
 from django_tasks_shared.server import AlreadyRunning, serve
 
 
@@ -24,14 +24,7 @@ class Command(BaseCommand):
                             help="seconds running tasks may finish after SIGTERM (default 30)")
 
     def handle(self, *args, backend, workers, threads, grace, **options):
-        try:
-            instance = task_backends[backend]
-        except Exception as exc:
-            raise CommandError(f"no usable task backend {backend!r}: {exc}")
-        if not isinstance(instance, SharedBackend):
-            raise CommandError(f"TASKS[{backend!r}] is {type(instance).__name__}, not a "
-                               "django-tasks-shared backend.")
-        config = instance.config
+        config = shared_backend(backend).config
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v}
         if changes:
             config = dataclasses.replace(config, **changes)
