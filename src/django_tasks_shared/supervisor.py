@@ -290,7 +290,8 @@ class Supervisor:
     def _signal(self, worker, sig):
         """Signal the worker's process group (its own session: the task's children too).
         Safe against PID reuse: we are its only reaper and it is not reaped yet."""
-        if worker.popen.poll() is None:
+        # pid AND create time (psutil's is_running), on top of the unreaped-child guarantee.
+        if worker.popen.poll() is None and worker.proc.is_running():
             try:
                 os.killpg(worker.popen.pid, sig)
             except ProcessLookupError:
