@@ -141,7 +141,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         _store = store = TaskStore(
             max_results=config.max_results, result_ttl=config.result_ttl,
             max_queue=config.max_queue, max_tasks_per_worker=config.max_tasks_per_worker)
-        store.meta.update(
+        store.set_meta(
             address=config.address_text, version=__version__, alias=config.alias,
             kind=config.kind, python=sys.version.split()[0], embedded=config.embedded,
             workers_expected=config.workers, threads=config.threads,

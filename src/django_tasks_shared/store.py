@@ -182,8 +182,7 @@ class TaskStore:
                     k: v for k, v in worker.items() if k not in ("current", "claimed")
                 } | {"current_tasks": current,
                      "current_task": current[0] if current else None,
-                     "state": ("busy" if current else worker["state"]) if worker["state"] in
-                     ("idle", "busy") else worker["state"],
+                     "state": "busy" if current else worker["state"],
                      "uptime": round(now - worker["started_at"], 3)})
             return {
                 "server": dict(self.meta, uptime=round(now - self.meta["started_at"], 3),
@@ -268,6 +267,11 @@ class TaskStore:
         """Drop finished results past RESULT_TTL (called from the supervisor tick)."""
         with self._lock:
             self._expire(self._clock())
+
+    def set_meta(self, **fields):
+        """Server facts for health (the supervisor's status); under the lock health reads with."""
+        with self._lock:
+            self.meta.update(fields)
 
     def count(self, name, n=1):
         with self._lock:

@@ -248,7 +248,7 @@ class Supervisor:
                     self.crash_streak = 0
                     self.last_failure = dict(self.last_failure or {}, resolved=True)
                     break
-        self.store.meta.update(
+        self.store.set_meta(
             supervisor={
                 "workers_expected": self.config.workers,
                 "workers_alive": len(self.workers),
