@@ -69,11 +69,13 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         invariants.append({"name": name, "ok": bool(ok), "detail": detail,
                            "failures": list(failures)[:20]})
 
-    tasks, cross, down_seen, enqueue_errors = {}, [], [], []
+    tasks, cross, down_seen, enqueue_errors, seen_final = {}, [], [], [], {}
     for out in outputs:
         if out is None:
             continue
         tasks.update(out["tasks"])
+        for task_id, seen in out.get("seen_final", {}).items():
+            seen_final.setdefault(task_id, seen)
         cross.extend([out["idx"]] + obs for obs in out["cross"])
         down_seen.extend(out["down_seen"])
         enqueue_errors.extend(out["enqueue_errors"])
@@ -82,15 +84,12 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     restarts = faults.restarts
     final_worker_ids = {w["id"] for w in (final_health or {}).get("workers", [])}
 
-    # A task whose owner missed its end (server gone) but another client saw it terminal.
-    seen_terminal = {}
-    for _, task_id, status, err, _t0, _t1 in cross:
-        if status in TERMINAL:
-            seen_terminal.setdefault(task_id, (status, err))
+    # A task whose owner missed its end (server gone) but another client saw it finished:
+    # judged on what that client saw (status, error, return value, worker ids).
     for task_id, info in tasks.items():
-        if info["how"] != "store" and task_id in seen_terminal:
+        if info["how"] != "store" and task_id in seen_final:
             info["how"] = "seen-by-other-client"
-            info["status"], info["err"] = seen_terminal[task_id]
+            info.update(seen_final[task_id])
 
     # 1. every task reached a terminal state (or is honestly counted as lost with the server)
     hows = {}

@@ -52,6 +52,7 @@ class Client:
         self.info = {}          # id -> what we know about it
         self.outstanding = {}   # id -> info, not yet final
         self.cross = []         # [id, status or None, error class or None, t before, t after]
+        self.seen_final = {}    # other clients' ids seen finished: id -> what was seen
         self.down_seen = []     # times a call saw ServerUnavailable
         self.enqueue_errors = []
         self.other_ids = []
@@ -88,6 +89,16 @@ class Client:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def _server_finished(self):
+        """Tasks finished server-wide (a progress signal); None while it is unreachable."""
+        from django_tasks_shared.exceptions import ServerUnavailable
+
+        try:
+            counters = self.call("health")["counters"]
+        except ServerUnavailable:
+            return None
+        return counters["succeeded"] + counters["failed"]
 
     def server_started_at(self):
         if self._server_started is None:
@@ -220,14 +231,21 @@ class Client:
                 return
             err = result.errors[-1].exception_class_path if result.errors else None
             self.cross.append([task_id, result.status.value, err, t0, time.time()])
+            if result.is_finished and task_id not in self.seen_final:
+                # Everything the checker needs if the owner misses this task's end.
+                self.seen_final[task_id] = {
+                    "status": result.status.value, "err": err,
+                    "msg": _last_line(result.errors[-1].traceback) if result.errors else None,
+                    "ret": result.return_value if result.status == "SUCCESSFUL" else None,
+                    "worker_ids": list(result.worker_ids)}
 
     # ---- main loop -------------------------------------------------------------------------
 
     def run(self):
         plan = deque(self.p["plan"])
         window, interval = self.p["window"], self.p["poll_interval"]
-        next_poll = next_tail = retry_at = 0.0
-        failing_since = stop_at = None
+        next_poll = next_tail = retry_at = next_progress_check = 0.0
+        failing_since = stop_at = last_finished = None
         while plan or self.outstanding:
             now = time.monotonic()
             n = 0
@@ -241,8 +259,14 @@ class Client:
                 retry_at = now + 0.2
                 if now - failing_since > self.p["max_wait"]:
                     plan.clear()  # the checker reports them as never enqueued
-            if not plan and stop_at is None:
-                stop_at = now + self.p["max_wait"]
+            if not plan and (stop_at is None or now >= next_progress_check):
+                # Give up on our last tasks only when the server stops making progress: with
+                # strict priorities, low-priority tasks legitimately wait while other clients
+                # keep enqueueing higher ones (minutes, in a 100,000-task soak).
+                finished = self._server_finished()
+                if stop_at is None or finished != last_finished:
+                    stop_at = now + self.p["max_wait"]
+                last_finished, next_progress_check = finished, now + 1.0
             if now >= next_tail:
                 self._tail_others()
                 next_tail = now + 0.5
@@ -258,6 +282,7 @@ class Client:
             self._finalize(task_id, "unfinished")
         self.ids_file.close()
         out = {"idx": self.idx, "tasks": self.info, "cross": self.cross,
+               "seen_final": self.seen_final,
                "down_seen": self.down_seen, "enqueue_errors": self.enqueue_errors,
                "pid": os.getpid()}
         path = os.path.join(self.p["workdir"], f"client-{self.idx}.json")

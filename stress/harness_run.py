@@ -63,7 +63,8 @@ def parse_args(argv):
     p.add_argument("--deferred", type=float, default=3.0, help="%% of tasks with a run_after")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--max-wait", type=float, default=90.0,
-                   help="seconds a client waits for its last tasks before calling them lost")
+                   help="seconds without progress (no task finished server-wide) after which "
+                        "a client calls its unfinished tasks lost")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     p.add_argument("--keep", action="store_true", help="keep the work directory (ledger etc.)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
