@@ -13,7 +13,7 @@ import psutil
 from django.test import override_settings
 
 from django_tasks_shared.client import StoreClient
-from django_tasks_shared.config import derive_authkey
+from django_tasks_shared.config import derive_authkey, parse_address
 from django_tasks_shared.exceptions import ServerUnavailable
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -74,7 +74,7 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
 def ping(address, authkey=None, timeout=1.0):
     authkey = authkey or derive_authkey(SECRET_KEY, "default")
     try:
-        return StoreClient(address, authkey, timeout=timeout).call("ping")
+        return StoreClient(parse_address(address), authkey, timeout=timeout).call("ping")
     except ServerUnavailable:
         return None
 
@@ -102,7 +102,7 @@ class ServerProcess:
         return tasks_settings(self.address, {**self.options, **options})
 
     def client(self):
-        return StoreClient(self.address, derive_authkey(SECRET_KEY, "default"))
+        return StoreClient(parse_address(self.address), derive_authkey(SECRET_KEY, "default"))
 
     def stop(self, timeout=15.0):
         return stop_process(self.popen, timeout)
