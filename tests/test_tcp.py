@@ -49,8 +49,11 @@ def test_non_loopback_tcp_address_gets_a_system_check_warning():
         messages = task_backends["default"].check()
     assert [m.id for m in messages] == ["django_tasks_shared.W001"]
     assert "not loopback" in messages[0].msg
-    with tasks_settings("127.0.0.1:9000", {"WORKERS": 1}):
-        assert task_backends["default"].check() == []
+    for loopback in ("127.0.0.1:9000", "127.0.0.2:9000", "localhost:9000"):
+        with tasks_settings(loopback, {"WORKERS": 1}):
+            assert task_backends["default"].check() == [], loopback
+    with tasks_settings("tasks.internal.example:9000", {"WORKERS": 1}):
+        assert [m.id for m in task_backends["default"].check()] == ["django_tasks_shared.W001"]
 
 
 @pytest.mark.timeout(30)

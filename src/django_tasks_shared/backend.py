@@ -3,11 +3,13 @@
     Task.enqueue -> validate -> JSON check -> record -> client.call("enqueue") -> TaskResult
     get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
     wait()       -> client.call("wait") -> blocks in the server until finished or timeout
+    wait_all()   -> "wait" on the last of a batch, then one "get_many" for all of it
 
 Django builds a backend instance per thread, so __init__ only reads a cached Config and the
 module-level StoreClient of its alias (one connection per process and thread, fork-aware).
 """
 
+import ipaddress
 import json
 import secrets
 import time
@@ -122,13 +124,22 @@ class SharedBackend(BaseTaskBackend):
     def check(self, **kwargs):
         messages = []
         address = self.config.address
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost", "::1"):
+        if isinstance(address, tuple) and not _is_loopback(address[0]):
             messages.append(checks.Warning(
                 f"TASKS[{self.alias!r}] ADDRESS {self.config.address_text} is not loopback: "
                 "anyone who can reach it and knows the authkey can run code in the server.",
                 hint="Prefer a unix socket path, or bind to 127.0.0.1 behind a firewall.",
                 id="django_tasks_shared.W001"))
         return messages
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def _json_arguments(task, args, kwargs):
