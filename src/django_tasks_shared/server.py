@@ -7,8 +7,8 @@
 
 Started three ways, all through `serve()`:
 - `manage.py tasks_server` (foreground, systemd, Docker);
-- embedded: `python -m django_tasks_shared.server` launched by the first process that uses a
-  backend with no ADDRESS; it exits when that owner dies;
+- embedded: a fresh interpreter running `server.main()` (see launcher.py), launched by the first
+  process that uses a backend with no ADDRESS; it exits when that owner dies;
 - AUTOSTART: the same, detached, for a configured ADDRESS.
 The spec (Config.to_spec() plus launch fields) arrives as JSON on stdin, so the authkey is never
 on a command line or in the environment.
@@ -197,7 +197,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
 
 
 def main():
-    """`python -m django_tasks_shared.server`: the spec arrives as one JSON object on stdin."""
+    """Entry point of a launched server: the spec arrives as one JSON object on stdin."""
     spec = json.loads(sys.stdin.readline())
     sys.stdin.close()
     logging.basicConfig(level=logging.INFO, format="[tasks-server %(process)d] %(message)s")
@@ -208,6 +208,3 @@ def main():
         logger.info("not starting: %s", exc)
         sys.exit(0)
 
-
-if __name__ == "__main__":
-    main()
