@@ -1,9 +1,17 @@
 import contextlib
+import shutil
 
 import psutil
 import pytest
 
-from helpers import ServerProcess
+from helpers import CREATED_DIRS, ServerProcess
+
+
+@pytest.fixture(autouse=True, scope="session")
+def remove_socket_directories():
+    yield
+    for directory in CREATED_DIRS:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

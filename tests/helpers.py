@@ -21,9 +21,14 @@ MANAGE = os.path.join(TESTS_DIR, "manage.py")
 SECRET_KEY = "tests-secret-key-not-for-production-0123456789"
 
 
+CREATED_DIRS = []  # removed at the end of the session (conftest.py)
+
+
 def short_socket_path(name="tasks.sock"):
     """A unix socket path well under the 107-byte limit (pytest's tmp_path can be long)."""
-    return os.path.join(tempfile.mkdtemp(prefix="dts-"), name)
+    directory = tempfile.mkdtemp(prefix="dts-")
+    CREATED_DIRS.append(directory)
+    return os.path.join(directory, name)
 
 
 def child_env(address=None, options=None, backend=None, **extra):
