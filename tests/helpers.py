@@ -24,11 +24,16 @@ SECRET_KEY = "tests-secret-key-not-for-production-0123456789"
 CREATED_DIRS = []  # removed at the end of the session (conftest.py)
 
 
+def temp_dir(prefix="dts-"):
+    """A short temporary directory, removed at the end of the test session."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    CREATED_DIRS.append(directory)
+    return directory
+
+
 def short_socket_path(name="tasks.sock"):
     """A unix socket path well under the 107-byte limit (pytest's tmp_path can be long)."""
-    directory = tempfile.mkdtemp(prefix="dts-")
-    CREATED_DIRS.append(directory)
-    return os.path.join(directory, name)
+    return os.path.join(temp_dir(), name)
 
 
 def child_env(address=None, options=None, backend=None, **extra):

@@ -4,14 +4,13 @@ import importlib
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
 from django.tasks import TaskResultStatus
 
 from django_tasks_shared import wait
-from helpers import child_env
+from helpers import child_env, temp_dir
 from testproject import tasks
 
 MODULE = textwrap.dedent("""
@@ -26,7 +25,7 @@ MODULE = textwrap.dedent("""
 @pytest.fixture
 def module_only_in_this_process():
     """A task module on this test process's sys.path only (not on the server's or workers')."""
-    directory = tempfile.mkdtemp(prefix="dts-mod-")
+    directory = temp_dir(prefix="dts-mod-")
     name = "dts_only_here_" + os.path.basename(directory).replace("-", "_")
     with open(os.path.join(directory, name + ".py"), "w") as f:
         f.write(MODULE)

@@ -6,14 +6,13 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import psutil
 import pytest
 
 from django_tasks_shared.config import derive_authkey
-from helpers import ServerProcess, child_env, ping, short_socket_path, wait_until
+from helpers import ServerProcess, child_env, ping, short_socket_path, temp_dir, wait_until
 
 # Each child: enqueue COUNT tasks, publish their ids, wait for everybody's, look every id up
 # (its own and the others'), publish "done", wait until everybody is done, print a summary.
@@ -146,7 +145,7 @@ def mode(path):
 def test_processes_share_one_server_and_see_each_others_results():
     n, count = 4, 25
     server = ServerProcess(options={"WORKERS": 2})
-    sync_dir = tempfile.mkdtemp(prefix="dts-sync-")
+    sync_dir = temp_dir(prefix="dts-sync-")
     procs = []
     try:
         server.wait_ready()
@@ -175,7 +174,7 @@ def test_embedded_default_server_is_shared_by_processes():
     n, count = 3, 10
     secret = f"embedded-test-secret-{os.getpid()}-{time.time_ns()}"
     env = child_env(None, {"WORKERS": 1}, TASKS_SECRET_KEY=secret)
-    sync_dir = tempfile.mkdtemp(prefix="dts-sync-")
+    sync_dir = temp_dir(prefix="dts-sync-")
     procs = []
     server_pid = None
     try:
@@ -244,7 +243,7 @@ print(json.dumps({"value": result.return_value, "address": address,
 
 @pytest.mark.timeout(60)
 def test_shared_socket_is_0600_in_a_0700_directory():
-    parent = tempfile.mkdtemp(prefix="dts-")
+    parent = temp_dir(prefix="dts-")
     address = os.path.join(parent, "private", "tasks.sock")  # the server creates "private"
     old = os.umask(0o022)  # as a typical shell would have it
     try:
@@ -266,7 +265,7 @@ def test_autostart_race_starts_exactly_one_server():
     n = 6
     address = short_socket_path()
     env = child_env(address, {"WORKERS": 1, "AUTOSTART": True})
-    sync_dir = tempfile.mkdtemp(prefix="dts-sync-")
+    sync_dir = temp_dir(prefix="dts-sync-")
     procs = []
     try:
         procs = run_peers(RACER, n, env, lambda i: [str(i), sync_dir])

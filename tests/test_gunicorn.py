@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from helpers import TESTS_DIR, ServerProcess, child_env, stop_process, wait_until
+from helpers import TESTS_DIR, ServerProcess, child_env, stop_process, temp_dir, wait_until
 
 GUNICORN_WORKERS = 3
 
@@ -62,7 +61,7 @@ def test_gunicorn_workers_share_results():
     server = ServerProcess(options={"WORKERS": 2})
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = os.path.join(tempfile.mkdtemp(prefix="dts-gunicorn-"), "gunicorn.log")
+    log_path = os.path.join(temp_dir(prefix="dts-gunicorn-"), "gunicorn.log")
     gunicorn = None
     try:
         server.wait_ready()

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import timedelta
 
@@ -16,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from django_tasks_shared import health
-from helpers import MANAGE, ServerProcess, child_env, ping, short_socket_path, wait_until
+from helpers import MANAGE, ServerProcess, child_env, ping, short_socket_path, temp_dir, wait_until
 from testproject import tasks
 
 TOP_LEVEL = {"status", "server", "queues", "results", "counters", "workers"}
@@ -272,7 +271,7 @@ def test_unreachable_within_5_seconds_when_the_server_does_not_answer():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["embedded", "autostart"])
 def test_never_starts_a_server(mode):
-    runtime = tempfile.mkdtemp(prefix="dts-rt-")
+    runtime = temp_dir(prefix="dts-rt-")
     secret = "never-start-test-" + os.urandom(8).hex()
     address = None if mode == "embedded" else short_socket_path()
     options = {"WORKERS": 1} if mode == "embedded" else {"WORKERS": 1, "AUTOSTART": True}

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import psutil
@@ -17,7 +16,7 @@ from django.tasks import TaskResultStatus
 
 from django_tasks_shared import wait
 from django_tasks_shared.exceptions import TimeLimitExceeded, WorkerLost
-from helpers import MANAGE, ServerProcess, child_env, wait_until
+from helpers import MANAGE, ServerProcess, child_env, temp_dir, wait_until
 from testproject import tasks
 
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
@@ -243,7 +242,7 @@ def test_max_tasks_per_worker_recycles_workers_and_nothing_fails():
 
 @pytest.mark.timeout(90)
 def test_worker_that_cannot_start_backs_off_and_health_shows_the_reason():
-    marker = os.path.join(tempfile.mkdtemp(prefix="dts-"), "break-workers")
+    marker = os.path.join(temp_dir(prefix="dts-"), "break-workers")
     env = {"DJANGO_SETTINGS_MODULE": "testproject.broken_settings",
            "TASKS_BREAK_MARKER": marker}
     with running_server({"WORKERS": 2}, env=env) as srv:
@@ -331,7 +330,7 @@ time.sleep(120)
 
 @pytest.mark.timeout(60)
 def test_sigkill_of_the_embedded_owner_leaves_no_process_behind():
-    runtime = tempfile.mkdtemp(prefix="dts-rt-")
+    runtime = temp_dir(prefix="dts-rt-")
     env = child_env(None, {"WORKERS": 2}, XDG_RUNTIME_DIR=runtime,
                     TASKS_SECRET_KEY="owner-death-test-" + os.urandom(8).hex())
     owner = subprocess.Popen([sys.executable, "-c", OWNER], env=env, stdout=subprocess.PIPE,
