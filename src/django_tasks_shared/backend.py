@@ -16,7 +16,6 @@ import time
 
 from django.conf import settings
 from django.core import checks
-from django.tasks import TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TASK_REFRESH_ATTRS
 from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
@@ -28,7 +27,7 @@ from .client import StoreClient
 from .config import ConfigError, build_config
 from .exceptions import ServerAuthenticationError, ServerUnavailable
 from .records import to_task_result, to_timestamp
-from .store import new_record
+from .store import FINISHED, new_record
 
 _configs = {}   # (alias, kind, options repr, queues, secret) -> Config
 _clients = {}   # (alias, address, authkey, timeout) -> StoreClient
@@ -114,7 +113,7 @@ class SharedBackend(BaseTaskBackend):
             record = self.call("wait", result_id, max(0.0, min(remaining, slice_)))
             if record is None:
                 raise TaskResultDoesNotExist(result_id)
-            if record["status"] in ("SUCCESSFUL", "FAILED") or remaining <= slice_:
+            if record["status"] in FINISHED or remaining <= slice_:
                 return record
 
     def health(self):
@@ -184,7 +183,7 @@ def wait(result, timeout=30.0):
     backend = task_backends[result.backend]
     record = backend.wait(result.id, timeout)
     _refresh_in_place(result, record)
-    if result.status not in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED):
+    if not result.is_finished:
         raise TimeoutError(f"task result {result.id} is still {result.status} after {timeout} s")
     return result
 
@@ -204,7 +203,6 @@ def wait_all(results, timeout=30.0):
     from django.tasks import task_backends
 
     deadline = time.monotonic() + timeout
-    finished = (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
     groups = {}
     for result in results:
         groups.setdefault(result.backend, []).append(result)
@@ -224,7 +222,7 @@ def wait_all(results, timeout=30.0):
                     if record is None:
                         raise TaskResultDoesNotExist(result.id)
                     _refresh_in_place(result, record)
-                    if result.status not in finished:
+                    if not result.is_finished:
                         still.append(result)
                 pending = still
                 if pending and time.monotonic() >= deadline:

@@ -10,6 +10,8 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
+from .client import describe
+
 DEFAULTS = {
     "WORKERS": None, "THREADS": None, "MAX_WORKERS": None, "MAX_RESULTS": 1000,
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
@@ -44,7 +46,7 @@ class Config:
 
     @property
     def address_text(self):
-        return self.address if isinstance(self.address, str) else "%s:%d" % self.address
+        return describe(self.address)
 
     @property
     def can_start(self):

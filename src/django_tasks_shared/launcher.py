@@ -61,9 +61,10 @@ def ensure_server(config, timeout=START_TIMEOUT):
             return
         popen = _spawn(config)
         while time.monotonic() < deadline:
+            exited = popen.poll() is not None  # read before the ping: no race with a late start
             if _alive(config):
                 return
-            if popen.poll() is not None and not _alive(config):
+            if exited:
                 if popen.returncode == 0:  # it found another server holding the lock
                     raise ServerUnavailable(
                         f"a task server holds {describe(config.address)} but does not answer "
