@@ -91,16 +91,8 @@ class TaskStore:
             now = self._clock()
             record = dict(record, status=READY, enqueued_at=now)
             self._records[record["id"]] = record
-            counts = self._pending_by_queue.setdefault(record["queue"], [0, 0])
-            run_after = record["run_after"]
-            if run_after is not None and run_after > now:
-                heapq.heappush(self._deferred, (run_after, next(self._seq), record["id"]))
-                counts[1] += 1
-                self._work.notify()  # a waiting worker shortens its wait to the due time
-            else:
-                heapq.heappush(self._ready, (-record["priority"], next(self._seq), record["id"]))
-                counts[0] += 1
-                self._work.notify()
+            self._push(record, now)
+            self._log_put(record)
             self.counters["enqueued"] += 1
             return now
 
@@ -282,6 +274,31 @@ class TaskStore:
     def _pending(self):
         return len(self._ready) + len(self._deferred)
 
+    def _push(self, record, now):
+        """Queue a READY record (new, or back in the queue): the deferred heap while its
+        run_after is in the future, else the ready heap. It gets a new FIFO position `seq`."""
+        record["seq"] = seq = next(self._seq)
+        counts = self._pending_by_queue.setdefault(record["queue"], [0, 0])
+        run_after = record["run_after"]
+        if run_after is not None and run_after > now:
+            heapq.heappush(self._deferred, (run_after, seq, record["id"]))
+            counts[1] += 1
+        else:
+            heapq.heappush(self._ready, (-record["priority"], seq, record["id"]))
+            counts[0] += 1
+        self._work.notify()  # a waiting worker takes it (or shortens its wait to the due time)
+
+    # Journal hooks (lock held). Every change to the state that a client may be told about goes
+    # through one of these, right after the change is made in memory; see journal.py.
+    def _log_put(self, record):
+        """A new record, or one replaced as a whole."""
+
+    def _log_set(self, record, *fields):
+        """`fields` of an existing record changed (e.g. "status", "finished_at", "errors")."""
+
+    def _log_forget(self, task_id):
+        """The record is gone (evicted, expired, removed)."""
+
     def _lookup(self, task_id):
         record = self._records.get(task_id)
         if record is not None and record["status"] in FINISHED:
@@ -313,6 +330,7 @@ class TaskStore:
         record["status"] = RUNNING
         record["started_at"] = record["last_attempted_at"] = now
         record["worker_ids"] = record["worker_ids"] + [worker_id]
+        self._log_set(record, "status", "started_at", "last_attempted_at", "worker_ids")
         self._running[record["id"]] = worker_id
         worker["current"][record["id"]] = now
         worker["claimed"] += 1
@@ -328,6 +346,7 @@ class TaskStore:
         record.update(status=status, finished_at=finished_at,
                       return_value=outcome.get("return_value"),
                       errors=record["errors"] + list(outcome.get("errors") or ()))
+        self._log_set(record, "status", "finished_at", "return_value", "errors")
         self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
         worker = self._workers.get(worker_id)
         if worker is not None:
@@ -343,6 +362,7 @@ class TaskStore:
         now = max(self._clock(), record["started_at"])
         record.update(status=FAILED, finished_at=now, errors=record["errors"] + [
             {"exception_class_path": exception_path, "traceback": message}])
+        self._log_set(record, "status", "finished_at", "errors")
         self.counters["failed"] += 1
         name = exception_path.rsplit(".", 1)[-1]
         if name == "WorkerLost":
@@ -363,6 +383,7 @@ class TaskStore:
         while len(self._finished) > self.max_results:
             old_id, _ = self._finished.popitem(last=False)
             self._records.pop(old_id, None)
+            self._log_forget(old_id)
             self.counters["evicted"] += 1
         event = self._waiters.pop(task_id, None)
         if event is not None:
@@ -371,6 +392,7 @@ class TaskStore:
     def _forget(self, task_id):
         self._finished.pop(task_id, None)
         self._records.pop(task_id, None)
+        self._log_forget(task_id)
 
     def _expire(self, now):
         if self.result_ttl is None:

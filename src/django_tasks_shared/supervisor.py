@@ -196,17 +196,26 @@ class Supervisor:
                 text = (f"{TIME_LIMIT_EXCEEDED}: task {task_id} ran {ran:.1f} s, over "
                         f"TIME_LIMIT={limit:g} s; worker {worker_id} (pid "
                         f"{worker.popen.pid if worker else '?'}) was killed\n")
-                if self.store.fail_task(task_id, TIME_LIMIT_EXCEEDED, text):
-                    logger.error(text.strip())
-                if worker is not None and worker.kill_at is None:
-                    worker.kill_reason = (f"was killed: a task it ran exceeded TIME_LIMIT="
-                                          f"{limit:g} s")
-                    self._signal(worker, signal.SIGTERM)
-                    worker.kill_at = now + KILL_GRACE
+                self.end_task(worker_id, task_id, TIME_LIMIT_EXCEEDED, text,
+                              f"was killed: a task it ran exceeded TIME_LIMIT={limit:g} s")
         for worker in self.workers.values():
             if worker.kill_at is not None and now >= worker.kill_at:
                 self._signal(worker, signal.SIGKILL)
                 worker.kill_at = float("inf")
+
+    def end_task(self, worker_id, task_id, exception_path, text, kill_reason):
+        """End a RUNNING task FAILED with `exception_path` and stop its worker (lock held).
+
+        The worker's process group gets SIGTERM (pid + create time checked), SIGKILL after
+        KILL_GRACE; when it exits, its sibling tasks end WorkerLost and it is replaced. Used by
+        TIME_LIMIT; any other reason to stop a task mid-run goes through here too."""
+        if self.store.fail_task(task_id, exception_path, text):
+            logger.error(text.strip())
+        worker = self.workers.get(worker_id)
+        if worker is not None and worker.kill_at is None:
+            worker.kill_reason = kill_reason
+            self._signal(worker, signal.SIGTERM)
+            worker.kill_at = time.monotonic() + KILL_GRACE
 
     def _sample(self):
         limit = self.config.max_worker_memory
