@@ -66,6 +66,9 @@ class TaskStore:
         self._pending_by_queue = {}     # queue -> [ready, deferred]
         self._workers = {}              # worker id -> info dict (see register_worker)
         self._draining = False
+        # Small server state outside the records that must survive restarts (e.g. the last run
+        # of each schedule): change it under the lock, then call _log_durable(key).
+        self.durable = {}
         self.meta = {"pid": os.getpid(), "started_at": clock()}
         self.counters = dict.fromkeys(
             ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
@@ -298,6 +301,9 @@ class TaskStore:
 
     def _log_forget(self, task_id):
         """The record is gone (evicted, expired, removed)."""
+
+    def _log_durable(self, key):
+        """self.durable[key] changed (or was deleted)."""
 
     def _lookup(self, task_id):
         record = self._records.get(task_id)
