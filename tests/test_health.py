@@ -184,7 +184,8 @@ def test_healthy_then_degraded_report_json_watch_and_wrong_authkey():
                 assert isinstance(worker["pid"], int) and worker["rss_bytes"] > 0
             busy = [w for w in doc["workers"] if w["current_task"]]
             assert len(busy) == 1 and busy[0]["state"] == "busy"
-            assert set(busy[0]["current_task"]) == {"id", "name", "running_for"}
+            assert set(busy[0]["current_task"]) == {"id", "name", "running_for", "attempt",
+                                                     "progress"}
             assert busy[0]["current_task"]["id"] == running.id
             assert busy[0]["current_task"]["name"] == "testproject.tasks.sleep"
             assert busy[0]["current_task"]["running_for"] > 0

@@ -6,7 +6,8 @@ public names here are loaded lazily.
 
 __version__ = "0.1.0"
 
-__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "current_result_id", "wait", "wait_all"]
+__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "current_result_id", "progress", "retry",
+           "set_progress", "wait", "wait_all"]
 
 
 def __getattr__(name):
@@ -14,6 +15,14 @@ def __getattr__(name):
         from . import backend
 
         return getattr(backend, name)
+    if name == "retry":
+        from .retries import retry
+
+        return retry
+    if name in ("set_progress", "progress"):
+        from . import metadata
+
+        return getattr(metadata, name)
     if name == "current_result_id":
         from .execution import current_result_id
 

@@ -1,6 +1,7 @@
 """The Django task backends: every operation is one round trip to the shared server.
 
-    Task.enqueue -> validate -> JSON check -> record -> client.call("enqueue") -> TaskResult
+    Task.enqueue -> validate -> JSON check -> record (+ retry policy: @retry over
+                    OPTIONS["RETRY"]) -> client.call("enqueue") -> TaskResult
     get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
     wait()       -> client.call("wait") -> blocks in the server until finished or timeout
     wait_all()   -> "wait" on the last of a batch, then one "get_many" for all of it
@@ -27,6 +28,7 @@ from .client import StoreClient
 from .config import ConfigError, build_config
 from .exceptions import ServerAuthenticationError, ServerUnavailable
 from .records import to_task_result, to_timestamp
+from .retries import effective_policy
 from .store import FINISHED, new_record
 
 _configs = {}   # (alias, kind, options repr, queues, secret) -> Config
@@ -66,6 +68,7 @@ class SharedBackend(BaseTaskBackend):
     supports_async_task = True
     supports_get_result = True
     supports_priority = True
+    supports_metadata = True  # Django's coming metadata API; set_progress() on 6.x
     kind = "process"
 
     def __init__(self, alias, params):
@@ -91,7 +94,10 @@ class SharedBackend(BaseTaskBackend):
         record = new_record(
             id=secrets.token_hex(16), task=task.module_path, args=args, kwargs=kwargs,
             priority=task.priority, queue=task.queue_name, run_after=to_timestamp(task.run_after),
-            takes_context=task.takes_context, backend=self.alias)
+            takes_context=task.takes_context, backend=self.alias,
+            retry=effective_policy(task.func, self.config.retry))
+        if getattr(task, "metadata", None):  # Task.using(metadata=...) of a later Django
+            record["metadata"] = normalize_json(dict(task.metadata))
         record["enqueued_at"] = self.call("enqueue", record)
         result = to_task_result(record, task)
         task_enqueued.send(type(self), task_result=result)
@@ -115,6 +121,11 @@ class SharedBackend(BaseTaskBackend):
                 raise TaskResultDoesNotExist(result_id)
             if record["status"] in FINISHED or remaining <= slice_:
                 return record
+
+    def save_metadata(self, task_result, raw_metadata):
+        """Django's coming backend hook: replace a running task's metadata (one round trip)."""
+        return self.call("save_metadata", task_result.id, normalize_json(dict(raw_metadata)),
+                         True)
 
     def health(self):
         """The server's health snapshot; never starts a server."""

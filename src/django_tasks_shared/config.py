@@ -16,7 +16,7 @@ DEFAULTS = {
     "WORKERS": None, "THREADS": None, "MAX_WORKERS": None, "MAX_RESULTS": 1000,
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
-    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0,
+    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "RETRY": None, "MAX_TASK_MEMORY": None,
 }
 
 
@@ -41,6 +41,8 @@ class Config:
     max_worker_memory: int | None  # MiB of RSS
     max_queue: int | None
     connect_timeout: float
+    retry: dict | None = None              # OPTIONS["RETRY"] in record form (see retries.py)
+    max_task_memory: int | None = None     # MiB of RSS while a task runs: killed past it
     queues: tuple = ("default",)
     settings_module: str | None = None
 
@@ -181,8 +183,25 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         max_worker_memory=_number(opts, "MAX_WORKER_MEMORY"),
         max_queue=_number(opts, "MAX_QUEUE"),
         connect_timeout=_number(opts, "CONNECT_TIMEOUT", float, 0.1),
+        retry=_retry(opts["RETRY"]),
+        max_task_memory=_number(opts, "MAX_TASK_MEMORY"),
         queues=tuple(sorted(queues)), settings_module=settings_module,
     )
+
+
+def _retry(value):
+    """OPTIONS["RETRY"]: a dict with @retry's keys -> the record form (class paths for `on`)."""
+    from .retries import normalize
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError("OPTIONS['RETRY'] must be a dict with keys of @retry (max_attempts, "
+                          f"delay, factor, max_delay, on), got {value!r}.")
+    try:
+        return normalize(value, "OPTIONS['RETRY']")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def python_path():

@@ -1,10 +1,13 @@
 """Run one claimed task the way Django's ImmediateBackend does, and describe the outcome.
 
-    record (RUNNING, from finish_and_claim) -> TaskResult -> task_started signal
+    record (RUNNING, from finish_and_claim) -> TaskResult -> task_started signal (every attempt)
         -> Task.call(...) (context, coroutines via async_to_sync) -> normalize_json(return)
-        -> task_finished signal -> outcome dict for the next finish_and_claim
+        -> task_finished signal (once: not after an attempt that will be retried)
+        -> outcome dict for the next finish_and_claim (with "retry" when the policy gives the
+           failed attempt another try, and the progress set_progress still held back)
 """
 
+import logging
 import time
 from contextvars import ContextVar
 from traceback import format_exception
@@ -14,7 +17,11 @@ from django.tasks.base import TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
+from .metadata import Reporter, _reporter
 from .records import to_datetime, to_task_result
+from .retries import wants_retry
+
+logger = logging.getLogger("django_tasks_shared.worker")
 
 # Set while a task runs: the id of its TaskResult (a drop-in for django-tasks-local's).
 current_result_id: ContextVar[str] = ContextVar("current_result_id")
@@ -26,8 +33,9 @@ def _error(exc):
             "traceback": "".join(format_exception(exc))}
 
 
-def execute(record, sender):
-    """Run the task of `record`; returns the outcome dict. `sender` is the backend class."""
+def execute(record, sender, client=None):
+    """Run the task of `record`; returns the outcome dict. `sender` is the backend class;
+    `client` (the worker's) carries set_progress calls."""
     try:
         result = to_task_result(record)
     except Exception as exc:  # unimportable task: it fails, the worker lives on
@@ -35,6 +43,8 @@ def execute(record, sender):
                 "errors": [_error(exc)]}
     task = result.task
     token = current_result_id.set(result.id)
+    reporter = Reporter(client, result.id, record.get("metadata") or {}) if client else None
+    progress_token = _reporter.set(reporter)
     close_old_connections()  # as a request would: no stale DB connection between tasks
     try:
         task_started.send(sender=sender, task_result=result)
@@ -49,18 +59,28 @@ def execute(record, sender):
         except BaseException as exc:
             outcome = {"id": result.id, "status": "FAILED", "finished_at": time.time(),
                        "errors": [_error(exc)]}
-            _set(result, outcome)
-            result.errors.append(TaskError(**outcome["errors"][0]))
-            task_finished.send(sender=sender, task_result=result)
+            policy = record.get("retry")
+            if wants_retry(policy, exc, result.attempts):
+                outcome["retry"] = True  # not the end: task_finished waits for the last attempt
+                logger.info("task %s (%s) attempt %d of %d failed with %s; it will be retried",
+                            result.id, record["task"], result.attempts, policy["max_attempts"],
+                            outcome["errors"][0]["exception_class_path"])
+            else:
+                _set(result, outcome)
+                result.errors.append(TaskError(**outcome["errors"][0]))
+                task_finished.send(sender=sender, task_result=result)
         else:
             outcome = {"id": result.id, "status": "SUCCESSFUL", "finished_at": time.time(),
                        "return_value": value}
             _set(result, outcome)
             object.__setattr__(result, "_return_value", value)
             task_finished.send(sender=sender, task_result=result)
+        if reporter is not None and reporter.pending:
+            outcome["metadata"] = reporter.take_pending()
         return outcome
     finally:
         close_old_connections()
+        _reporter.reset(progress_token)
         current_result_id.reset(token)
 
 

@@ -144,10 +144,26 @@ def _table(header, rows, right=()):
     return lines
 
 
+PROGRESS_WIDTH = 40  # characters of a running task's progress in the workers table
+
+
+def progress_text(progress):
+    """{"done": 40, "total": 100} -> "done=40 total=100", cut to PROGRESS_WIDTH."""
+    if not progress:
+        return ""
+    text = " ".join(f"{key}={value}" for key, value in progress.items())
+    return text if len(text) <= PROGRESS_WIDTH else text[:PROGRESS_WIDTH - 3] + "..."
+
+
 def _task_cell(task):
     if not task:
         return "-"
-    return f"{task['name']} {task['id'][:12]} {duration(task.get('running_for'))}"
+    cell = f"{task['name']} {task['id'][:12]} {duration(task.get('running_for'))}"
+    if (task.get("attempt") or 1) > 1:
+        cell += f" (attempt {task['attempt']})"
+    if task.get("progress"):
+        cell += f" [{progress_text(task['progress'])}]"
+    return cell
 
 
 def render(doc, now=None):
@@ -177,6 +193,8 @@ def render(doc, now=None):
         limits.append(f"TIME_LIMIT {server['time_limit']:g} s")
     if server.get("max_worker_memory") is not None:
         limits.append(f"MAX_WORKER_MEMORY {server['max_worker_memory']} MiB")
+    if server.get("max_task_memory") is not None:
+        limits.append(f"MAX_TASK_MEMORY {server['max_task_memory']} MiB")
     for key, label in (("max_tasks_per_worker", "MAX_TASKS_PER_WORKER"),
                        ("max_queue", "MAX_QUEUE")):
         if (doc.get("limits") or {}).get(key) is not None:
@@ -198,7 +216,9 @@ def render(doc, now=None):
     lines.append(
         f"counters  enqueued {c.get('enqueued', 0)}  succeeded {c.get('succeeded', 0)}  "
         f"failed {c.get('failed', 0)}  worker lost {c.get('worker_lost', 0)}  timed out "
-        f"{c.get('timed_out', 0)}  restarts {c.get('worker_restarts', 0)}"
+        f"{c.get('timed_out', 0)}  retried {c.get('retried', 0)}  restarts "
+        f"{c.get('worker_restarts', 0)}"
+        + (f"  over memory {c['memory_exceeded']}" if c.get("memory_exceeded") else "")
         + (f"  rejected (queue full) {c['rejected_full']}" if c.get("rejected_full") else ""))
     failure = sup.get("last_failure")
     if failure:

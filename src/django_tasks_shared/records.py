@@ -4,6 +4,7 @@ Runs in client and worker processes (never in the server). Task objects are reso
 path once per process and cached, so a `get_result` costs one round trip plus a dataclass.
 """
 
+from dataclasses import fields
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -12,6 +13,8 @@ from django.utils.module_loading import import_string
 
 _tasks = {}  # (path, priority, queue, run_after, backend) -> Task
 _STATUS = {s.value: s for s in TaskResultStatus}
+# Django's development branch adds TaskResult.raw_metadata; 6.x has no such field (use progress()).
+_HAS_METADATA = "raw_metadata" in {f.name for f in fields(TaskResult)}
 
 
 def to_timestamp(value):
@@ -63,4 +66,6 @@ def to_task_result(record, task=None):
         worker_ids=list(record["worker_ids"]),
     )
     object.__setattr__(result, "_return_value", record["return_value"])
+    if _HAS_METADATA:
+        object.__setattr__(result, "raw_metadata", dict(record.get("metadata") or {}))
     return result

@@ -39,7 +39,7 @@ logger = logging.getLogger("django_tasks_shared.server")
 
 # The TaskStore methods clients may call; supervisor methods stay private to this process.
 EXPOSED = ("enqueue", "get", "get_many", "wait", "finish_and_claim", "worker_failed", "ping",
-           "health")
+           "health", "save_metadata", "metadata")
 
 SHUTDOWN_LINGER = 0.2  # seconds for in-flight replies after the last task ended
 
@@ -146,6 +146,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
             kind=config.kind, python=sys.version.split()[0], embedded=config.embedded,
             workers_expected=config.workers, threads=config.threads,
             time_limit=config.time_limit, max_worker_memory=config.max_worker_memory,
+            max_task_memory=config.max_task_memory, retry=config.retry,
             queues=list(config.queues))
         # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
         old_umask = os.umask(0o177)

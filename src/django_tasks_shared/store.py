@@ -10,6 +10,11 @@ manager, so every method below that clients call is one socket round trip.
     get(id) / wait(id) ──> record copy (a hit refreshes LRU recency)
     supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
 
+A failed attempt that the retry policy (record["retry"], see retries.py) gives another try goes
+back to READY with the same id, due after its back-off: `_retry` instead of the finished LRU.
+`save_metadata` merges a running task's progress into record["metadata"] (Django's
+`raw_metadata` shape; see metadata.py).
+
 Records are JSON-compatible dicts (see `new_record`). Inner lists are replaced, never mutated,
 so a shallow copy handed to the pickler can never change under it. Timestamps are `time.time()`
 floats taken in this process (or reported by a worker on the same host), so
@@ -24,6 +29,7 @@ import time
 from collections import OrderedDict, deque
 
 from .exceptions import QueueFull, ServerUnavailable
+from .retries import backoff, retries_supervisor_end
 
 READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
 FINISHED = (FAILED, SUCCESSFUL)
@@ -33,7 +39,7 @@ STOP = "STOP"
 
 def new_record(
     *, id, task, args, kwargs, priority=0, queue="default", run_after=None,
-    takes_context=False, backend="default",
+    takes_context=False, backend="default", retry=None,
 ):
     """The record a client sends to `enqueue`."""
     return {
@@ -41,7 +47,7 @@ def new_record(
         "queue": queue, "run_after": run_after, "takes_context": takes_context,
         "backend": backend, "status": READY, "enqueued_at": None, "started_at": None,
         "last_attempted_at": None, "finished_at": None, "return_value": None,
-        "errors": [], "worker_ids": [],
+        "errors": [], "worker_ids": [], "retry": retry, "metadata": {},
     }
 
 
@@ -72,7 +78,7 @@ class TaskStore:
         self.meta = {"pid": os.getpid(), "started_at": clock()}
         self.counters = dict.fromkeys(
             ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
-             "expired", "rejected_full", "worker_restarts"), 0)
+             "expired", "rejected_full", "worker_restarts", "retried", "memory_exceeded"), 0)
 
     # ---- client operations (exposed over the manager) -------------------------------------
 
@@ -151,6 +157,24 @@ class TaskStore:
                 if self._draining or worker["retiring"] or worker_id not in self._workers:
                     return STOP
 
+    def save_metadata(self, task_id, fields, replace=False):
+        """Merge `fields` into a RUNNING task's metadata (or replace it with them); False when
+        the task is unknown or not running any more (finished, or ended by the supervisor)."""
+        with self._lock:
+            record = self._records.get(task_id)
+            if record is None or record["status"] != RUNNING:
+                return False
+            record["metadata"] = dict(fields) if replace else \
+                {**(record.get("metadata") or {}), **fields}
+            self._log_set(record, "metadata")
+            return True
+
+    def metadata(self, task_id):
+        """(status, metadata) of a task, or None if unknown, evicted or expired."""
+        with self._lock:
+            record = self._lookup(task_id)
+            return None if record is None else (record["status"], record.get("metadata") or {})
+
     def worker_failed(self, worker_id, reason):
         """A worker reports why it cannot start (bad settings, import error) before exiting."""
         with self._lock:
@@ -170,9 +194,9 @@ class TaskStore:
             workers = []
             for worker in self._workers.values():
                 current = [
-                    {"id": tid, "name": self._records[tid]["task"],
-                     "running_for": round(now - self._records[tid]["started_at"], 3)}
-                    for tid in worker["current"] if tid in self._records]
+                    {"id": tid, "name": r["task"], "running_for": round(now - r["started_at"], 3),
+                     "attempt": len(r["worker_ids"]), "progress": r.get("metadata") or None}
+                    for tid in worker["current"] if (r := self._records.get(tid)) is not None]
                 workers.append({
                     k: v for k, v in worker.items() if k not in ("current", "claimed")
                 } | {"current_tasks": current,
@@ -347,17 +371,22 @@ class TaskStore:
         if self._running.get(task_id) != worker_id:
             return  # already ended by the supervisor (time limit, worker lost)
         record = self._records[task_id]
-        status = outcome["status"]
-        finished_at = max(outcome.get("finished_at") or self._clock(), record["started_at"])
-        record.update(status=status, finished_at=finished_at,
-                      return_value=outcome.get("return_value"),
-                      errors=record["errors"] + list(outcome.get("errors") or ()))
-        self._log_set(record, "status", "finished_at", "return_value", "errors")
-        self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
         worker = self._workers.get(worker_id)
         if worker is not None:
             worker["current"].pop(task_id, None)
             worker["tasks_done"] += 1
+        status = outcome["status"]
+        errors = record["errors"] + list(outcome.get("errors") or ())
+        if outcome.get("metadata"):  # the task's last progress, coalesced into its outcome
+            record["metadata"] = {**(record.get("metadata") or {}), **outcome["metadata"]}
+        if status == FAILED and outcome.get("retry") and record.get("retry"):
+            self._retry(record, errors, self._clock())  # the worker matched the policy's `on`
+            return
+        finished_at = max(outcome.get("finished_at") or self._clock(), record["started_at"])
+        record.update(status=status, finished_at=finished_at,
+                      return_value=outcome.get("return_value"), errors=errors)
+        self._log_set(record, "status", "finished_at", "return_value", "errors", "metadata")
+        self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
         self._finished_record(task_id, finished_at)
 
     def _fail(self, task_id, exception_path, message):
@@ -366,20 +395,33 @@ class TaskStore:
             return False
         record = self._records[task_id]
         now = max(self._clock(), record["started_at"])
-        record.update(status=FAILED, finished_at=now, errors=record["errors"] + [
-            {"exception_class_path": exception_path, "traceback": message}])
-        self._log_set(record, "status", "finished_at", "errors")
-        self.counters["failed"] += 1
-        name = exception_path.rsplit(".", 1)[-1]
-        if name == "WorkerLost":
-            self.counters["worker_lost"] += 1
-        elif name == "TimeLimitExceeded":
-            self.counters["timed_out"] += 1
+        errors = record["errors"] + [
+            {"exception_class_path": exception_path, "traceback": message}]
+        counter = {"WorkerLost": "worker_lost", "TimeLimitExceeded": "timed_out",
+                   "MemoryLimitExceeded": "memory_exceeded"}.get(exception_path.rsplit(".")[-1])
+        if counter:
+            self.counters[counter] += 1
         worker = self._workers.get(worker_id)
         if worker is not None:
             worker["current"].pop(task_id, None)
+        if retries_supervisor_end(record.get("retry"), exception_path, len(record["worker_ids"])):
+            self._retry(record, errors, now)
+            return True
+        record.update(status=FAILED, finished_at=now, errors=errors)
+        self._log_set(record, "status", "finished_at", "errors")
+        self.counters["failed"] += 1
         self._finished_record(task_id, now)
         return True
+
+    def _retry(self, record, errors, now):
+        """The attempt failed and the policy gives another: READY again under the same id, due
+        after the back-off; `errors` keeps this attempt's error, waiters keep waiting."""
+        del self._running[record["id"]]
+        record.update(status=READY, errors=errors,
+                      run_after=now + backoff(record["retry"], len(record["worker_ids"])))
+        self._push(record, now)
+        self._log_set(record, "status", "errors", "run_after", "seq", "metadata")
+        self.counters["retried"] += 1
 
     def _finished_record(self, task_id, finished_at):
         del self._running[task_id]

@@ -11,6 +11,8 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
     store.overdue(TIME_LIMIT)                             ->  fail with TimeLimitExceeded,
                                                               SIGTERM, SIGKILL after KILL_GRACE
     owner pid (embedded mode) gone                        ->  ask the server to stop
+    MAX_TASK_MEMORY: a faster sampler thread of its own (memwatch.py) ends the task with
+    MemoryLimitExceeded through end_task and SIGKILLs the worker at once
 
 Workers are fresh interpreters (`python -c ...worker...`), the equivalent of the `spawn` start
 method: no fork() of this multi-threaded process, and Django is set up in each worker.
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from .config import python_path
+from .memwatch import MemoryWatcher
 
 logger = logging.getLogger("django_tasks_shared.supervisor")
 
@@ -80,6 +83,8 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._lock = threading.Lock()  # tick vs shutdown
         self._ticks = 0
+        self.memory_watcher = (MemoryWatcher(self, config.max_task_memory)
+                               if config.max_task_memory else None)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -89,6 +94,8 @@ class Supervisor:
                 self._spawn()
         self._publish()
         self._thread.start()
+        if self.memory_watcher is not None:
+            self.memory_watcher.start()
 
     def shutdown(self, grace, urgent=None):
         """Stop handing out tasks, give running ones `grace` seconds, then stop every worker."""
@@ -118,6 +125,8 @@ class Supervisor:
                                      worker.popen.pid)
                 self._forget(worker, "the task server stopped before the task finished "
                                      f"(shutdown grace {grace:g} s)")
+        if self.memory_watcher is not None:  # it held the cap during the grace period too
+            self.memory_watcher.stop()
 
     # ---- the tick -------------------------------------------------------------------------------
 

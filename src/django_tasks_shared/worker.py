@@ -50,7 +50,7 @@ def _loop(client, worker_id, sender, execute):
         if record == STOP:
             return
         try:
-            outcome = execute(record, sender)
+            outcome = execute(record, sender, client)
         except Exception as exc:  # a signal receiver raised: the task still gets an outcome
             outcome = {"id": record["id"], "status": "FAILED", "finished_at": time.time(),
                        "errors": [{"exception_class_path":

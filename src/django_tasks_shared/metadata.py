@@ -1,0 +1,106 @@
+"""Progress from inside a task: `set_progress(**fields)` in the task, `progress(result)` anywhere.
+
+    task code:  set_progress(done=40, total=100)
+        -> the Reporter of this run (a ContextVar that execution.execute sets)
+        -> checked: JSON-compatible, no "_" keys, the whole metadata <= MAX_METADATA bytes
+           (else ValueError/TypeError and nothing is stored)
+        -> at most one `save_metadata` round trip per INTERVAL; calls that come faster are
+           merged and held ...
+    execute():  ... and the held fields ride on the outcome (finish_and_claim), so the final
+                value is always delivered, at no extra round trip
+    progress(result) -> one `metadata` round trip -> the dict, from any process
+
+The fields live in record["metadata"], the shape of Django's coming `TaskResult.raw_metadata`
+(keys starting with "_" are reserved for backends), so that API will find them there.
+"""
+
+import json
+import time
+from contextvars import ContextVar
+
+MAX_METADATA = 64 * 1024  # bytes of JSON per task: progress, not a second return value
+INTERVAL = 0.1            # seconds: at most ~10 round trips per second per running task
+
+_reporter: ContextVar["Reporter"] = ContextVar("django_tasks_shared_progress")
+
+
+class Reporter:
+    """Progress of one run of one task, sent through the worker's client."""
+
+    def __init__(self, client, task_id, metadata):
+        self.client = client
+        self.task_id = task_id
+        self.view = dict(metadata)  # the metadata once everything held is delivered
+        self.pending = {}
+        self.sent_at = float("-inf")
+
+    def set(self, fields):
+        reserved = sorted(k for k in fields if k.startswith("_"))
+        if reserved:
+            raise ValueError(f"set_progress(): keys starting with '_' are reserved for task "
+                             f"backends ({', '.join(reserved)}); nothing was stored.")
+        view = {**self.view, **fields}
+        try:
+            size = len(json.dumps(view))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"set_progress() takes JSON-compatible values ({exc}); nothing was "
+                            "stored. Pass numbers, strings, lists and dicts.") from None
+        if size > MAX_METADATA:
+            raise ValueError(
+                f"set_progress(): the task's progress would be {size} bytes of JSON, over the "
+                f"{MAX_METADATA} byte limit; nothing was stored. Keep progress small (counts, "
+                "a status line) and return large data from the task instead.")
+        self.view = view
+        self.pending.update(fields)
+        now = time.monotonic()
+        if now - self.sent_at >= INTERVAL:
+            pending, self.pending = self.pending, {}
+            self.sent_at = now
+            self.client.call("save_metadata", self.task_id, pending)
+
+    def take_pending(self):
+        """Fields not sent yet (they go out with the task's outcome)."""
+        pending, self.pending = self.pending, {}
+        return pending
+
+
+def set_progress(**fields):
+    """Merge `fields` into the running task's metadata, readable with `progress(result)`.
+
+    Cheap in a loop: calls coming faster than ~10 per second are merged, and the last value
+    always reaches the server (with the task's outcome at the latest). Raises RuntimeError
+    outside a task run by a django-tasks-shared worker.
+    """
+    reporter = _reporter.get(None)
+    if reporter is None:
+        raise RuntimeError(
+            "set_progress() works only inside a task run by a django-tasks-shared worker; here "
+            "no such task is running (called from a web process, a shell, or a task run by "
+            "another backend). Call it from the task's code.")
+    if fields:
+        reporter.set(fields)
+
+
+def progress(result):
+    """The metadata (progress) of a TaskResult, fresh from the server, from any process.
+
+    On another backend that implements Django's coming metadata API, the refreshed
+    `result.metadata`; otherwise NotImplementedError.
+    """
+    from django.tasks import task_backends
+    from django.tasks.exceptions import TaskResultDoesNotExist
+
+    from .backend import SharedBackend
+
+    backend = task_backends[result.backend]
+    if isinstance(backend, SharedBackend):
+        answer = backend.call("metadata", result.id)
+        if answer is None:
+            raise TaskResultDoesNotExist(result.id)
+        return answer[1]
+    if getattr(backend, "supports_metadata", False):
+        result.refresh()
+        return dict(result.metadata)
+    raise NotImplementedError(
+        f"task backend {result.backend!r} ({type(backend).__name__}) keeps no progress: "
+        "progress() needs django-tasks-shared or a backend with supports_metadata.")
