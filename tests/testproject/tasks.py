@@ -5,8 +5,9 @@ import os
 import time
 
 from django.tasks import task
+from django.tasks.signals import task_finished, task_started
 
-from django_tasks_shared import current_result_id
+from django_tasks_shared import current_result_id, retry, set_progress
 
 
 @task
@@ -79,3 +80,98 @@ def spin(seconds):
     while time.monotonic() < end:
         n += 1
     return n
+
+
+# ---- retries -----------------------------------------------------------------------------------
+
+def _signal_log(signal_name):
+    """Append "<signal> <result id>" to $TASKS_SIGNAL_LOG (set by a test): how often each fired."""
+    def receiver(sender, task_result, **kwargs):
+        path = os.environ.get("TASKS_SIGNAL_LOG")
+        if path:
+            with open(path, "a") as f:
+                f.write(f"{signal_name} {task_result.id} {task_result.status}\n")
+    return receiver
+
+
+_on_started, _on_finished = _signal_log("task_started"), _signal_log("task_finished")
+task_started.connect(_on_started)
+task_finished.connect(_on_finished)
+
+
+def _attempt_line(path, attempt):
+    """Append "<attempt> <time>" to `path`; returns how many lines (attempts) it now has."""
+    with open(path, "a") as f:
+        f.write(f"{attempt} {time.time()}\n")
+    with open(path) as f:
+        return len(f.readlines())
+
+
+@task(takes_context=True)
+@retry(max_attempts=3, delay=0.3, factor=2.0, on=(ConnectionError,))
+def flaky(context, path, failures):
+    """Raises ConnectionError on its first `failures` attempts, then returns the attempt number."""
+    seen = _attempt_line(path, context.attempt)
+    if seen <= failures:
+        raise ConnectionError(f"attempt {context.attempt} of a flaky task fails")
+    return context.attempt
+
+
+@task
+@retry(max_attempts=2, delay=0.1, on=("django_tasks_shared.exceptions.WorkerLost",))
+def dies_once(path):
+    """Its worker dies on the first attempt (WorkerLost, listed in `on`); the second succeeds."""
+    if _attempt_line(path, 0) == 1:
+        os._exit(9)
+    return "survived"
+
+
+@task
+@retry(max_attempts=1)
+def fail_once_only(message):
+    """OPTIONS["RETRY"] of the backend would retry it; its own @retry says one attempt."""
+    raise ValueError(message)
+
+
+# ---- progress ----------------------------------------------------------------------------------
+
+@task
+def crunch(slow_steps, pause, fast_steps):
+    """Reports progress on every step: slowly first (readable while it runs), then as fast as it
+    can (coalesced); returns how long the fast part took."""
+    for i in range(slow_steps):
+        set_progress(done=i + 1, total=slow_steps + fast_steps, phase="slow")
+        time.sleep(pause)
+    started = time.perf_counter()
+    for i in range(fast_steps):
+        set_progress(done=slow_steps + i + 1, phase="fast")
+    return time.perf_counter() - started
+
+
+@task
+def progress_errors():
+    """Bad set_progress calls: each must raise and store nothing."""
+    set_progress(ok=1)
+    errors = {}
+    for name, fields in (("not_json", {"x": object()}), ("reserved", {"_private": 1}),
+                         ("too_big", {"blob": "x" * 70_000})):
+        try:
+            set_progress(**fields)
+        except (TypeError, ValueError) as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    return errors
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+@task
+def grow(step_mib, every, steps, path):
+    """Allocates (and touches) `step_mib` MiB every `every` seconds, appending the total to `path`
+    after each step: how far it got before the kill."""
+    blocks = []
+    for i in range(steps):
+        blocks.append(bytearray(b"\x01") * (step_mib * 1024 * 1024))
+        with open(path, "a") as f:
+            f.write(f"{(i + 1) * step_mib}\n")
+        time.sleep(every)
+    return len(blocks) * step_mib

@@ -1,0 +1,80 @@
+"""Progress from inside a task, proven with a real server and a real worker: set in the task,
+read from this (another) process and in `tasks_health` while it runs; coalesced in a fast loop
+with the last value always delivered; bad values stored nowhere."""
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from django.tasks import TaskResultStatus
+
+from django_tasks_shared import progress, set_progress, wait
+from helpers import MANAGE, ServerProcess, child_env
+from testproject import tasks
+
+
+@contextlib.contextmanager
+def running_server(options):
+    srv = ServerProcess(options=options, args=("--grace", "1"))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def health_command(address, *args):
+    return subprocess.run([sys.executable, MANAGE, "tasks_health", *args],
+                          env=child_env(address), capture_output=True, text=True, timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_progress_is_read_from_another_process_while_the_task_runs():
+    with running_server({"WORKERS": 1}) as srv, srv.settings():
+        result = tasks.crunch.enqueue(20, 0.1, 20_000)
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            fields = progress(result)
+            if fields.get("phase") == "slow":
+                seen.append(fields["done"])
+                if fields["done"] >= 5:
+                    break
+            time.sleep(0.05)
+        assert len(set(seen)) >= 3 and seen == sorted(seen), seen
+        result.refresh()
+        assert result.status == TaskResultStatus.RUNNING
+        # tasks_health, JSON and human, shows it for the running task
+        doc = json.loads(health_command(srv.address, "--json").stdout)
+        current = [w["current_task"] for w in doc["workers"] if w["current_task"]]
+        assert current and current[0]["id"] == result.id
+        assert current[0]["progress"]["total"] == 20_020
+        human = health_command(srv.address).stdout
+        assert "total=20020 phase=slow" in human, human
+
+        wait(result, timeout=20)
+        assert result.status == TaskResultStatus.SUCCESSFUL
+        # 20,000 calls in a tight loop: coalesced (one round trip each would take >= 2 s)
+        print(f"\n20,000 set_progress calls took {result.return_value:.3f} s")
+        assert result.return_value < 1.0
+        # the last value arrives even though it came within 0.1 s of the one before
+        assert progress(result) == {"done": 20_020, "total": 20_020, "phase": "fast"}
+
+
+@pytest.mark.timeout(60)
+def test_bad_progress_is_a_clear_error_and_stores_nothing():
+    with pytest.raises(RuntimeError, match="only inside a task run by a django-tasks-shared"):
+        set_progress(done=1)
+    with running_server({"WORKERS": 1}) as srv, srv.settings():
+        result = tasks.progress_errors.enqueue()
+        wait(result, timeout=20)
+        assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
+        errors = result.return_value
+        assert errors["not_json"].startswith("TypeError: set_progress() takes JSON-compatible")
+        assert "reserved for task backends (_private)" in errors["reserved"]
+        assert "over the 65536 byte limit" in errors["too_big"]
+        assert all("nothing was stored" in text for text in errors.values())
+        assert progress(result) == {"ok": 1}
