@@ -118,7 +118,11 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
 
     # 2. exactly-once execution, from the ledger the tasks wrote
     bad = []
-    dups = {i: r for i, r in runs.items() if len(r) > 1}
+    def attempts(task_id):  # a retried task writes one ledger line per attempt
+        info = tasks.get(task_id) or {}
+        return len(info.get("worker_ids") or ()) if info.get("w") == "flaky" else 1
+
+    dups = {i: r for i, r in runs.items() if len(r) > max(1, attempts(i))}
     bad += [f"{i} ran {len(r)} times: pids {[x['pid'] for x in r]}" for i, r in dups.items()]
     strangers = set(runs) - set(tasks)
     bad += [f"{i} in the ledger but enqueued by nobody" for i in strangers]
@@ -127,7 +131,9 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         status, err = info.get("status"), info.get("err")
         wids = info.get("worker_ids") or []
         was_killed = bool(wids) and wids[-1] in killed
-        if info["how"] not in ("store", "seen-by-other-client"):
+        if info["w"] == "flaky":  # one ledger line per attempt (retried under the same id)
+            ok = n == len(wids) if status == "SUCCESSFUL" else n <= max(len(wids), 1)
+        elif info["how"] not in ("store", "seen-by-other-client"):
             ok = n <= 1
         elif status == "SUCCESSFUL":
             ok = n == 1 and (info.get("ret") or {}).get("pid") == runs[task_id][0]["pid"]
@@ -141,7 +147,8 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
             bad.append(f"{task_id} ({info['w']}, {status} {err}) has {n} ledger line(s)")
     inv("no duplicated execution (ledger written by the tasks)", not bad,
         f"{sum(len(r) for r in runs.values())} executions of {len(runs)} distinct ids in the "
-        f"ledger; {len(dups)} duplicated, {len(strangers)} unknown", bad)
+        f"ledger (a retried attempt is an execution); {len(dups)} duplicated, "
+        f"{len(strangers)} unknown", bad)
 
     # 3. each outcome matches its workload
     bad, table, lost_to_kills = [], {}, {}
@@ -165,6 +172,10 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
                   (info.get("ret") or {}).get("value") == info["expect"]["value"]) or lost_by_kill
         elif w == "fail":
             ok = (status == "FAILED" and err == STRESS_FAILURE) or lost_by_kill
+        elif w == "flaky":  # attempt 1 StressFailure, retried, attempt 2 succeeds
+            ok = (status == "SUCCESSFUL" and len(wids) == 2 and
+                  info.get("first_err") == STRESS_FAILURE and
+                  (info.get("ret") or {}).get("value") == 2) or lost_by_kill
         elif w == "crash":
             ok = status == "FAILED" and err == WORKER_LOST and (
                 "exited with code 17" in (msg or "") or was_killed)
@@ -183,7 +194,8 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         if not ok:
             bad.append(f"{task_id} {w}: {status} {err} {msg!r}")
     expected_label = {"noop": "SUCCESSFUL", "cpu": "SUCCESSFUL", "sleep": "SUCCESSFUL",
-                      "hog": "SUCCESSFUL", "fail": "StressFailure", "crash": "WorkerLost",
+                      "hog": "SUCCESSFUL", "flaky": "SUCCESSFUL", "fail": "StressFailure",
+                      "crash": "WorkerLost",
                       "hang": "TimeLimitExceeded"}
     for w, counts in table.items():
         ended = sum(v for k, v in counts.items() if k not in ("lost-with-server",))
@@ -194,7 +206,8 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     bad += [f"killed worker {wid} lost {len(ids)} tasks" for wid, ids in too_many.items()]
     n_lost_kill = sum(len(ids) for ids in lost_to_kills.values())
     inv("each outcome matches its workload", not bad,
-        f"fail->StressFailure, crash->WorkerLost, hang->TimeLimitExceeded, hog->SUCCESSFUL "
+        f"fail->StressFailure, flaky->SUCCESSFUL on attempt 2, crash->WorkerLost, "
+        f"hang->TimeLimitExceeded, hog->SUCCESSFUL "
         f"and worker recycled ({retire_seen} retirements also seen in health); "
         f"{n_lost_kill} task(s) WorkerLost because the harness SIGKILLed their worker", bad)
 
@@ -355,6 +368,11 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
                   "unfinished": len(hows.get("unfinished", [])),
                   "successful": sum(i.get("status") == "SUCCESSFUL" for i in finished),
                   "failed": sum(i.get("status") == "FAILED" for i in finished),
+                  # attempts beyond the first (only flaky is retried): from the results, and
+                  # the last server's own counter
+                  "retried": sum(max(len(i.get("worker_ids") or ()) - 1, 0) for i in finished),
+                  "retried_server_counter": ((final_health or {}).get("counters") or {})
+                  .get("retried"),
                   "outcomes_by_workload": table},
         "run_seconds": round(run_seconds, 3),
         "load_seconds": round(span, 3),
@@ -397,6 +415,8 @@ def render(report):
     row("tasks", f"{t['enqueued']} enqueued, {t['terminal']} terminal ({t['successful']} "
         f"SUCCESSFUL, {t['failed']} FAILED), {t['lost_with_server']} lost with the server, "
         f"{t['missing'] + t['unfinished']} lost otherwise")
+    row("retries", f"{t['retried']} retried attempt(s) in the results (flaky tasks); the last "
+        f"server counted {t['retried_server_counter']}")
     row("wall time", f"{report['run_seconds']:.1f} s (clients start-up included); first "
         f"enqueue to last result {report['load_seconds']:.1f} s")
     row("throughput", f"{report['throughput_per_s']} tasks/s (first enqueue to last result, all "

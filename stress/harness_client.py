@@ -117,6 +117,8 @@ class Client:
         if workload == "sleep":
             seconds = round(self.rng.uniform(0.01, 0.1), 3)
             return {"ledger": ledger, "seconds": seconds}, {"value": seconds}
+        if workload == "flaky":
+            return {"ledger": ledger}, {"value": 2}  # succeeds on its second attempt
         if workload == "hog":
             return {"ledger": ledger, "limit_mib": self.p["max_worker_memory"]}, None
         return {"ledger": ledger}, None
@@ -162,6 +164,7 @@ class Client:
                 status=record["status"], started_at=record["started_at"],
                 finished_at=record["finished_at"], worker_ids=record["worker_ids"],
                 err=errors[-1]["exception_class_path"] if errors else None,
+                first_err=errors[0]["exception_class_path"] if errors else None,
                 msg=_last_line(errors[-1]["traceback"]) if errors else None,
                 ret=record["return_value"])
         self._bump(LOST if how == "lost-with-server" else DONE)
@@ -235,6 +238,7 @@ class Client:
                 # Everything the checker needs if the owner misses this task's end.
                 self.seen_final[task_id] = {
                     "status": result.status.value, "err": err,
+                    "first_err": result.errors[0].exception_class_path if result.errors else None,
                     "msg": _last_line(result.errors[-1].traceback) if result.errors else None,
                     "ret": result.return_value if result.status == "SUCCESSFUL" else None,
                     "worker_ids": list(result.worker_ids)}

@@ -25,8 +25,8 @@ import time
 
 QUICK = {"tasks": 400, "clients": 3, "workers": 3, "kill_every": 1.0, "restarts": 2,
          "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both"}
-DEFAULT_MIX = "noop=70,cpu=10,sleep=10,fail=5,crash=3,hang=1,hog=1"
-WORKLOADS = ("noop", "cpu", "sleep", "fail", "crash", "hang", "hog")
+DEFAULT_MIX = "noop=68,cpu=10,sleep=10,fail=5,flaky=2,crash=3,hang=1,hog=1"
+WORKLOADS = ("noop", "cpu", "sleep", "fail", "flaky", "crash", "hang", "hog")
 
 
 def parse_args(argv):

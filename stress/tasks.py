@@ -11,7 +11,7 @@ import time
 
 from django.tasks import task
 
-from django_tasks_shared import current_result_id
+from django_tasks_shared import current_result_id, retry
 
 _ledgers = {}   # directory -> fd, one per worker process
 _hoard = []     # hog keeps its memory here, so the worker stays over MAX_WORKER_MEMORY
@@ -56,6 +56,17 @@ def sleep(ledger, seconds=0.05):
 def fail(ledger, message="planned failure"):
     _ledger(ledger, "fail")
     raise StressFailure(message)
+
+
+@task(takes_context=True)
+@retry(max_attempts=3, delay=0.05, on=(StressFailure,))
+def flaky(context, ledger):
+    """Fails its first attempt with StressFailure; @retry runs it again (same id, one ledger line
+    per attempt), and the second attempt succeeds."""
+    pid = _ledger(ledger, "flaky")
+    if context.attempt == 1:
+        raise StressFailure("first attempt of a flaky task")
+    return {"pid": pid, "value": context.attempt}
 
 
 @task
