@@ -64,6 +64,7 @@ def test_task_over_max_task_memory_is_killed_before_twice_the_cap():
         assert counters["memory_exceeded"] == 1 and counters["worker_lost"] == 1
         # the replacement works
         assert wait(tasks.add.enqueue(2, 3), timeout=15).return_value == 5
+    print(*[line for line in srv.output().splitlines() if "after its RSS sample" in line])
 
 
 @pytest.mark.timeout(60)

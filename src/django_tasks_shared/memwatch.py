@@ -89,7 +89,7 @@ class MemoryWatcher:
                 continue  # already being stopped
             rss = self.rss(worker, scan)
             if rss is not None and rss > self.limit:
-                self._over(worker, rss)
+                self._over(worker, rss, time.monotonic())
         if scan:
             live = {w.id for w in workers}
             for worker_id in list(self.children):
@@ -97,7 +97,7 @@ class MemoryWatcher:
                     del self.children[worker_id]
         self.samples += 1
 
-    def _over(self, worker, rss):
+    def _over(self, worker, rss, sampled_at):
         sup = self.supervisor
         seen = f"{rss / MiB:.0f} MiB"
         with sup._lock:
@@ -119,6 +119,9 @@ class MemoryWatcher:
                     f"running task {task_id} reached an RSS of {seen} (with its children), "
                     f"over MAX_TASK_MEMORY={self.limit_mib} MiB; the worker was killed\n")
             sup._signal(worker, signal.SIGKILL)  # first: every millisecond is more memory
+            logger.warning("worker %s (pid %d) SIGKILLed %.1f ms after its RSS sample of %s",
+                           worker.id, worker.popen.pid, (time.monotonic() - sampled_at) * 1000,
+                           seen)
             sup.end_task(worker.id, task_id, MEMORY_LIMIT_EXCEEDED, text,
                          f"was killed: RSS {seen} over MAX_TASK_MEMORY={self.limit_mib} MiB")
             worker.kill_at = float("inf")  # end_task's SIGKILL deadline: already done
