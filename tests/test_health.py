@@ -141,6 +141,25 @@ def test_report_document_and_aligned_workers_table():
     assert "/run/t.sock" in health.render(down)
 
 
+@pytest.mark.timeout(10)
+def test_attempt_progress_and_new_counters_in_the_report():
+    snap = snapshot()
+    snap["server"]["max_task_memory"] = 300
+    snap["counters"].update(retried=4, memory_exceeded=1)
+    snap["workers"][0]["current_tasks"] = [
+        {"id": "A" * 32, "name": "app.tasks.import_rows", "running_for": 3.0, "attempt": 2,
+         "progress": {"done": 40, "total": 100, "note": "x" * 60}}]
+    snap["workers"][0]["current_task"] = snap["workers"][0]["current_tasks"][0]
+    doc = health.report(snap)
+    assert doc["workers"][0]["current_task"]["progress"]["done"] == 40
+    text = health.render(doc)
+    for needle in ("MAX_TASK_MEMORY 300 MiB", "retried 4", "over memory 1",
+                   "app.tasks.import_rows AAAAAAAAAAAA 3.0s (attempt 2) [done=40 total=100 note="
+                   + "x" * 14 + "...]"):  # progress cut to 40 characters
+        assert needle in text, needle
+    assert health.progress_text({"a": 1}) == "a=1" and health.progress_text(None) == ""
+
+
 # ---- the command against real processes ----------------------------------------------------
 
 @pytest.mark.timeout(90)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 
+import psutil
 import pytest
 from django.tasks import TaskResultStatus
 
@@ -79,6 +80,27 @@ def test_a_fast_allocator_is_killed_too():
         print(f"\nfast allocator killed at an RSS of {seen} MiB (cap 200 MiB); it had allocated "
               f"{allocated(path)} MiB")
         assert seen > 200 and allocated(path) < 2000
+
+
+@pytest.mark.timeout(60)
+def test_memory_of_the_tasks_child_processes_counts_and_they_die_with_the_worker():
+    path = os.path.join(temp_dir(), "child.pid")
+    with running_server({"WORKERS": 1, "MAX_TASK_MEMORY": 150}) as srv, srv.settings():
+        result = tasks.grow_in_child.enqueue(250, path)
+        wait(result, timeout=20)
+        assert result.status == TaskResultStatus.FAILED
+        assert result.errors[0].exception_class is MemoryLimitExceeded
+        assert "(with its children), over MAX_TASK_MEMORY=150 MiB" in result.errors[0].traceback
+        with open(path) as f:
+            child = int(f.read())
+        # the child was in the worker's process group: SIGKILLed with it (a zombie at most,
+        # until init reaps it)
+        def gone():
+            try:
+                return psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+        wait_until(gone, 5, message=f"the task's child process {child} to die")
 
 
 @pytest.mark.parametrize("value", [0, "200", 1.5, True])

@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
-from django.tasks import TaskResultStatus
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.exceptions import TaskResultDoesNotExist
 
 from django_tasks_shared import progress, set_progress, wait
-from helpers import MANAGE, ServerProcess, child_env
+from helpers import MANAGE, ServerProcess, child_env, wait_until
 from testproject import tasks
 
 
@@ -34,7 +36,7 @@ def health_command(address, *args):
 @pytest.mark.timeout(60)
 def test_progress_is_read_from_another_process_while_the_task_runs():
     with running_server({"WORKERS": 1}) as srv, srv.settings():
-        result = tasks.crunch.enqueue(20, 0.1, 20_000)
+        result = tasks.crunch.enqueue(60, 0.1, 20_000)  # 6 s slow, then fast
         seen = []
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -51,9 +53,9 @@ def test_progress_is_read_from_another_process_while_the_task_runs():
         doc = json.loads(health_command(srv.address, "--json").stdout)
         current = [w["current_task"] for w in doc["workers"] if w["current_task"]]
         assert current and current[0]["id"] == result.id
-        assert current[0]["progress"]["total"] == 20_020
+        assert current[0]["progress"]["total"] == 20_060
         human = health_command(srv.address).stdout
-        assert "total=20020 phase=slow" in human, human
+        assert "total=20060 phase=slow" in human, human
 
         wait(result, timeout=20)
         assert result.status == TaskResultStatus.SUCCESSFUL
@@ -61,7 +63,7 @@ def test_progress_is_read_from_another_process_while_the_task_runs():
         print(f"\n20,000 set_progress calls took {result.return_value:.3f} s")
         assert result.return_value < 1.0
         # the last value arrives even though it came within 0.1 s of the one before
-        assert progress(result) == {"done": 20_020, "total": 20_020, "phase": "fast"}
+        assert progress(result) == {"done": 20_060, "total": 20_060, "phase": "fast"}
 
 
 @pytest.mark.timeout(60)
@@ -78,3 +80,14 @@ def test_bad_progress_is_a_clear_error_and_stores_nothing():
         assert "over the 65536 byte limit" in errors["too_big"]
         assert all("nothing was stored" in text for text in errors.values())
         assert progress(result) == {"ok": 1}
+        # Django's coming backend hook replaces a RUNNING task's metadata; finished: refused
+        backend = task_backends["default"]
+        assert backend.supports_metadata
+        assert backend.save_metadata(result, {"stage": "late"}) is False
+        running = tasks.sleep.enqueue(3)
+        wait_until(lambda: progress(running) == {} and running.refresh() is None
+                   and running.status == TaskResultStatus.RUNNING, 15, message="a running task")
+        assert backend.save_metadata(running, {"stage": "copying"}) is True
+        assert progress(running) == {"stage": "copying"}
+        with pytest.raises(TaskResultDoesNotExist):
+            progress(replace(result, id="0" * 32))

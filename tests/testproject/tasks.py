@@ -175,3 +175,18 @@ def grow(step_mib, every, steps, path):
             f.write(f"{(i + 1) * step_mib}\n")
         time.sleep(every)
     return len(blocks) * step_mib
+
+
+@task
+def grow_in_child(mib, path):
+    """Starts a child process that allocates `mib` MiB and sleeps; writes the child's pid to
+    `path`. The memory is the child's, not the worker's: the cap must count it."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", f"import time; b = bytearray(b'1') * "
+                              f"({mib} * 1024 * 1024); time.sleep(60)"])
+    with open(path, "w") as f:
+        f.write(str(child.pid))
+    child.wait()
+    return "child exited"
