@@ -178,7 +178,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
         old_umask = os.umask(0o177)
         try:
-            server = StoreManager(address=address, authkey=config.authkey).get_server()
+            # Not StoreManager.get_server(): it builds a stock `Server` whatever `_Server`
+            # says (only start() uses `_Server`), and our serve_client would never run.
+            server = StoreServer(StoreManager._registry, address, config.authkey, "pickle")
         finally:
             os.umask(old_umask)
         # Pin the store under a fixed id: thin clients call it without creating proxies.

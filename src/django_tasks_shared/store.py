@@ -353,18 +353,18 @@ class TaskStore:
         return meta, [i for i in all_ids if i not in done] + finished
 
     def snapshot_chunks(self, ids, size=256):
-        """Framed ["p", record] entries for `ids`, `size` records per lock hold, so clients
-        wait at most one chunk (~1 ms). A record changed after attach_journal() is written as
-        it is now: the new journal's operations set absolute values, so replaying them over it
-        still gives the right state (a "fuzzy" snapshot)."""
+        """Framed ["P", [record, ...]] entries for `ids`, `size` records per lock hold, so
+        clients wait at most one chunk (~1 ms). A record changed after attach_journal() is
+        written as it is now: the new journal's operations set absolute values, so replaying
+        them over it still gives the right state (a "fuzzy" snapshot)."""
         from .journal import frame
 
         for start in range(0, len(ids), size):
-            with self._lock:
+            with self._lock:  # pickled under the lock: no record changes half-way through
                 records = self._records
-                chunk = [frame(["p", r]) for i in ids[start:start + size]
-                         if (r := records.get(i)) is not None]
-            yield chunk
+                data = frame(["P", [r for i in ids[start:start + size]
+                                    if (r := records.get(i)) is not None]])
+            yield data
 
     def checkpoint_counters(self):
         """Journal the counters if they changed since the last checkpoint (once a second)."""
