@@ -1,10 +1,10 @@
 """Exceptions raised by django-tasks-shared.
 
-`ServerUnavailable` and `QueueFull` reach callers of the backend. `WorkerLost`,
-`TimeLimitExceeded` and `MemoryLimitExceeded` are never raised in user code: the supervisor
-records their class paths in `TaskError.exception_class_path` when it ends a task, so
-`result.errors[0].exception_class` resolves to them. This module imports nothing from Django
-so that the server process stays light.
+`ServerUnavailable`, `QueueFull` and `PayloadTooLarge` reach callers of the backend.
+`WorkerLost`, `TimeLimitExceeded`, `MemoryLimitExceeded` (and `PayloadTooLarge` for a return
+value) are never raised in user code: the supervisor or the worker records their class paths in
+`TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class`
+resolves to them. This module imports nothing from Django so that the server process stays light.
 """
 
 
@@ -35,3 +35,7 @@ class TimeLimitExceeded(SharedTasksError):
 class MemoryLimitExceeded(SharedTasksError):
     """The worker running the task passed MAX_TASK_MEMORY (RSS with its children) and was
     killed; the error text names the RSS seen and the limit."""
+
+
+class PayloadTooLarge(SharedTasksError):
+    """Arguments (at enqueue) or a return value (at the end of a task) over MAX_PAYLOAD."""

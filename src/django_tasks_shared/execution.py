@@ -7,6 +7,7 @@
            failed attempt another try, and the progress set_progress still held back)
 """
 
+import json
 import logging
 import time
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ from django.tasks.base import TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
+from .exceptions import PayloadTooLarge
 from .metadata import Reporter, _reporter
 from .records import to_datetime, to_task_result
 from .retries import wants_retry
@@ -33,7 +35,17 @@ def _error(exc):
             "traceback": "".join(format_exception(exc))}
 
 
-def execute(record, sender, client=None):
+def _check_size(value, max_payload):
+    """A return value over MAX_PAYLOAD fails the task instead of bloating the server."""
+    if max_payload is not None:
+        size = len(json.dumps(value))
+        if size > max_payload:
+            raise PayloadTooLarge(
+                f"the return value takes {size} bytes as JSON, over MAX_PAYLOAD={max_payload}; "
+                f"store large results elsewhere (a file, the database) and return a reference")
+
+
+def execute(record, sender, max_payload=None, client=None):
     """Run the task of `record`; returns the outcome dict. `sender` is the backend class;
     `client` (the worker's) carries set_progress calls."""
     try:
@@ -54,6 +66,7 @@ def execute(record, sender, client=None):
             else:
                 raw = task.call(*result.args, **result.kwargs)
             value = normalize_json(raw)
+            _check_size(value, max_payload)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:

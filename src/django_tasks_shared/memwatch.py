@@ -125,3 +125,4 @@ class MemoryWatcher:
             sup.end_task(worker.id, task_id, MEMORY_LIMIT_EXCEEDED, text,
                          f"was killed: RSS {seen} over MAX_TASK_MEMORY={self.limit_mib} MiB")
             worker.kill_at = float("inf")  # end_task's SIGKILL deadline: already done
+            sup.store.commit()  # with STATE_DIR: the FAILED record on disk now, not next tick

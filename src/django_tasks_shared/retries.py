@@ -22,6 +22,8 @@ DEFAULTS = {"max_attempts": 3, "delay": 1.0, "factor": 2.0, "max_delay": 300.0,
 ATTRIBUTE = "django_tasks_shared_retry"  # set on the task function by @retry
 JITTER = 0.1  # a retry becomes due up to 10 % later than the back-off says, never earlier
 TASK_CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"
+# Never retried: a cancelled task stays cancelled; a too large return value is too large again.
+NEVER = (TASK_CANCELLED, "django_tasks_shared.exceptions.PayloadTooLarge")
 # Ended by the supervisor, not raised in the task: retried only when listed in `on` by name.
 SUPERVISOR_ENDED = ("django_tasks_shared.exceptions.WorkerLost",
                     "django_tasks_shared.exceptions.TimeLimitExceeded",
@@ -131,7 +133,7 @@ def attempts_left(policy, attempt):
 
 def wants_retry(policy, exc, attempt):
     """Worker side: does the exception `exc`, raised by attempt `attempt`, get another try?"""
-    if not attempts_left(policy, attempt) or class_path(type(exc)) == TASK_CANCELLED:
+    if not attempts_left(policy, attempt) or class_path(type(exc)) in NEVER:
         return False
     classes = []
     for path in policy["on"]:
