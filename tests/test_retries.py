@@ -12,7 +12,8 @@ from django_tasks_shared import retry, wait
 from django_tasks_shared.config import ConfigError, build_config
 from django_tasks_shared.exceptions import WorkerLost
 from django_tasks_shared.retries import backoff
-from helpers import SECRET_KEY, ServerProcess, temp_dir
+from helpers import SECRET_KEY, ServerProcess, temp_dir, wait_until
+from test_durability import kill_server_and_orphans
 from testproject import tasks
 
 
@@ -83,6 +84,33 @@ def test_backend_defaults_and_which_failures_are_retried():
         assert [e.exception_class for e in survivor.errors] == [WorkerLost]
         counters = srv.client().call("health")["counters"]
         assert counters["retried"] == 2 and counters["failed"] == 3
+
+
+@pytest.mark.timeout(90)
+def test_a_task_waiting_for_its_retry_survives_a_server_crash_with_state_dir():
+    directory = temp_dir()
+    attempts = os.path.join(directory, "attempts")
+    options = {"WORKERS": 1, "STATE_DIR": os.path.join(directory, "state")}
+    srv = ServerProcess(options=options, args=("--grace", "1"))
+    try:
+        srv.wait_ready()
+        with srv.settings():
+            result = tasks.flaky_slow.enqueue(attempts)  # attempt 2 due 2 s after attempt 1
+            wait_until(lambda: srv.client().call("get", result.id)["status"] == "READY"
+                       and os.path.exists(attempts), 15, message="the first attempt to fail")
+        kill_server_and_orphans(srv)  # SIGKILL: only the journal knows the retry
+    finally:
+        srv.stop()
+    again = ServerProcess(address=srv.address, options=options, args=("--grace", "1"))
+    try:
+        again.wait_ready()
+        with again.settings():
+            wait(result, timeout=20)
+            assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 2
+            assert [e.exception_class for e in result.errors] == [ConnectionError]
+            assert result.attempts == 2
+    finally:
+        again.stop()
 
 
 def test_backoff_formula_and_cap():

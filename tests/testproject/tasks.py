@@ -126,6 +126,16 @@ def dies_once(path):
     return "survived"
 
 
+@task(takes_context=True)
+@retry(max_attempts=2, delay=2.0)
+def flaky_slow(context, path):
+    """Fails its first attempt, then waits 2 s in the queue: time to crash the server there."""
+    _attempt_line(path, context.attempt)
+    if context.attempt == 1:
+        raise ConnectionError("the first attempt fails")
+    return context.attempt
+
+
 @task
 @retry(max_attempts=1)
 def fail_once_only(message):
