@@ -6,8 +6,10 @@
            (else ValueError/TypeError and nothing is stored)
         -> at most one `save_metadata` round trip per INTERVAL; calls that come faster are
            merged and held ...
-    execute():  ... and the held fields ride on the outcome (finish_and_claim), so the final
-                value is always delivered, at no extra round trip
+    flusher thread (one per worker process): ... held fields go out INTERVAL after the last
+                send even if the task does not call again (a progress bar never sticks) ...
+    execute():  ... and what is still held when the task ends rides on the outcome
+                (finish_and_claim), so the final value is always delivered
     progress(result) -> one `metadata` round trip -> the dict, from any process
 
 The fields live in record["metadata"], the shape of Django's coming `TaskResult.raw_metadata`
@@ -15,6 +17,9 @@ The fields live in record["metadata"], the shape of Django's coming `TaskResult.
 """
 
 import json
+import logging
+import os
+import threading
 import time
 from contextvars import ContextVar
 
@@ -22,6 +27,10 @@ MAX_METADATA = 64 * 1024  # bytes of JSON per task: progress, not a second retur
 INTERVAL = 0.1            # seconds: at most ~10 round trips per second per running task
 
 _reporter: ContextVar["Reporter"] = ContextVar("django_tasks_shared_progress")
+_held = set()                 # reporters holding fields back, for the flusher
+_held_lock = threading.Lock()
+_flusher_pid = None           # the process whose flusher thread runs
+logger = logging.getLogger("django_tasks_shared.worker")
 
 
 class Reporter:
@@ -33,6 +42,10 @@ class Reporter:
         self.view = dict(metadata)  # the metadata once everything held is delivered
         self.pending = {}
         self.sent_at = float("-inf")
+        self.closed = False
+        self.sends = 0  # save_metadata round trips made (coalescing shows in it)
+        # Held while a save is in flight: two saves of one task never overtake each other.
+        self._lock = threading.Lock()
 
     def set(self, fields):
         reserved = sorted(k for k in fields if k.startswith("_"))
@@ -50,18 +63,65 @@ class Reporter:
                 f"set_progress(): the task's progress would be {size} bytes of JSON, over the "
                 f"{MAX_METADATA} byte limit; nothing was stored. Keep progress small (counts, "
                 "a status line) and return large data from the task instead.")
-        self.view = view
-        self.pending.update(fields)
-        now = time.monotonic()
-        if now - self.sent_at >= INTERVAL:
-            pending, self.pending = self.pending, {}
-            self.sent_at = now
-            self.client.call("save_metadata", self.task_id, pending)
+        with self._lock:
+            self.view = view
+            self.pending.update(fields)
+            if time.monotonic() - self.sent_at >= INTERVAL:
+                self._send()
+            else:
+                _hold(self)
+
+    def _send(self):
+        """One round trip with what is held (lock held)."""
+        pending, self.pending = self.pending, {}
+        self.sent_at = time.monotonic()
+        self.sends += 1
+        self.client.call("save_metadata", self.task_id, pending)
+
+    def flush_due(self):
+        """From the flusher: send what is held once INTERVAL has passed since the last send;
+        True when nothing is left to send."""
+        with self._lock:
+            if self.closed or not self.pending:
+                return True
+            if time.monotonic() - self.sent_at < INTERVAL:
+                return False
+            try:
+                self._send()
+            except Exception:  # server gone: the worker's own loop deals with that
+                logger.debug("progress flush of task %s failed", self.task_id, exc_info=True)
+            return True
 
     def take_pending(self):
-        """Fields not sent yet (they go out with the task's outcome)."""
-        pending, self.pending = self.pending, {}
+        """Fields not sent yet (they go out with the task's outcome); no flush after this."""
+        with self._lock:
+            self.closed = True
+            pending, self.pending = self.pending, {}
+        with _held_lock:
+            _held.discard(self)
         return pending
+
+
+def _hold(reporter):
+    """Hand a reporter with held fields to the flusher thread (started once per process)."""
+    global _flusher_pid
+    with _held_lock:
+        _held.add(reporter)
+        if _flusher_pid != os.getpid():
+            _flusher_pid = os.getpid()
+            threading.Thread(target=_flush_loop, name="progress-flusher", daemon=True).start()
+
+
+def _flush_loop():
+    while True:
+        time.sleep(INTERVAL / 2)
+        with _held_lock:
+            reporters = list(_held)
+        for reporter in reporters:
+            if reporter.flush_due():
+                with _held_lock:
+                    if not reporter.pending:
+                        _held.discard(reporter)
 
 
 def set_progress(**fields):

@@ -148,14 +148,26 @@ def fail_once_only(message):
 @task
 def crunch(slow_steps, pause, fast_steps):
     """Reports progress on every step: slowly first (readable while it runs), then as fast as it
-    can (coalesced); returns how long the fast part took."""
+    can (coalesced); returns how long the fast part took and how many round trips it made."""
     for i in range(slow_steps):
         set_progress(done=i + 1, total=slow_steps + fast_steps, phase="slow")
         time.sleep(pause)
+    from django_tasks_shared.metadata import _reporter
+
+    sends = _reporter.get().sends
     started = time.perf_counter()
     for i in range(fast_steps):
         set_progress(done=slow_steps + i + 1, phase="fast")
-    return time.perf_counter() - started
+    return {"seconds": time.perf_counter() - started, "sends": _reporter.get().sends - sends}
+
+
+@task
+def progress_then_pause(pause):
+    """Two calls within 0.1 s, then a long pause: the second must not wait for the task's end."""
+    set_progress(step=1)
+    set_progress(step=2)
+    time.sleep(pause)
+    return "done"
 
 
 @task
