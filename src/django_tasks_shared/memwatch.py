@@ -41,7 +41,6 @@ class MemoryWatcher:
         self.limit = limit_mib * MiB
         self.children = {}          # worker id -> [psutil.Process] of its descendants
         self.scanned_at = 0.0
-        self.samples = 0            # passes made (for tests and the docs' cost figure)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-watcher", daemon=True)
 
@@ -95,7 +94,6 @@ class MemoryWatcher:
             for worker_id in list(self.children):
                 if worker_id not in live:
                     del self.children[worker_id]
-        self.samples += 1
 
     def _over(self, worker, rss, sampled_at):
         sup = self.supervisor
