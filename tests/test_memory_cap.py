@@ -103,6 +103,17 @@ def test_memory_of_the_tasks_child_processes_counts_and_they_die_with_the_worker
         wait_until(gone, 5, message=f"the task's child process {child} to die")
 
 
+@pytest.mark.timeout(60)
+def test_a_cap_below_a_fresh_worker_is_reported_and_kills_nothing_idle():
+    with running_server({"WORKERS": 1, "MAX_TASK_MEMORY": 10}) as srv:
+        def warned():
+            sup = srv.client().call("health")["server"]["supervisor"]
+            return sup.get("memory_warning")
+        text = wait_until(warned, 15, message="the memory warning")
+        assert "MAX_TASK_MEMORY=10 MiB is below the RSS of a fresh worker" in text
+        assert srv.client().call("health")["counters"]["worker_restarts"] == 0
+
+
 @pytest.mark.parametrize("value", [0, "200", 1.5, True])
 def test_bad_max_task_memory_is_a_clear_error(value):
     with pytest.raises(ConfigError, match="OPTIONS\\['MAX_TASK_MEMORY'\\] must be a whole number"):

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.exceptions import TaskResultDoesNotExist
+from django.test import override_settings
 
 from django_tasks_shared import progress, set_progress, wait
 from helpers import MANAGE, ServerProcess, child_env, wait_until
@@ -100,3 +101,11 @@ def test_bad_progress_is_a_clear_error_and_stores_nothing():
         assert progress(running) == {"stage": "copying"}
         with pytest.raises(TaskResultDoesNotExist):
             progress(replace(result, id="0" * 32))
+
+
+def test_progress_on_a_backend_without_metadata_is_a_clear_error():
+    immediate = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    with override_settings(TASKS=immediate):
+        result = tasks.add.enqueue(1, 2)
+        with pytest.raises(NotImplementedError, match="keeps no progress"):
+            progress(result)
