@@ -3,7 +3,10 @@
     clients (web, shells, workers) ──unix socket / TCP──> accepter thread
                                                           └─ one thread per connection
                                                              └─ TaskStore method (pinned "store")
-    Supervisor thread ── psutil ──> worker processes (see supervisor.py)
+                                                             └─ store.commit(): journal written
+                                                                (STATE_DIR) before the reply
+    Supervisor thread ── psutil ──> worker processes (see supervisor.py; reload.py on SIGHUP)
+    STATE_DIR: restored before the socket exists, final snapshot after the drain (statedir.py)
 
 Started three ways, all through `serve()`:
 - `manage.py tasks_server` (foreground, systemd, Docker);
@@ -208,7 +211,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         if install_signals:
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
-            signal.signal(signal.SIGHUP, lambda signum, frame: supervisor.request_reload())
+            signal.signal(signal.SIGHUP, lambda signum, frame: _reload_on_signal(supervisor))
         supervisor.start()
         logger.info("task server %s listening on %s (%d workers x %d threads)",
                     __version__, config.address_text, config.workers, config.threads)
@@ -234,6 +237,13 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         if state is not None:  # failed before serving: release the directory, write nothing
             state.release()
         os.close(lock_fd)
+
+
+def _reload_on_signal(supervisor):
+    try:
+        supervisor.request_reload()
+    except RuntimeError as exc:  # stopping: a signal handler must not raise into serve()
+        logger.warning("SIGHUP ignored: %s", exc)
 
 
 def main():
