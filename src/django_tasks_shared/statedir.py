@@ -29,7 +29,7 @@ import time
 
 from . import journal as fmt
 from .journal import Journal, StateError, frame, fsync_dir, read_entries
-from .store import FINISHED
+from .status import FINISHED
 
 logger = logging.getLogger("django_tasks_shared.state")
 
