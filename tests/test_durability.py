@@ -404,3 +404,51 @@ def test_a_restored_task_whose_code_is_gone_fails_with_the_import_error():
         assert module in error["traceback"]
     finally:
         again.stop()
+
+
+@pytest.mark.timeout(120)
+def test_compactions_under_traffic_then_a_crash_keep_every_record():
+    """A small JOURNAL_LIMIT makes the server compact every second or so while tasks flow;
+    a SIGKILL at any point of that must still restore every acknowledged task."""
+    state_dir = os.path.join(temp_dir(), "state")
+    ledger = os.path.join(temp_dir(), "ledger")
+    options = {"WORKERS": 2, "STATE_DIR": state_dir, "JOURNAL_LIMIT": 32768,
+               "MAX_RESULTS": 5000}
+    srv = ServerProcess(options=options)
+    try:
+        srv.wait_ready()
+        with srv.settings():
+            results = []
+            deadline = time.monotonic() + 6
+            n = 0
+            while time.monotonic() < deadline:
+                results.append(durable_tasks.record.enqueue(ledger, f"c{n}", 0.0))
+                n += 1
+                time.sleep(0.002)
+            compactions = srv.client().call("health")["state"]["compactions"]
+        kill_server_and_orphans(srv)
+    finally:
+        srv.stop()
+    assert compactions >= 2, compactions
+
+    again = ServerProcess(address=srv.address, options=options)
+    try:
+        again.wait_ready()
+        with again.settings():
+            wait_all(results, timeout=60)
+        lines = ledger_lines(ledger)
+        assert len(lines) == len(set(lines))  # nothing ran twice
+        for i, result in enumerate(results):
+            if result.status == "SUCCESSFUL":
+                assert lines.count(f"c{i}") == 1
+            else:  # running at the kill
+                assert result.errors[-1].exception_class_path == WORKER_LOST
+        assert sum(r.status == "FAILED" for r in results) <= 2  # at most one per worker
+        started = again.client().call("health")["server"]["started_at"]
+        wait_until(lambda: (again.client().call("health")["state"]["last_snapshot_at"] or 0)
+                   >= started, 20, message="the snapshot of the restored state")
+        names = os.listdir(state_dir)  # the older snapshots and journals are gone
+        assert not [n for n in names if n.endswith(".tmp")], names
+        assert len([n for n in names if n.startswith("snapshot-")]) == 1, names
+    finally:
+        again.stop()
