@@ -154,6 +154,17 @@ def version(seconds=0.0):
 '''
 
 
+def deploy_module(prefix):
+    """A task module in a fresh directory on sys.path (the caller removes it): (dir, name, path)."""
+    tmp = temp_dir()
+    module = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+    path = os.path.join(tmp, f"{module}.py")
+    with open(path, "w") as f:
+        f.write(DEPLOY_V1)
+    sys.path.insert(0, tmp)
+    return tmp, module, path
+
+
 def deploy_server(tmp, options, extra_apps=""):
     env = {"PYTHONPATH": os.pathsep.join([tmp, TESTS_DIR, *sys.path]),
            "PYTHONDONTWRITEBYTECODE": "1", "TASKS_EXTRA_APPS": extra_apps}
@@ -167,12 +178,7 @@ def run_command(srv, *args, timeout=60, **env):
 
 @pytest.mark.timeout(120)
 def test_reload_runs_the_new_code_keeps_the_queue_and_never_has_zero_workers():
-    tmp = temp_dir()
-    module = f"deploy_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-    path = os.path.join(tmp, f"{module}.py")
-    with open(path, "w") as f:
-        f.write(DEPLOY_V1)
-    sys.path.insert(0, tmp)
+    tmp, module, path = deploy_module("deploy")
     srv = deploy_server(tmp, {"WORKERS": 2})
     try:
         srv.wait_ready()
@@ -376,12 +382,7 @@ def test_one_server_per_state_dir():
 
 @pytest.mark.timeout(90)
 def test_a_restored_task_whose_code_is_gone_fails_with_the_import_error():
-    tmp = temp_dir()
-    module = f"gone_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-    path = os.path.join(tmp, f"{module}.py")
-    with open(path, "w") as f:
-        f.write(DEPLOY_V1)
-    sys.path.insert(0, tmp)
+    tmp, module, path = deploy_module("gone")
     state_dir = os.path.join(temp_dir(), "state")
     options = {"WORKERS": 1, "STATE_DIR": state_dir}
     srv = deploy_server(tmp, options)

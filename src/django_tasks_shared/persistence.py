@@ -110,7 +110,7 @@ class JournaledStore:
         return meta, [i for i in all_ids if i not in done] + finished
 
     def snapshot_chunks(self, ids, size=256):
-        """Framed ["P", [record, ...]] entries for `ids`, `size` records per lock hold, so
+        """Framed ["P", {id: record, ...}] entries for `ids`, `size` records per lock hold, so
         clients wait at most one chunk (~1 ms). A record changed after attach_journal() is
         written as it is now: the new journal's operations set absolute values, so replaying
         them over it still gives the right state (a "fuzzy" snapshot)."""
@@ -119,8 +119,8 @@ class JournaledStore:
         for start in range(0, len(ids), size):
             with self._lock:  # pickled under the lock: no record changes half-way through
                 records = self._records
-                data = frame(["P", [r for i in ids[start:start + size]
-                                    if (r := records.get(i)) is not None]])
+                data = frame(["P", {i: r for i in ids[start:start + size]
+                                    if (r := records.get(i)) is not None}])
             yield data
 
     def checkpoint_counters(self):
