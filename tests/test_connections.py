@@ -91,3 +91,25 @@ def test_a_connection_that_never_authenticates_is_dropped_after_connect_timeout(
         for sock in socks:
             sock.close()
         srv.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_stock_multiprocessing_proxy_still_works():
+    """The server speaks the stock manager protocol: `StoreManager(...).connect(); m.store()`
+    with a stock proxy (create, incref, calls, decref) works next to the thin clients."""
+    from django_tasks_shared.server import StoreManager
+
+    srv = ServerProcess(options={"WORKERS": 1})
+    try:
+        srv.wait_ready()
+        manager = StoreManager(address=parse_address(srv.address),
+                               authkey=derive_authkey(SECRET_KEY, "default"))
+        manager.connect()
+        store = manager.store()
+        assert store.ping() == srv.popen.pid
+        assert store.health()["server"]["pid"] == srv.popen.pid
+        assert store.get("no-such-id") is None
+        del store  # decref on a connection of its own
+        assert _pings(new_client(srv)) == srv.popen.pid
+    finally:
+        srv.stop()
