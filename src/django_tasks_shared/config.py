@@ -17,8 +17,8 @@ DEFAULTS = {
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
     "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
-    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024, "RETRY": None,
-    "MAX_TASK_MEMORY": None,
+    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
+    "MAX_CONNECTIONS": 4096, "RETRY": None, "MAX_TASK_MEMORY": None,
 }
 FSYNC_MODES = ("always", "everysec", "never")
 
@@ -52,6 +52,7 @@ class Config:
     fsync: str = "everysec"
     max_payload: int = 10 * 1024 * 1024
     journal_limit: int = 64 * 1024 * 1024
+    max_connections: int | None = 4096
 
     @property
     def address_text(self):
@@ -206,6 +207,7 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         state_dir=state_dir, fsync=opts["FSYNC"],
         max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
         journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
+        max_connections=_number(opts, "MAX_CONNECTIONS"),
     )
 
 
