@@ -43,14 +43,19 @@ def new_record(
     *, id, task, args, kwargs, priority=0, queue="default", run_after=None,
     takes_context=False, backend="default", retry=None,
 ):
-    """The record a client sends to `enqueue`."""
-    return {
+    """The record a client sends to `enqueue`. "retry" (the policy, see retries.py) and
+    "metadata" (progress) are added only when there is one: most records have neither, and every
+    key costs at a STATE_DIR restore."""
+    record = {
         "id": id, "task": task, "args": args, "kwargs": kwargs, "priority": priority,
         "queue": queue, "run_after": run_after, "takes_context": takes_context,
         "backend": backend, "status": READY, "enqueued_at": None, "started_at": None,
         "last_attempted_at": None, "finished_at": None, "return_value": None,
-        "errors": [], "worker_ids": [], "retry": retry, "metadata": {},
+        "errors": [], "worker_ids": [],
     }
+    if retry is not None:
+        record["retry"] = retry
+    return record
 
 
 class TaskStore(JournaledStore):
@@ -377,16 +382,17 @@ class TaskStore(JournaledStore):
             worker["tasks_done"] += 1
         status = outcome["status"]
         errors = record["errors"] + list(outcome.get("errors") or ())
-        record.setdefault("metadata", {})  # (a record restored from an older state has none)
+        progress = ()
         if outcome.get("metadata"):  # the task's last progress, coalesced into its outcome
-            record["metadata"] = {**record["metadata"], **outcome["metadata"]}
+            record["metadata"] = {**(record.get("metadata") or {}), **outcome["metadata"]}
+            progress = ("metadata",)
         if status == FAILED and outcome.get("retry") and record.get("retry"):
-            self._retry(record, errors, self._clock())  # the worker matched the policy's `on`
+            self._retry(record, errors, self._clock(), progress)  # the worker matched `on`
             return
         finished_at = max(outcome.get("finished_at") or self._clock(), record["started_at"])
         record.update(status=status, finished_at=finished_at,
                       return_value=outcome.get("return_value"), errors=errors)
-        self._log_set(record, "status", "finished_at", "return_value", "errors", "metadata")
+        self._log_set(record, "status", "finished_at", "return_value", "errors", *progress)
         self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
         self._finished_record(task_id, finished_at)
 
@@ -414,15 +420,14 @@ class TaskStore(JournaledStore):
         self._finished_record(task_id, now)
         return True
 
-    def _retry(self, record, errors, now):
+    def _retry(self, record, errors, now, changed=()):
         """The attempt failed and the policy gives another: READY again under the same id, due
         after the back-off; `errors` keeps this attempt's error, waiters keep waiting."""
         del self._running[record["id"]]
-        record.setdefault("metadata", {})
         record.update(status=READY, errors=errors,
                       run_after=now + backoff(record["retry"], len(record["worker_ids"])))
         self._push(record, now)
-        self._log_set(record, "status", "errors", "run_after", "seq", "metadata")
+        self._log_set(record, "status", "errors", "run_after", "seq", *changed)
         self.counters["retried"] += 1
 
     def _finished_record(self, task_id, finished_at):
