@@ -460,3 +460,73 @@ def test_concurrent_enqueue_and_claim_loses_nothing():
     assert sorted(seen) == sorted({f"{p}-{i}" for p in range(n_producers)
                                    for i in range(per_producer)})
     assert store.counters["succeeded"] == total
+
+
+# ---- retries and metadata ----------------------------------------------------------------------
+
+POLICY = {"max_attempts": 3, "delay": 1.0, "factor": 2.0, "max_delay": 300.0,
+          "on": ["builtins.Exception", "django_tasks_shared.exceptions.WorkerLost"]}
+ERROR = {"exception_class_path": "builtins.ValueError", "traceback": "ValueError: x\n"}
+
+
+def failed(task_id, retry):
+    return {"id": task_id, "status": "FAILED", "errors": [ERROR], "retry": retry}
+
+
+@pytest.mark.timeout(10)
+def test_a_retried_attempt_goes_back_to_ready_under_its_id_after_the_backoff():
+    clock = Clock()
+    store = make_store(clock)
+    store.enqueue(dict(rec("t"), retry=POLICY))
+    assert claim(store)["id"] == "t"
+    assert claim(store, outcome=failed("t", True)) is None  # deferred: nothing to claim yet
+    record = store.get("t")
+    assert record["status"] == "READY" and record["errors"] == [ERROR]
+    assert 1.0 <= record["run_after"] - clock.now <= 1.1  # delay 1 s, jitter <= 10 %
+    assert store.health()["queues"]["default"] == {"ready": 0, "deferred": 1}
+    clock.advance(1.1)
+    second = claim(store)
+    assert second["id"] == "t" and second["worker_ids"] == ["w1", "w1"]
+    # the worker said "no retry" (not in `on`, or no attempts left): it ends FAILED for good
+    assert claim(store, outcome=failed("t", False)) is None
+    record = store.get("t")
+    assert record["status"] == "FAILED" and record["errors"] == [ERROR, ERROR]
+    counters = store.health()["counters"]
+    assert (counters["retried"], counters["failed"]) == (1, 1)
+
+
+@pytest.mark.timeout(10)
+def test_supervisor_endings_are_retried_only_when_named_in_on():
+    clock = Clock()
+    store = make_store(clock)
+    store.enqueue(dict(rec("named"), retry=POLICY))
+    store.enqueue(dict(rec("unnamed"), retry=dict(POLICY, on=["builtins.Exception"])))
+    claim(store)
+    store.fail_task("named", "django_tasks_shared.exceptions.WorkerLost", "lost\n")
+    assert store.get("named")["status"] == "READY"
+    assert claim(store)["id"] == "unnamed"
+    store.fail_task("unnamed", "django_tasks_shared.exceptions.WorkerLost", "lost\n")
+    assert store.get("unnamed")["status"] == "FAILED"
+    store.enqueue(dict(rec("late"), retry=POLICY))
+    clock.advance(5)
+    assert claim(store)["id"] == "named"
+    store.fail_task("named", "django_tasks_shared.exceptions.TimeLimitExceeded", "slow\n")
+    assert store.get("named")["status"] == "FAILED"  # TimeLimitExceeded is not in `on`
+    assert len(store.get("named")["errors"]) == 2
+
+
+@pytest.mark.timeout(10)
+def test_save_metadata_merges_while_running_and_the_outcome_carries_the_last_value():
+    store = make_store()
+    store.enqueue(rec("m"))
+    assert store.save_metadata("m", {"done": 1}) is False  # not running yet
+    claim(store)
+    assert store.save_metadata("m", {"done": 1, "total": 9}) is True
+    assert store.save_metadata("m", {"done": 2}) is True
+    assert store.metadata("m") == ("RUNNING", {"done": 2, "total": 9})
+    worker = store.health()["workers"][0]
+    assert worker["current_task"]["progress"] == {"done": 2, "total": 9}
+    claim(store, outcome=dict(ok("m"), metadata={"done": 9}))
+    assert store.metadata("m") == ("SUCCESSFUL", {"done": 9, "total": 9})
+    assert store.save_metadata("m", {"done": 10}) is False  # finished
+    assert store.metadata("nope") is None
