@@ -87,17 +87,21 @@ def test_backend_defaults_and_which_failures_are_retried():
 
 
 @pytest.mark.timeout(90)
-def test_a_task_waiting_for_its_retry_survives_a_server_crash_with_state_dir():
+def test_retries_survive_a_server_crash_with_state_dir():
+    """A task waiting for its retry is journaled; a task running at the crash whose policy names
+    WorkerLost goes back to the queue on restore (one without such a policy would end FAILED)."""
     directory = temp_dir()
-    attempts = os.path.join(directory, "attempts")
-    options = {"WORKERS": 1, "STATE_DIR": os.path.join(directory, "state")}
+    attempts, running = os.path.join(directory, "attempts"), os.path.join(directory, "running")
+    options = {"WORKERS": 2, "STATE_DIR": os.path.join(directory, "state")}
     srv = ServerProcess(options=options, args=("--grace", "1"))
     try:
         srv.wait_ready()
         with srv.settings():
             result = tasks.flaky_slow.enqueue(attempts)  # attempt 2 due 2 s after attempt 1
+            cut = tasks.slow_first.enqueue(running)      # attempt 1 runs 30 s
             wait_until(lambda: srv.client().call("get", result.id)["status"] == "READY"
-                       and os.path.exists(attempts), 15, message="the first attempt to fail")
+                       and os.path.exists(attempts) and os.path.exists(running), 15,
+                       message="the first attempt to fail and the slow one to run")
         kill_server_and_orphans(srv)  # SIGKILL: only the journal knows the retry
     finally:
         srv.stop()
@@ -109,6 +113,10 @@ def test_a_task_waiting_for_its_retry_survives_a_server_crash_with_state_dir():
             assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 2
             assert [e.exception_class for e in result.errors] == [ConnectionError]
             assert result.attempts == 2
+            wait(cut, timeout=20)
+            assert cut.status == TaskResultStatus.SUCCESSFUL and cut.return_value == 2
+            assert [e.exception_class for e in cut.errors] == [WorkerLost]
+            assert "it goes back to the queue" in cut.errors[0].traceback
     finally:
         again.stop()
 

@@ -14,6 +14,7 @@ import heapq
 import itertools
 from collections import Counter, OrderedDict
 
+from .retries import retries_supervisor_end
 from .status import FINISHED, READY, RUNNING, WORKER_LOST
 
 
@@ -95,7 +96,12 @@ class JournaledStore:
         policy names WorkerLost in `on` (then they go back to the queue, see store._fail)."""
         with self._lock:
             for task_id in task_ids:
-                self._fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}\n")
+                record = self._records[task_id]
+                again = retries_supervisor_end(record.get("retry"), WORKER_LOST,
+                                               len(record["worker_ids"]))
+                outcome = ("its retry policy names WorkerLost: it goes back to the queue" if again
+                           else "it was not run again")
+                self._fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}; {outcome}\n")
 
     def attach_journal(self, switch):
         """Call `switch()` (which starts a new journal file) with the state frozen, and return

@@ -203,8 +203,8 @@ class StateDir:
         finally:
             gc.enable()
         who = state.server or {}
-        interrupted = (f"the task server (pid {who.get('pid', '?')}) died while this task ran; "
-                       f"it was not run again")
+        # (end_interrupted adds whether it runs again)
+        interrupted = f"the task server (pid {who.get('pid', '?')}) died while this task ran"
         pending, results, running = store.load(state.records, state.durable, state.counters)
         self._store = store
         self._facts = facts

@@ -136,6 +136,16 @@ def flaky_slow(context, path):
     return context.attempt
 
 
+@task(takes_context=True)
+@retry(max_attempts=2, delay=0.1, on=("django_tasks_shared.exceptions.WorkerLost",))
+def slow_first(context, path):
+    """Its first attempt runs for 30 s (time to crash the server under it); the second returns."""
+    _attempt_line(path, context.attempt)
+    if context.attempt == 1:
+        time.sleep(30)
+    return context.attempt
+
+
 @task
 @retry(max_attempts=1)
 def fail_once_only(message):
