@@ -88,8 +88,9 @@ def execute(record, sender, max_payload=None, client=None):
             _set(result, outcome)
             object.__setattr__(result, "_return_value", value)
             task_finished.send(sender=sender, task_result=result)
-        if reporter is not None and reporter.pending:
-            outcome["metadata"] = reporter.take_pending()
+        held = reporter.take_pending() if reporter is not None else None  # no flush after this
+        if held:
+            outcome["metadata"] = held
         return outcome
     finally:
         close_old_connections()
