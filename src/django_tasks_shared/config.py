@@ -10,13 +10,14 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
+from . import schedules
 from .client import describe
 
 DEFAULTS = {
     "WORKERS": None, "THREADS": None, "MAX_WORKERS": None, "MAX_RESULTS": 1000,
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
-    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0,
+    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "SCHEDULE": None,
 }
 
 
@@ -43,6 +44,7 @@ class Config:
     connect_timeout: float
     queues: tuple = ("default",)
     settings_module: str | None = None
+    schedules: tuple = ()         # normalised OPTIONS["SCHEDULE"] entries (see schedules.py)
 
     @property
     def address_text(self):
@@ -57,11 +59,13 @@ class Config:
         spec["authkey"] = self.authkey.hex()
         spec["address"] = self.address if isinstance(self.address, str) else list(self.address)
         spec["queues"] = list(self.queues)
+        spec["schedules"] = [dict(entry) for entry in self.schedules]
         return spec
 
     @classmethod
     def from_spec(cls, spec):
-        spec = dict(spec, authkey=bytes.fromhex(spec["authkey"]), queues=tuple(spec["queues"]))
+        spec = dict(spec, authkey=bytes.fromhex(spec["authkey"]), queues=tuple(spec["queues"]),
+                    schedules=tuple(spec.get("schedules") or ()))
         if not isinstance(spec["address"], str):
             spec["address"] = tuple(spec["address"])
         return cls(**spec)
@@ -121,7 +125,9 @@ def derive_authkey(secret_key, alias):
                        algorithm="sha256").digest()
 
 
-def build_config(alias, options, *, kind, queues, secret_key, settings_module):
+def build_config(alias, options, *, kind, queues, secret_key, settings_module,
+                 time_zone="UTC"):
+    """OPTIONS -> Config. `time_zone` (Django's TIME_ZONE) is the default for cron schedules."""
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
@@ -171,6 +177,12 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         raise ConfigError("worker processes load Django from DJANGO_SETTINGS_MODULE, which is "
                           "not set; set it (settings.configure() is not enough for workers).")
 
+    try:
+        schedule = schedules.validate(opts["SCHEDULE"], queues=tuple(sorted(queues)),
+                                      default_timezone=time_zone or "UTC")
+    except schedules.ScheduleError as exc:
+        raise ConfigError(str(exc)) from None
+
     return Config(
         alias=alias, kind=kind, workers=workers, threads=threads,
         max_results=_number(opts, "MAX_RESULTS"),
@@ -181,7 +193,7 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         max_worker_memory=_number(opts, "MAX_WORKER_MEMORY"),
         max_queue=_number(opts, "MAX_QUEUE"),
         connect_timeout=_number(opts, "CONNECT_TIMEOUT", float, 0.1),
-        queues=tuple(sorted(queues)), settings_module=settings_module,
+        queues=tuple(sorted(queues)), settings_module=settings_module, schedules=schedule,
     )
 
 

@@ -4,6 +4,7 @@
                                                           └─ one thread per connection
                                                              └─ TaskStore method (pinned "store")
     Supervisor thread ── psutil ──> worker processes (see supervisor.py)
+    Scheduler thread ── store.enqueue_scheduled ──> OPTIONS["SCHEDULE"] runs (see scheduler.py)
 
 Started three ways, all through `serve()`:
 - `manage.py tasks_server` (foreground, systemd, Docker);
@@ -31,6 +32,7 @@ from multiprocessing import managers, process
 from . import __version__
 from .client import STORE_IDENT
 from .config import Config, side_file
+from .scheduler import Scheduler
 from .store import TaskStore
 from .supervisor import Supervisor
 from .wire import read_message, write_message
@@ -175,12 +177,15 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
             signal.signal(signal.SIGINT, request_stop)
         supervisor = Supervisor(config, store, owner_pid=owner_pid, on_owner_lost=stop.set)
         supervisor.start()
+        scheduler = Scheduler(config, store)  # after any restored state: it reads last runs
+        scheduler.start()
         logger.info("task server %s listening on %s (%d workers x %d threads)",
                     __version__, config.address_text, config.workers, config.threads)
         if ready is not None:
             ready()
         while not stop.wait(0.5):
             pass
+        scheduler.stop()
         owner_gone = supervisor.owner_lost
         logger.info("task server stopping: draining (grace %.1f s)", 0 if owner_gone else grace)
         supervisor.shutdown(grace=0 if owner_gone else grace, urgent=urgent)

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 
 from .exceptions import QueueFull, ServerUnavailable
+from .store_schedules import ScheduleStateMixin
 
 READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
 FINISHED = (FAILED, SUCCESSFUL)
@@ -45,7 +46,7 @@ def new_record(
     }
 
 
-class TaskStore:
+class TaskStore(ScheduleStateMixin):
     def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
                  max_tasks_per_worker=None, clock=time.time):
         self.max_results = max_results
@@ -69,6 +70,7 @@ class TaskStore:
         # Small server state outside the records that must survive restarts (e.g. the last run
         # of each schedule): change it under the lock, then call _log_durable(key).
         self.durable = {}
+        self._schedules = {}            # schedule name -> info for health (scheduler.py)
         self.meta = {"pid": os.getpid(), "started_at": clock()}
         self.counters = dict.fromkeys(
             ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
@@ -79,25 +81,7 @@ class TaskStore:
     def enqueue(self, record):
         """Store a READY record; returns its server-side `enqueued_at`. Idempotent per id."""
         with self._lock:
-            existing = self._records.get(record["id"])
-            if existing is not None:  # a retried enqueue after a dropped connection
-                return existing["enqueued_at"]
-            if self._draining:
-                raise ServerUnavailable(
-                    f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
-                    f"new tasks; nothing was stored. Retry once it is back.")
-            if self.max_queue is not None and self._pending() >= self.max_queue:
-                self.counters["rejected_full"] += 1
-                raise QueueFull(
-                    f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
-                    f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
-            now = self._clock()
-            record = dict(record, status=READY, enqueued_at=now)
-            self._records[record["id"]] = record
-            self._push(record, now)
-            self._log_put(record)
-            self.counters["enqueued"] += 1
-            return now
+            return self._enqueue(record)
 
     def get(self, task_id):
         """The record, or None if unknown, evicted or expired."""
@@ -192,6 +176,7 @@ class TaskStore:
                            "max_tasks_per_worker": self.max_tasks_per_worker},
                 "counters": dict(self.counters),
                 "workers": workers,
+                "schedules": self._schedule_report(),
             }
 
     # ---- supervisor operations (same process, never exposed) -------------------------------
@@ -273,6 +258,27 @@ class TaskStore:
             self.counters[name] += n
 
     # ---- internals (lock held) --------------------------------------------------------------
+
+    def _enqueue(self, record):
+        existing = self._records.get(record["id"])
+        if existing is not None:  # a retried enqueue after a dropped connection
+            return existing["enqueued_at"]
+        if self._draining:
+            raise ServerUnavailable(
+                f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
+                f"new tasks; nothing was stored. Retry once it is back.")
+        if self.max_queue is not None and self._pending() >= self.max_queue:
+            self.counters["rejected_full"] += 1
+            raise QueueFull(
+                f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
+                f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
+        now = self._clock()
+        record = dict(record, status=READY, enqueued_at=now)
+        self._records[record["id"]] = record
+        self._push(record, now)
+        self._log_put(record)
+        self.counters["enqueued"] += 1
+        return now
 
     def _pending(self):
         return len(self._ready) + len(self._deferred)
