@@ -51,6 +51,9 @@ class Scheduler:
         """Plan every entry (after the store got its durable state back), then run the thread."""
         if self.entries:
             self.plan()
+            for name, entry in self.entries.items():
+                logger.info("schedule %r: %s %s, next run %s", name, entry["task"],
+                            schedules.describe(entry), time.ctime(self.next_due[name]))
             self._thread.start()
 
     def plan(self):
