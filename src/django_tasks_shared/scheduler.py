@@ -87,6 +87,7 @@ class Scheduler:
                 self.run_due()
             except Exception:
                 logger.exception("scheduler tick failed")
+                self._stop.wait(1.0)  # an entry that keeps failing must not spin the loop
             wait = min(self.next_due.values()) - self._clock()
             self._stop.wait(min(max(wait, 0.0), MAX_SLEEP))
 
