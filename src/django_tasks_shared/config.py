@@ -17,8 +17,10 @@ DEFAULTS = {
     "WORKERS": None, "THREADS": None, "MAX_WORKERS": None, "MAX_RESULTS": 1000,
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
-    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "SCHEDULE": None,
+    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
+    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024, "SCHEDULE": None,
 }
+FSYNC_MODES = ("always", "everysec", "never")
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,10 @@ class Config:
     connect_timeout: float
     queues: tuple = ("default",)
     settings_module: str | None = None
+    state_dir: str | None = None   # None: in memory only
+    fsync: str = "everysec"
+    max_payload: int = 10 * 1024 * 1024
+    journal_limit: int = 64 * 1024 * 1024
     schedules: tuple = ()         # normalised OPTIONS["SCHEDULE"] entries (see schedules.py)
 
     @property
@@ -177,6 +183,16 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
         raise ConfigError("worker processes load Django from DJANGO_SETTINGS_MODULE, which is "
                           "not set; set it (settings.configure() is not enough for workers).")
 
+    state_dir = opts["STATE_DIR"]
+    if state_dir is not None:
+        if not isinstance(state_dir, (str, os.PathLike)) or not os.fspath(state_dir):
+            raise ConfigError(f"OPTIONS['STATE_DIR'] must be a directory path, got "
+                              f"{state_dir!r}.")
+        state_dir = os.path.abspath(os.fspath(state_dir))
+    if opts["FSYNC"] not in FSYNC_MODES:
+        raise ConfigError(f"OPTIONS['FSYNC'] must be one of {', '.join(map(repr, FSYNC_MODES))}"
+                          f", got {opts['FSYNC']!r}.")
+
     try:
         schedule = schedules.validate(opts["SCHEDULE"], queues=tuple(sorted(queues)),
                                       default_timezone=time_zone or "UTC")
@@ -193,7 +209,10 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
         max_worker_memory=_number(opts, "MAX_WORKER_MEMORY"),
         max_queue=_number(opts, "MAX_QUEUE"),
         connect_timeout=_number(opts, "CONNECT_TIMEOUT", float, 0.1),
-        queues=tuple(sorted(queues)), settings_module=settings_module, schedules=schedule,
+        queues=tuple(sorted(queues)), settings_module=settings_module,
+        state_dir=state_dir, fsync=opts["FSYNC"],
+        max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
+        journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096), schedules=schedule,
     )
 
 

@@ -1,9 +1,10 @@
 """Exceptions raised by django-tasks-shared.
 
-`ServerUnavailable` and `QueueFull` reach callers of the backend. `WorkerLost` and
-`TimeLimitExceeded` are never raised in user code: the supervisor records their class paths in
-`TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class` resolves
-to them. This module imports nothing from Django so that the server process stays light.
+`ServerUnavailable`, `QueueFull` and `PayloadTooLarge` reach callers of the backend.
+`WorkerLost`, `TimeLimitExceeded` (and `PayloadTooLarge` for a return value) are never raised in
+user code: the supervisor or the worker records their class paths in
+`TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class`
+resolves to them. This module imports nothing from Django so that the server process stays light.
 """
 
 
@@ -29,3 +30,7 @@ class WorkerLost(SharedTasksError):
 
 class TimeLimitExceeded(SharedTasksError):
     """The task ran longer than the backend's TIME_LIMIT and its worker was killed."""
+
+
+class PayloadTooLarge(SharedTasksError):
+    """Arguments (at enqueue) or a return value (at the end of a task) over MAX_PAYLOAD."""

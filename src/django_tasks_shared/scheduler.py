@@ -122,6 +122,10 @@ class Scheduler:
             logger.error("schedule %r: run due at %s skipped: %s", entry["name"],
                          time.ctime(due), exc)
             return None
+        finally:
+            # With a STATE_DIR: the run and its note reach the journal now, as a client's
+            # request would (not only at the supervisor's next tick).
+            self.store.commit()
         logger.debug("schedule %r: enqueued %s as %s", entry["name"], entry["task"], record["id"])
         return record["id"]
 
