@@ -1,5 +1,6 @@
 """OPTIONS["SCHEDULE"]: validation, due-time computation, the server's scheduler end to end."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from django.tasks.exceptions import InvalidTaskBackend
 
 from django_tasks_shared import health, schedules
 from django_tasks_shared.config import Config, ConfigError, build_config
+from django_tasks_shared.exceptions import ServerUnavailable
 from django_tasks_shared.scheduler import Scheduler, durable_key
 from django_tasks_shared.store import TaskStore
 from helpers import (
@@ -317,3 +319,50 @@ def test_a_bad_cron_stops_tasks_server_at_start_up():
                             capture_output=True, text=True, timeout=60)
     assert server.returncode != 0
     assert "OPTIONS['SCHEDULE']['nightly']: bad cron expression '0 3 * *'" in server.stderr
+
+
+def test_with_a_state_dir_the_last_run_survives_a_restart_and_a_missed_slot_runs_once():
+    directory = temp_dir()
+    ledger = f"{directory}/ledger"
+    options = {"WORKERS": 1, "STATE_DIR": f"{directory}/state",
+               "SCHEDULE": {"tick": {"task": LEDGER, "every": 1, "args": [ledger]}}}
+
+    def schedule(srv):
+        client = srv.client()  # a new connection each time: the server restarts in between
+        try:
+            return client.call("health")["schedules"][0]
+        finally:
+            client.close()
+
+    srv = ServerProcess(options=options)
+    try:
+        srv.wait_ready()
+        before = wait_until(lambda: schedule(srv)["last_run"], timeout=10,
+                            message="a first scheduled run")
+    finally:
+        srv.stop()  # SIGTERM: the final snapshot keeps store.durable
+    stopped = time.time()
+    time.sleep(3.2)  # three due times pass while no server runs
+    srv = ServerProcess(options=options, address=srv.address)
+    try:
+        srv.wait_ready()
+        client = srv.client()
+        try:
+            started_at = client.call("health")["server"]["started_at"]
+        finally:
+            client.close()
+        with srv.settings():
+            with contextlib.suppress(ServerUnavailable):
+                task_backends["default"].health()  # drops the connection to the old server
+            wait_until(lambda: len(read_ledger(ledger)) >= 3, timeout=15,
+                       message="the ledger lines of both servers' runs")
+            enqueued = sorted(tasks.ledger.get_result(rid).enqueued_at.timestamp()
+                              for _, rid in read_ledger(ledger))
+        later = [t for t in enqueued if t > stopped]
+        # The missed slots gave ONE run, at start-up (a server without the note would first run
+        # a whole interval after it started), then the normal rhythm: no burst of catch-ups.
+        assert later[0] - started_at < 0.9, (started_at, enqueued)
+        assert later[1] - later[0] == pytest.approx(1.0, abs=0.1), enqueued
+        assert before["id"] in [rid for _, rid in read_ledger(ledger)]
+    finally:
+        srv.stop()
