@@ -15,8 +15,6 @@ import math
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cronsim import CronSim, CronSimError
-
 KEYS = ("task", "cron", "every", "args", "kwargs", "priority", "queue_name", "timezone")
 MIN_EVERY = 0.1  # seconds; a smaller interval would be a busy loop in the server
 MIN_PRIORITY, MAX_PRIORITY = -100, 100  # django.tasks.base.TASK_MIN/MAX_PRIORITY
@@ -77,6 +75,8 @@ def _entry(name, value, queues, default_timezone):
         if not isinstance(cron, str):
             raise ScheduleError(f"{where}: 'cron' must be a string such as '0 3 * * *', got "
                                 f"{cron!r}.")
+        from cronsim import CronSim, CronSimError  # here: most processes never need it
+
         try:
             CronSim(cron, datetime.now(tz))
         except CronSimError as exc:
@@ -108,6 +108,8 @@ def next_due(entry, after):
     """The first due time (a time.time() float) strictly after `after`."""
     if entry["every"] is not None:
         return after + entry["every"]
+    from cronsim import CronSim
+
     tz = ZoneInfo(entry["timezone"])
     # cronsim works in whole minutes; it returns the first match strictly after its start.
     return next(CronSim(entry["cron"], datetime.fromtimestamp(after, tz))).timestamp()
