@@ -10,7 +10,9 @@ without proxies: no refcount round trips, no finalizers that can hang at exit, a
 - TCP_NODELAY (otherwise each new TCP connection stalls ~40 ms in Nagle + delayed ACK);
 - the connection is dropped after ANY exception inside a call, because an interrupted call
   leaves the reply of one request to be read as the reply of the next;
-- the pid is checked on every call, so a connection inherited through fork() is never reused.
+- the pid is checked on every call, so a connection inherited through fork() is never reused;
+- an idempotent call on a kept connection that turns out dead (the server restarted since) is
+  repeated once on a new one, so a restart does not fail the first call of every thread.
 """
 
 import os
@@ -23,6 +25,9 @@ from .exceptions import ServerAuthenticationError, ServerUnavailable
 from .wire import read_message, write_message
 
 STORE_IDENT = "store"  # the id under which the server pins its TaskStore
+# Calls repeated once on a new connection when a kept one turns out dead (the server restarted
+# since): idempotent ones only (an enqueue is idempotent per task id). Never a worker's claim.
+RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping"})
 
 
 def _connect(address, authkey, timeout):
@@ -67,10 +72,11 @@ class StoreClient:
         self._local = threading.local()
 
     def _connection(self):
+        """(connection, fresh): the thread's connection, made now if it had none."""
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is not None and local.pid == os.getpid():
-            return conn
+            return conn, False
         local.conn = None  # inherited through fork(): the parent owns that socket
         try:
             conn = _connect(self.address, self.authkey, self.timeout)
@@ -82,7 +88,7 @@ class StoreClient:
         except (OSError, EOFError) as exc:
             raise ServerUnavailable(self._unavailable(exc)) from exc
         local.conn, local.pid = conn, os.getpid()
-        return conn
+        return conn, True
 
     def _unavailable(self, exc):
         if isinstance(exc, (BlockingIOError, TimeoutError)):
@@ -95,7 +101,7 @@ class StoreClient:
                 f"`manage.py tasks_server`, or set OPTIONS['AUTOSTART'] = True.")
 
     def call(self, method, *args):
-        conn = self._connection()
+        conn, fresh = self._connection()
         try:
             fd = conn.fileno()
             write_message(fd, (STORE_IDENT, method, args, {}))
@@ -103,6 +109,11 @@ class StoreClient:
         except BaseException as exc:
             self.close()  # the reply may still arrive: never reuse this connection
             if isinstance(exc, (OSError, EOFError)):
+                if not fresh and method in RETRY_ON_NEW_CONNECTION and \
+                        not isinstance(exc, (BlockingIOError, TimeoutError)):
+                    # A connection kept from before a server restart: the server is gone,
+                    # maybe back. Once, on a new connection (safe: these calls are idempotent).
+                    return self.call(method, *args)
                 raise ServerUnavailable(self._unavailable(exc)) from exc
             raise
         if kind == "#RETURN":

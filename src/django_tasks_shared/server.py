@@ -3,7 +3,10 @@
     clients (web, shells, workers) ──unix socket / TCP──> accepter thread
                                                           └─ one thread per connection
                                                              └─ TaskStore method (pinned "store")
-    Supervisor thread ── psutil ──> worker processes (see supervisor.py)
+                                                             └─ store.commit(): journal written
+                                                                (STATE_DIR) before the reply
+    Supervisor thread ── psutil ──> worker processes (see supervisor.py; reload.py on SIGHUP)
+    STATE_DIR: restored before the socket exists, final snapshot after the drain (statedir.py)
     Scheduler thread ── store.enqueue_scheduled ──> OPTIONS["SCHEDULE"] runs (see scheduler.py)
 
 Started three ways, all through `serve()`:
@@ -180,7 +183,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
         old_umask = os.umask(0o177)
         try:
-            server = StoreManager(address=address, authkey=config.authkey).get_server()
+            # Not StoreManager.get_server(): it builds a stock `Server` whatever `_Server`
+            # says (only start() uses `_Server`), and our serve_client would never run.
+            server = StoreServer(StoreManager._registry, address, config.authkey, "pickle")
         finally:
             os.umask(old_umask)
         # Pin the store under a fixed id: thin clients call it without creating proxies.
@@ -208,7 +213,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         if install_signals:
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
-            signal.signal(signal.SIGHUP, lambda signum, frame: supervisor.request_reload())
+            signal.signal(signal.SIGHUP, lambda signum, frame: _reload_on_signal(supervisor))
         supervisor.start()
         scheduler = Scheduler(config, store)  # after any restored state: it reads last runs
         scheduler.start()
@@ -237,6 +242,13 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         if state is not None:  # failed before serving: release the directory, write nothing
             state.release()
         os.close(lock_fd)
+
+
+def _reload_on_signal(supervisor):
+    try:
+        supervisor.request_reload()
+    except RuntimeError as exc:  # stopping: a signal handler must not raise into serve()
+        logger.warning("SIGHUP ignored: %s", exc)
 
 
 def main():
