@@ -1,6 +1,5 @@
 """OPTIONS["SCHEDULE"]: validation, due-time computation, the server's scheduler end to end."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from django.tasks.exceptions import InvalidTaskBackend
 
 from django_tasks_shared import health, schedules
 from django_tasks_shared.config import Config, ConfigError, build_config
-from django_tasks_shared.exceptions import ServerUnavailable
 from django_tasks_shared.scheduler import Scheduler, durable_key
 from django_tasks_shared.store import TaskStore
 from helpers import (
@@ -352,8 +350,6 @@ def test_with_a_state_dir_the_last_run_survives_a_restart_and_a_missed_slot_runs
         finally:
             client.close()
         with srv.settings():
-            with contextlib.suppress(ServerUnavailable):
-                task_backends["default"].health()  # drops the connection to the old server
             wait_until(lambda: len(read_ledger(ledger)) >= 3, timeout=15,
                        message="the ledger lines of both servers' runs")
             enqueued = sorted(tasks.ledger.get_result(rid).enqueued_at.timestamp()
