@@ -154,6 +154,17 @@ def version(seconds=0.0):
 '''
 
 
+def deploy_module(prefix):
+    """A task module in a fresh directory on sys.path (the caller removes it): (dir, name, path)."""
+    tmp = temp_dir()
+    module = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+    path = os.path.join(tmp, f"{module}.py")
+    with open(path, "w") as f:
+        f.write(DEPLOY_V1)
+    sys.path.insert(0, tmp)
+    return tmp, module, path
+
+
 def deploy_server(tmp, options, extra_apps=""):
     env = {"PYTHONPATH": os.pathsep.join([tmp, TESTS_DIR, *sys.path]),
            "PYTHONDONTWRITEBYTECODE": "1", "TASKS_EXTRA_APPS": extra_apps}
@@ -167,12 +178,7 @@ def run_command(srv, *args, timeout=60, **env):
 
 @pytest.mark.timeout(120)
 def test_reload_runs_the_new_code_keeps_the_queue_and_never_has_zero_workers():
-    tmp = temp_dir()
-    module = f"deploy_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-    path = os.path.join(tmp, f"{module}.py")
-    with open(path, "w") as f:
-        f.write(DEPLOY_V1)
-    sys.path.insert(0, tmp)
+    tmp, module, path = deploy_module("deploy")
     srv = deploy_server(tmp, {"WORKERS": 2})
     try:
         srv.wait_ready()
@@ -376,12 +382,7 @@ def test_one_server_per_state_dir():
 
 @pytest.mark.timeout(90)
 def test_a_restored_task_whose_code_is_gone_fails_with_the_import_error():
-    tmp = temp_dir()
-    module = f"gone_{os.getpid()}_{int(time.time() * 1000) % 100000}"
-    path = os.path.join(tmp, f"{module}.py")
-    with open(path, "w") as f:
-        f.write(DEPLOY_V1)
-    sys.path.insert(0, tmp)
+    tmp, module, path = deploy_module("gone")
     state_dir = os.path.join(temp_dir(), "state")
     options = {"WORKERS": 1, "STATE_DIR": state_dir}
     srv = deploy_server(tmp, options)
@@ -402,5 +403,53 @@ def test_a_restored_task_whose_code_is_gone_fails_with_the_import_error():
         error = record["errors"][0]
         assert error["exception_class_path"] == "builtins.ImportError"
         assert module in error["traceback"]
+    finally:
+        again.stop()
+
+
+@pytest.mark.timeout(120)
+def test_compactions_under_traffic_then_a_crash_keep_every_record():
+    """A small JOURNAL_LIMIT makes the server compact every second or so while tasks flow;
+    a SIGKILL at any point of that must still restore every acknowledged task."""
+    state_dir = os.path.join(temp_dir(), "state")
+    ledger = os.path.join(temp_dir(), "ledger")
+    options = {"WORKERS": 2, "STATE_DIR": state_dir, "JOURNAL_LIMIT": 32768,
+               "MAX_RESULTS": 5000}
+    srv = ServerProcess(options=options)
+    try:
+        srv.wait_ready()
+        with srv.settings():
+            results = []
+            deadline = time.monotonic() + 6
+            n = 0
+            while time.monotonic() < deadline:
+                results.append(durable_tasks.record.enqueue(ledger, f"c{n}", 0.0))
+                n += 1
+                time.sleep(0.002)
+            compactions = srv.client().call("health")["state"]["compactions"]
+        kill_server_and_orphans(srv)
+    finally:
+        srv.stop()
+    assert compactions >= 2, compactions
+
+    again = ServerProcess(address=srv.address, options=options)
+    try:
+        again.wait_ready()
+        with again.settings():
+            wait_all(results, timeout=60)
+        lines = ledger_lines(ledger)
+        assert len(lines) == len(set(lines))  # nothing ran twice
+        for i, result in enumerate(results):
+            if result.status == "SUCCESSFUL":
+                assert lines.count(f"c{i}") == 1
+            else:  # running at the kill
+                assert result.errors[-1].exception_class_path == WORKER_LOST
+        assert sum(r.status == "FAILED" for r in results) <= 2  # at most one per worker
+        started = again.client().call("health")["server"]["started_at"]
+        wait_until(lambda: (again.client().call("health")["state"]["last_snapshot_at"] or 0)
+                   >= started, 20, message="the snapshot of the restored state")
+        names = os.listdir(state_dir)  # the older snapshots and journals are gone
+        assert not [n for n in names if n.endswith(".tmp")], names
+        assert len([n for n in names if n.startswith("snapshot-")]) == 1, names
     finally:
         again.stop()

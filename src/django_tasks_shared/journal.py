@@ -13,7 +13,7 @@ The directory is 0700 and only the server's user can write it: the same trust as
 An entry is an *operation*:
 
     ["p", record]           a record stored whole (enqueue, or replaced)
-    ["P", [record, ...]]    records stored whole, in bulk (snapshots, 256 a chunk)
+    ["P", {id: record}]     records stored whole, in bulk (snapshots, 256 a chunk)
     ["s", id, {fields}]     fields of a record set (start, finish, fail...)
     ["f", id]               a record forgotten (evicted, expired)
     ["d", key, value]       store.durable[key] = value (["d", key] deletes it)

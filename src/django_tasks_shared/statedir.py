@@ -29,7 +29,7 @@ import time
 
 from . import journal as fmt
 from .journal import Journal, StateError, frame, fsync_dir, read_entries
-from .store import FINISHED
+from .status import FINISHED
 
 logger = logging.getLogger("django_tasks_shared.state")
 
@@ -70,7 +70,7 @@ class Restored:
             records.pop(op[1]["id"], None)
             records[op[1]["id"]] = op[1]
         elif kind == "P":  # a snapshot's chunk: ids unique within the file
-            records.update((record["id"], record) for record in op[1])
+            records.update(op[1])
         elif kind == "f":
             records.pop(op[1], None)
         elif kind == "d":
@@ -316,14 +316,10 @@ class StateDir:
                 self._store.checkpoint_counters()
                 self._final_snapshot()
         finally:
-            if self.journal is not None:
-                self.journal.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self.release()
 
     def release(self):
-        """Give the directory up without writing anything (start-up failed)."""
+        """Close the journal and give the directory up (alone: start-up failed, write nothing)."""
         self._stop.set()
         if self.journal is not None:
             self.journal.close()
