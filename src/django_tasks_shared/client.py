@@ -25,9 +25,22 @@ from .exceptions import ServerAuthenticationError, ServerUnavailable
 from .wire import read_message, write_message
 
 STORE_IDENT = "store"  # the id under which the server pins its TaskStore
+REFUSED = "#REFUSED#"  # sent by a server instead of its challenge, with the reason
 # Calls repeated once on a new connection when a kept one turns out dead (the server restarted
 # since): idempotent ones only (an enqueue is idempotent per task id). Never a worker's claim.
 RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping"})
+
+
+def set_socket_timeout(fd, timeout):
+    """SO_RCVTIMEO/SO_SNDTIMEO on a blocking socket (0: none). Not settimeout(), which makes the
+    fd non-blocking, so that a plain os.read would fail at once."""
+    timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    finally:
+        sock.detach()
 
 
 def _connect(address, authkey, timeout):
@@ -36,9 +49,7 @@ def _connect(address, authkey, timeout):
         family = socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        set_socket_timeout(sock.fileno(), timeout)
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect(address)
@@ -81,6 +92,12 @@ class StoreClient:
         try:
             conn = _connect(self.address, self.authkey, self.timeout)
         except AuthenticationError as exc:
+            if REFUSED in str(exc):  # the server said why it would not serve
+                reason = str(exc).split(REFUSED, 1)[1].strip(" '\"")
+                raise ServerUnavailable(
+                    f"task server at {describe(self.address)} refused the connection: {reason}. "
+                    f"Too many processes or threads hold a connection; raise "
+                    f"OPTIONS['MAX_CONNECTIONS'], or find the client that opens so many.") from None
             raise ServerAuthenticationError(
                 f"task server at {describe(self.address)} rejected the authkey ({exc}): every "
                 f"process must use the same OPTIONS['AUTHKEY'] (or the same SECRET_KEY, from "

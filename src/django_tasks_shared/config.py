@@ -18,7 +18,8 @@ DEFAULTS = {
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
     "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
-    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024, "SCHEDULE": None,
+    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
+    "MAX_CONNECTIONS": 4096, "SCHEDULE": None,
 }
 FSYNC_MODES = ("always", "everysec", "never")
 
@@ -50,6 +51,7 @@ class Config:
     fsync: str = "everysec"
     max_payload: int = 10 * 1024 * 1024
     journal_limit: int = 64 * 1024 * 1024
+    max_connections: int | None = 4096
     schedules: tuple = ()         # normalised OPTIONS["SCHEDULE"] entries (see schedules.py)
 
     @property
@@ -212,7 +214,8 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
         queues=tuple(sorted(queues)), settings_module=settings_module,
         state_dir=state_dir, fsync=opts["FSYNC"],
         max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
-        journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096), schedules=schedule,
+        journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
+        max_connections=_number(opts, "MAX_CONNECTIONS"), schedules=schedule,
     )
 
 

@@ -33,7 +33,7 @@ import traceback
 from multiprocessing import managers, process
 
 from . import __version__
-from .client import STORE_IDENT
+from .client import REFUSED, STORE_IDENT, set_socket_timeout
 from .config import Config, side_file
 from .exceptions import ServerUnavailable
 from .scheduler import Scheduler
@@ -68,9 +68,56 @@ class StoreServer(managers.Server):
     """
 
     message_limit = None  # bytes: MAX_PAYLOAD plus room for the rest of a record
+    max_connections = None  # MAX_CONNECTIONS: beyond it, a new connection is refused
+    handshake_timeout = 5.0  # CONNECT_TIMEOUT: a connection must authenticate within it
+
+    def accepter(self):
+        """The stock accept loop, plus MAX_CONNECTIONS (refused with a reason the client
+        shows) and no busy spin when accept() fails (no file descriptor left)."""
+        self.connections = 0
+        self._count_lock = threading.Lock()
+        while True:
+            try:
+                conn = self.listener.accept()
+            except OSError:
+                time.sleep(0.01)
+                continue
+            with self._count_lock:
+                refuse = self.max_connections is not None and \
+                    self.connections >= self.max_connections
+                if not refuse:
+                    self.connections += 1
+            if refuse:
+                _refuse(conn, f"{REFUSED} the task server holds MAX_CONNECTIONS="
+                              f"{self.max_connections} connections")
+                self._log_refusal()
+                continue
+            threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
+
+    _refused = 0
+    _refusal_logged = 0.0
+
+    def _log_refusal(self):
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 10:  # a storm must not flood the log
+            logger.warning("refused %d connection(s): MAX_CONNECTIONS=%d reached",
+                           self._refused, self.max_connections)
+            self._refused, self._refusal_logged = 0, now
+
+    def handle_request(self, conn):
+        """The stock handler with a deadline on the handshake: a client that connects and
+        never authenticates is dropped after CONNECT_TIMEOUT instead of holding a thread."""
+        try:
+            set_socket_timeout(conn.fileno(), self.handshake_timeout)
+            super().handle_request(conn)
+        finally:
+            with self._count_lock:
+                self.connections -= 1
 
     def serve_client(self, conn):
         fd = conn.fileno()
+        set_socket_timeout(fd, 0)  # authenticated: an idle client may wait as long as it likes
         id_to_obj, fallbacks, stop = self.id_to_obj, self.fallback_mapping, self.stop_event
         limit, commit = self.message_limit, _store.commit
         while not stop.is_set():
@@ -109,6 +156,17 @@ class StoreServer(managers.Server):
                 write_message(fd, ("#UNSERIALIZABLE", traceback.format_exc()))
             except OSError:
                 sys.exit(0)
+
+
+def _refuse(conn, reason):
+    """Answer where the client expects the challenge, so it can say why; never block on it."""
+    try:
+        os.set_blocking(conn.fileno(), False)
+        conn.send_bytes(reason.encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 class StoreManager(managers.BaseManager):
@@ -194,7 +252,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # 3.12 listens with a backlog of 16; a restart of every web worker is a connect herd.
         server.listener._listener._socket.listen(512)
         if config.max_payload is not None:
-            StoreServer.message_limit = config.max_payload + MESSAGE_HEADROOM
+            server.message_limit = config.max_payload + MESSAGE_HEADROOM
+        server.max_connections = config.max_connections
+        server.handshake_timeout = config.connect_timeout
         server.stop_event = threading.Event()
         process.current_process()._manager_server = server
         threading.Thread(target=server.accepter, name="accepter", daemon=True).start()
