@@ -4,6 +4,7 @@ clear errors for bad policies (run with -s to see the delays printed)."""
 
 import contextlib
 import os
+import time
 
 import pytest
 from django.tasks import TaskResultStatus
@@ -169,3 +170,28 @@ def test_retry_leaves_the_function_callable_and_the_task_importable():
     assert tasks.flaky.module_path == "testproject.tasks.flaky"
     assert tasks.flaky.func.django_tasks_shared_retry["max_attempts"] == 3
     assert tasks.flaky.func.__name__ == "flaky"
+
+
+@pytest.mark.timeout(30)
+def test_scheduled_runs_carry_the_tasks_retry_policy():
+    """The server enqueues SCHEDULE runs without importing the task: the policy is resolved
+    where Django runs (server start-up) and travels in the schedule entry."""
+    from django_tasks_shared.scheduler import Scheduler
+    from django_tasks_shared.schedules import resolve_config
+    from django_tasks_shared.store import TaskStore
+
+    config = build({"ADDRESS": "/tmp/x.sock", "RETRY": {"max_attempts": 4, "delay": 5},
+                    "SCHEDULE": {"flaky": {"task": "testproject.tasks.flaky", "every": 10,
+                                           "args": ["/dev/null", 0]},
+                                 "add": {"task": "testproject.tasks.add", "every": 10,
+                                         "args": [1, 2]}}})
+    config = resolve_config(config)
+    by_name = {entry["name"]: entry for entry in config.schedules}
+    # @retry(max_attempts=3, delay=0.3, on=(ConnectionError,)) over OPTIONS["RETRY"]
+    assert by_name["flaky"]["retry"] == {"max_attempts": 3, "delay": 0.3, "factor": 2.0,
+                                         "max_delay": 300.0, "on": ["builtins.ConnectionError"]}
+    assert by_name["add"]["retry"]["max_attempts"] == 4  # no @retry: the backend's RETRY
+    store = TaskStore()
+    scheduler = Scheduler(config, store)
+    record = store.get(scheduler.enqueue(by_name["flaky"], time.time()))
+    assert record["retry"]["on"] == ["builtins.ConnectionError"]
