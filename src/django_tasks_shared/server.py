@@ -178,7 +178,11 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
         old_umask = os.umask(0o177)
         try:
-            server = StoreManager(address=address, authkey=config.authkey).get_server()
+            # Not manager.get_server(): it builds a stock managers.Server whatever _Server says,
+            # and only StoreServer commits the journal before each reply.
+            manager = StoreManager(address=address, authkey=config.authkey)
+            server = StoreServer(manager._registry, manager._address, manager._authkey,
+                                 manager._serializer)
         finally:
             os.umask(old_umask)
         # Pin the store under a fixed id: thin clients call it without creating proxies.
