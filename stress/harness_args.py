@@ -58,6 +58,9 @@ def parse_args(argv):
                         "nothing: only tasks RUNNING at a server SIGKILL may end WorkerLost")
     p.add_argument("--fsync", choices=FSYNC_MODES,
                    help="OPTIONS['FSYNC'] with --state-dir (default everysec)")
+    p.add_argument("--journal-limit", type=int, metavar="BYTES",
+                   help="OPTIONS['JOURNAL_LIMIT'] with --state-dir: a small one makes the server "
+                        "compact (new journal + snapshot) many times during the run")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     p.add_argument("--keep", action="store_true", help="keep the work directory (ledger etc.)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -87,9 +90,9 @@ def parse_args(argv):
     except ValueError as exc:
         p.error(f"--mix: {exc}")
     args.mix_weights = mix
-    if args.fsync and not args.state_dir:
-        p.error("--fsync needs --state-dir (it says how the state directory's journal is "
-                "flushed)")
+    if (args.fsync or args.journal_limit) and not args.state_dir:
+        p.error("--fsync and --journal-limit need --state-dir (they tune the state "
+                "directory's journal)")
     if args.state_dir:
         if args.address:
             p.error("--state-dir configures the server the harness starts; with --address, "

@@ -269,6 +269,8 @@ def main(argv=None):
                "AUTOSTART": True}
     if args.state_dir:
         options.update(STATE_DIR=args.state_dir, FSYNC=args.fsync)
+        if args.journal_limit:
+            options["JOURNAL_LIMIT"] = args.journal_limit
     os.environ["DJANGO_SETTINGS_MODULE"] = "stress.settings"
     os.environ["STRESS_ADDRESS"] = address
     os.environ["STRESS_OPTIONS"] = json.dumps(options)

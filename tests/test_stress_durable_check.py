@@ -53,11 +53,17 @@ def test_check_matches_the_restored_interrupted_count_and_the_ledger():
     ok, _, bad, _ = harness_durable.check(CONFIG, tasks, runs, [KILL, TERM], states)
     assert not ok and "restored 3 interrupted" in bad[0]
 
-    # Run again by the next server: a second life after WorkerLost is a double run.
+    # Its worker wrote the line as an orphan, after the SIGKILL (parent: init): still once.
     states[102] = state(interrupted=2)
-    runs["a"].append({"pid": 10, "server_pid": 102})
+    runs["a"] = [{"pid": 9, "server_pid": 1}]
+    assert harness_durable.check(CONFIG, tasks, runs, [KILL, TERM], states)[0]
+
+    # Run again by the next server: a second life after WorkerLost is a double run.
+    runs["a"] = [{"pid": 10, "server_pid": 102}]
     ok, _, bad, _ = harness_durable.check(CONFIG, tasks, runs, [KILL, TERM], states)
     assert not ok and "ledger" in bad[0]
+    runs["a"] = [{"pid": 9, "server_pid": 101}, {"pid": 10, "server_pid": 1}]
+    assert not harness_durable.check(CONFIG, tasks, runs, [KILL, TERM], states)[0]
 
 
 def test_check_fails_a_server_without_the_state_dir():
