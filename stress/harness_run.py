@@ -286,7 +286,7 @@ def main(argv=None):
     from django_tasks_shared import launcher
     from django_tasks_shared.exceptions import ServerUnavailable
 
-    from . import harness_check, harness_client
+    from . import harness_check, harness_client, harness_report
 
     backend = task_backends["default"]
     monitor = Monitor(backend)
@@ -407,7 +407,7 @@ def main(argv=None):
             config=config, outputs=outputs, client_codes=client_codes, ledger_dir=ledger,
             monitor=monitor, faults=faults, final_health=final_health,
             run_seconds=run_seconds, wall_start=wall_start)
-        text = harness_check.render(report)
+        text = harness_report.render(report)
         print(text)
         if args.json:
             with open(args.json, "w") as f:
