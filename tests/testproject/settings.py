@@ -12,7 +12,8 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 ROOT_URLCONF = "testproject.urls"
-INSTALLED_APPS = ["django_tasks_shared", "testproject"]
+INSTALLED_APPS = ["django_tasks_shared", "testproject"] + [
+    app for app in os.environ.get("TASKS_EXTRA_APPS", "").split(",") if app]  # deploy tests
 DATABASES = {}
 MIDDLEWARE = []
 
