@@ -64,7 +64,12 @@ def test_a_connection_that_never_authenticates_is_dropped_after_connect_timeout(
     socks = []
     try:
         srv.wait_ready()
+        probe = new_client(srv)
+        wait_until(lambda: all(w["ready_at"] for w in probe.call("health")["workers"]), 20,
+                   message="the worker connected")
+        probe.close()
         server = psutil.Process(srv.popen.pid)
+        time.sleep(0.5)  # the connection threads of the readiness probes are gone
         baseline = server.num_threads()
         for _ in range(20):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
