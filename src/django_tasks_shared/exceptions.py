@@ -29,3 +29,8 @@ class WorkerLost(SharedTasksError):
 
 class TimeLimitExceeded(SharedTasksError):
     """The task ran longer than the backend's TIME_LIMIT and its worker was killed."""
+
+
+class TaskCancelled(SharedTasksError):
+    """The task was cancelled (`django_tasks_shared.cancel`): a pending one never ran, a running
+    one had its worker process stopped."""

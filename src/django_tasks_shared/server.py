@@ -39,7 +39,7 @@ logger = logging.getLogger("django_tasks_shared.server")
 
 # The TaskStore methods clients may call; supervisor methods stay private to this process.
 EXPOSED = ("enqueue", "get", "get_many", "wait", "finish_and_claim", "worker_failed", "ping",
-           "health")
+           "health", "cancel", "results", "overview")
 
 SHUTDOWN_LINGER = 0.2  # seconds for in-flight replies after the last task ended
 

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 
 from .exceptions import QueueFull, ServerUnavailable
+from .store_web import WebStoreMixin
 
 READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
 FINISHED = (FAILED, SUCCESSFUL)
@@ -45,7 +46,7 @@ def new_record(
     }
 
 
-class TaskStore:
+class TaskStore(WebStoreMixin):
     def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
                  max_tasks_per_worker=None, clock=time.time):
         self.max_results = max_results
@@ -72,7 +73,8 @@ class TaskStore:
         self.meta = {"pid": os.getpid(), "started_at": clock()}
         self.counters = dict.fromkeys(
             ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
-             "expired", "rejected_full", "worker_restarts"), 0)
+             "expired", "rejected_full", "worker_restarts", "cancelled"), 0)
+        self._init_web()  # cancel bookkeeping, histograms, history (store_web.py)
 
     # ---- client operations (exposed over the manager) -------------------------------------
 
@@ -191,6 +193,8 @@ class TaskStore:
                 "limits": {"max_queue": self.max_queue,
                            "max_tasks_per_worker": self.max_tasks_per_worker},
                 "counters": dict(self.counters),
+                "histograms": {"task_duration_seconds": self.durations.snapshot(),
+                               "queue_wait_seconds": self.waits.snapshot()},
                 "workers": workers,
             }
 
@@ -275,7 +279,8 @@ class TaskStore:
     # ---- internals (lock held) --------------------------------------------------------------
 
     def _pending(self):
-        return len(self._ready) + len(self._deferred)
+        # Cancelled pending tasks stay in their heap until popped (lazy removal): not counted.
+        return len(self._ready) + len(self._deferred) - len(self._dropped)
 
     def _push(self, record, now):
         """Queue a READY record (new, or back in the queue): the deferred heap while its
@@ -316,21 +321,32 @@ class TaskStore:
             self._finished.move_to_end(task_id)
         return record
 
-    def _pop_ready(self, now):
-        deferred, ready = self._deferred, self._ready
+    def _promote_due(self, now):
+        """Move deferred entries whose run_after has come into the ready heap."""
+        deferred = self._deferred
         while deferred and deferred[0][0] <= now:
             _, seq, task_id = heapq.heappop(deferred)
+            if seq in self._dropped:  # cancelled while deferred
+                self._dropped.discard(seq)
+                continue
             record = self._records[task_id]
-            heapq.heappush(ready, (-record["priority"], seq, task_id))
+            heapq.heappush(self._ready, (-record["priority"], seq, task_id))
             counts = self._pending_by_queue[record["queue"]]
             counts[1] -= 1
             counts[0] += 1
-        if not ready:
-            return None
-        _, _, task_id = heapq.heappop(ready)
-        record = self._records[task_id]
-        self._pending_by_queue[record["queue"]][0] -= 1
-        return record
+
+    def _pop_ready(self, now):
+        ready = self._ready
+        self._promote_due(now)
+        while ready:
+            _, seq, task_id = heapq.heappop(ready)
+            if seq in self._dropped:  # cancelled while pending (see store_web.cancel)
+                self._dropped.discard(seq)
+                continue
+            record = self._records[task_id]
+            self._pending_by_queue[record["queue"]][0] -= 1
+            return record
+        return None
 
     def _start(self, record, worker_id, worker, now):
         record["status"] = RUNNING
@@ -338,6 +354,7 @@ class TaskStore:
         record["worker_ids"] = record["worker_ids"] + [worker_id]
         self._log_set(record, "status", "started_at", "last_attempted_at", "worker_ids")
         self._running[record["id"]] = worker_id
+        self.waits.observe(now - max(record["enqueued_at"], record["run_after"] or 0))
         worker["current"][record["id"]] = now
         worker["claimed"] += 1
         return dict(record)
@@ -375,6 +392,8 @@ class TaskStore:
             self.counters["worker_lost"] += 1
         elif name == "TimeLimitExceeded":
             self.counters["timed_out"] += 1
+        elif name == "TaskCancelled":
+            self.counters["cancelled"] += 1
         worker = self._workers.get(worker_id)
         if worker is not None:
             worker["current"].pop(task_id, None)
@@ -382,7 +401,8 @@ class TaskStore:
         return True
 
     def _finished_record(self, task_id, finished_at):
-        del self._running[task_id]
+        self._running.pop(task_id, None)  # not there for a task cancelled while pending
+        self._note_finished(self._records[task_id])
         self._finished[task_id] = None
         if self.result_ttl is not None:
             self._expiry.append((finished_at, task_id))

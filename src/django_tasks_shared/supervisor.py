@@ -10,6 +10,10 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
                     RSS over MAX_WORKER_MEMORY            ->  store.retire_worker (nothing fails)
     store.overdue(TIME_LIMIT)                             ->  fail with TimeLimitExceeded,
                                                               SIGTERM, SIGKILL after KILL_GRACE
+    store.take_kills() (cancel of a running task; the store wakes this thread at once, not at
+                        the next tick)                    ->  end_task: SIGTERM, SIGKILL after
+                                                              KILL_GRACE, replaced
+    store.sample_history()                                ->  rings for the web page (~1/s)
     owner pid (embedded mode) gone                        ->  ask the server to stop
 
 Workers are fresh interpreters (`python -c ...worker...`), the equivalent of the `spawn` start
@@ -39,6 +43,7 @@ CHILDREN_EVERY = 10         # ticks between scans for a worker's own child proce
 BACKOFF_MAX = 30.0
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 TIME_LIMIT_EXCEEDED = "django_tasks_shared.exceptions.TimeLimitExceeded"
+TASK_CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"
 WORKER_CMD = "from django_tasks_shared.worker import main; main()"
 
 
@@ -80,6 +85,8 @@ class Supervisor:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._lock = threading.Lock()  # tick vs shutdown
         self._ticks = 0
+        self._wake = threading.Event()  # set by the store when a running task is cancelled
+        store.on_kill = self._wake.set
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -122,15 +129,20 @@ class Supervisor:
     # ---- the tick -------------------------------------------------------------------------------
 
     def _run(self):
+        next_tick = time.monotonic()
         while not self._stopping:
-            started = time.monotonic()
             try:
                 with self._lock:
                     if not self._stopping:
-                        self._tick()
+                        if time.monotonic() >= next_tick:
+                            next_tick = time.monotonic() + TICK
+                            self._tick()
+                        else:  # woken early by a cancel: stop that worker now
+                            self._stop_cancelled()
             except Exception:
                 logger.exception("supervisor tick failed")
-            time.sleep(max(0.0, TICK - (time.monotonic() - started)))
+            if self._wake.wait(max(0.0, next_tick - time.monotonic())):
+                self._wake.clear()
 
     def _tick(self):
         self._ticks += 1
@@ -149,6 +161,7 @@ class Supervisor:
         while len(self.workers) < self.config.workers and now >= self.next_spawn_at:
             self._spawn(replacement=True)
         self.store.sweep()
+        self.store.sample_history()
         self._publish()
 
     def _reap(self):
@@ -187,7 +200,14 @@ class Supervisor:
             worker.id, WORKER_LOST, f"{WORKER_LOST}: {message}\n")
         return failed
 
+    def _stop_cancelled(self):
+        for worker_id, task_id, text in self.store.take_kills():
+            logger.warning(text.strip())
+            self.end_task(worker_id, task_id, TASK_CANCELLED, text,
+                          f"was stopped: task {task_id} it ran was cancelled")
+
     def _enforce_time_limit(self):
+        self._stop_cancelled()  # here so that it also runs during the shutdown grace period
         limit = self.config.time_limit
         now = time.monotonic()
         if limit is not None:

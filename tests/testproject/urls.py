@@ -1,9 +1,10 @@
 import json
 import os
 
+from django.contrib import admin
 from django.http import JsonResponse
 from django.tasks.exceptions import TaskResultDoesNotExist
-from django.urls import path
+from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
 from . import tasks
@@ -31,4 +32,6 @@ def result(request, result_id):
 urlpatterns = [
     path("enqueue", enqueue),
     path("result/<str:result_id>", result),
+    path("admin/", admin.site.urls),
+    path("tasks/", include("django_tasks_shared.urls")),
 ]
