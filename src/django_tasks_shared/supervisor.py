@@ -38,6 +38,7 @@ from .config import python_path
 logger = logging.getLogger("django_tasks_shared.supervisor")
 
 TICK = 0.5
+QUICK = 0.02                # poll interval while a worker is being stopped (cancel, time limit)
 KILL_GRACE = 1.0            # SIGTERM -> SIGKILL for a worker past TIME_LIMIT
 CHILDREN_EVERY = 10         # ticks between scans for a worker's own child processes
 BACKOFF_MAX = 30.0
@@ -137,12 +138,26 @@ class Supervisor:
                         if time.monotonic() >= next_tick:
                             next_tick = time.monotonic() + TICK
                             self._tick()
-                        else:  # woken early by a cancel: stop that worker now
-                            self._stop_cancelled()
+                        else:  # woken by a cancel, or a worker is being stopped
+                            self._quick()
             except Exception:
                 logger.exception("supervisor tick failed")
-            if self._wake.wait(max(0.0, next_tick - time.monotonic())):
+            wait = next_tick - time.monotonic()
+            if any(w.kill_at is not None for w in self.workers.values()):
+                wait = min(wait, QUICK)  # reap and replace it as soon as it is gone
+            if self._wake.wait(max(0.0, wait)):
                 self._wake.clear()
+
+    def _quick(self):
+        """Between ticks: stop the workers of cancelled tasks, reap, replace. No psutil."""
+        self._stop_cancelled()
+        self._reap()
+        self._respawn()
+
+    def _respawn(self):
+        now = time.monotonic()
+        while len(self.workers) < self.config.workers and now >= self.next_spawn_at:
+            self._spawn(replacement=True)
 
     def _tick(self):
         self._ticks += 1
@@ -157,9 +172,7 @@ class Supervisor:
         self._reap()
         self._enforce_time_limit()
         self._sample()
-        now = time.monotonic()
-        while len(self.workers) < self.config.workers and now >= self.next_spawn_at:
-            self._spawn(replacement=True)
+        self._respawn()
         self.store.sweep()
         self.store.sample_history()
         self._publish()

@@ -7,6 +7,7 @@ needs no charting library and makes no request for one.
 
 import json
 import time
+from datetime import UTC, datetime
 
 from ..health import duration, evaluate, size
 
@@ -25,6 +26,9 @@ def _points(values, width, height, top=None):
 
 
 def sparkline(values, width=SPARK_W, height=SPARK_H, top=None):
+    """Points scaled to `top` (default: 1.25 x the largest value, so a flat line is visible)."""
+    if top is None:
+        top = max(values, default=0) * 1.25
     return {"width": width, "height": height, "points": _points(values, width, height, top)}
 
 
@@ -45,14 +49,24 @@ def chart(rate, window=600.0, width=CHART_W, height=CHART_H):
             "top": round(top, 1), "last": round(shown[-1][1], 1), "minutes": round(window / 60)}
 
 
-def _clock(ts):
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + \
-        f".{int(ts * 1000) % 1000:03d}"
+def _clock(ts, tz=UTC):
+    """Wall-clock time in `tz` (the view passes Django's current time zone), to the ms."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def overview_context(snapshot, now=None):
+def took(seconds):
+    """A task's run time: ms below a second (most tasks), then as the health report has it."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms" if seconds < 0.01 else f"{seconds * 1000:.0f} ms"
+    return duration(seconds)
+
+
+def overview_context(snapshot, tz=UTC):
     """Template context for the live part of the overview, from one `overview` snapshot."""
-    now = time.time() if now is None else now
     health, history = snapshot["health"], snapshot["history"]
     status, reasons = evaluate(health)
     server = health["server"]
@@ -79,8 +93,7 @@ def overview_context(snapshot, now=None):
         if name not in health["queues"]:
             queues.append({"name": name, "ready": 0, "deferred": 0})
     results = snapshot["results"]
-    rows = [dict(row, finished=_clock(row["finished_at"]),
-                 took=duration(row["duration"]) if row["duration"] is not None else "-")
+    rows = [dict(row, finished=_clock(row["finished_at"], tz), took=took(row["duration"]))
             for row in results["rows"]]
     return {
         "status": status, "reasons": reasons, "server": server,
@@ -96,27 +109,30 @@ def overview_context(snapshot, now=None):
     }
 
 
-def task_context(record, now=None):
+def _json(value):
+    """One line when short, indented when long."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else json.dumps(value, indent=2)
+
+
+def task_context(record, tz=UTC, now=None):
     """Template context for one task's page, from its record."""
     now = time.time() if now is None else now
     started, finished = record["started_at"], record["finished_at"]
-    if started is not None:
-        took = duration((finished or now) - started)
-    else:
-        took = "-"
+    ran = None if started is None else took((finished or now) - started)
     return {
         "record": record, "status": record["status"],
         "finished": record["status"] in ("SUCCESSFUL", "FAILED"),
         "can_cancel": record["status"] in ("READY", "RUNNING"),
-        "args": json.dumps(record["args"], indent=2),
-        "kwargs": json.dumps(record["kwargs"], indent=2),
-        "return_value": json.dumps(record["return_value"], indent=2),
+        "args": _json(record["args"]), "kwargs": _json(record["kwargs"]),
+        "return_value": _json(record["return_value"]),
         "errors": [{"exception": e["exception_class_path"], "traceback": e["traceback"]}
                    for e in record["errors"]],
-        "times": [("enqueued", _clock(record["enqueued_at"])),
-                  ("run after", _clock(record["run_after"])),
-                  ("started", _clock(started)),
-                  ("last attempt", _clock(record["last_attempted_at"])),
-                  ("finished", _clock(finished)), ("ran for" if finished else "running for", took)],
+        "times": [("enqueued", _clock(record["enqueued_at"], tz)),
+                  ("run after", _clock(record["run_after"], tz)),
+                  ("started", _clock(started, tz)),
+                  ("last attempt", _clock(record["last_attempted_at"], tz)),
+                  ("finished", _clock(finished, tz)),
+                  ("ran for" if finished else "running for", ran or "-")],
         "attempts": len(record["worker_ids"]),
     }

@@ -29,6 +29,7 @@ from django.http import (
 from django.shortcuts import render
 from django.tasks import task_backends
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
@@ -78,7 +79,8 @@ def staff_only(view):
 
 def _common(shared, **extra):
     return {"alias": shared.alias, "address": shared.config.address_text,
-            "refresh_ms": REFRESH_MS, **extra}
+            "refresh_ms": REFRESH_MS, "refresh_s": REFRESH_MS / 1000,
+            "time_zone": timezone.get_current_timezone_name(), **extra}
 
 
 def _filters(request):
@@ -120,7 +122,7 @@ def overview(request):
         context["unavailable"] = _unavailable(shared, exc)
         template = "_unavailable.html" if fragment else "overview.html"
         return render(request, f"django_tasks_shared/{template}", context, status=503)
-    context.update(present.overview_context(snapshot))
+    context.update(present.overview_context(snapshot, timezone.get_current_timezone()))
     template = "_overview_live.html" if fragment else "overview.html"
     return render(request, f"django_tasks_shared/{template}", context)
 
@@ -142,7 +144,7 @@ def task(request, task_id):
     if record is None:
         context["missing"] = True
         return render(request, "django_tasks_shared/task.html", context, status=404)
-    context.update(present.task_context(record))
+    context.update(present.task_context(record, timezone.get_current_timezone()))
     template = "_task_live.html" if fragment else "task.html"
     return render(request, f"django_tasks_shared/{template}", context)
 
