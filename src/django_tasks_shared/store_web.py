@@ -20,14 +20,14 @@ from .history import DURATION_BUCKETS, WAIT_BUCKETS, Histogram, History
 
 CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"
 READY, FAILED = "READY", "FAILED"
-FINISHED = ("FAILED", "SUCCESSFUL")
+FINISHED = ("FAILED", "SUCCESSFUL")  # as store.FINISHED (store.py imports this module)
 MAX_PAGE = 200  # rows per results page
 
 
 class WebStoreMixin:
     def _init_web(self):
         self._dropped = set()           # seq of heap entries whose task was cancelled
-        self._finish_order = deque()    # task ids in finishing order (forgotten ones skipped)
+        self._finish_order = deque()    # (task id, finished_at) in finishing order
         self._kills = []                # (worker id, task id, text) for the supervisor
         self.on_kill = None             # set by the supervisor: wakes its thread
         self.durations = Histogram(DURATION_BUCKETS)
@@ -82,13 +82,15 @@ class WebStoreMixin:
         offset, limit = max(0, int(offset)), max(1, min(int(limit), MAX_PAGE))
         with self._lock:
             self._expire(self._clock())
-            rows, matched, seen = [], 0, set()
-            for task_id in reversed(self._finish_order):
-                record = self._records.get(task_id)
-                if record is None or record["status"] not in FINISHED or task_id in seen:
-                    continue
-                seen.add(task_id)  # finished twice (re-queued by a retry): listed once
-                if (status and record["status"] != status) or \
+            rows, matched = [], 0
+            records = self._records
+            for task_id, finished_at in reversed(self._finish_order):
+                record = records.get(task_id)
+                # Gone (evicted, expired), or re-queued and finished again later (a retry):
+                # only the entry of its latest finish lists it.
+                if record is None or record["finished_at"] != finished_at or \
+                        record["status"] not in FINISHED or \
+                        (status and record["status"] != status) or \
                         (queue and record["queue"] != queue) or \
                         (task and task not in record["task"]):
                     continue
@@ -143,8 +145,8 @@ class WebStoreMixin:
         if len(order) > 2 * self.max_results + 64:
             # Evicted and expired ids linger here; drop them in one pass every max_results
             # finishes or so, which keeps this deque bounded and the cost amortised O(1).
-            self._finish_order = order = deque(i for i in order if i in self._finished)
-        order.append(record["id"])
+            self._finish_order = order = deque(e for e in order if e[0] in self._finished)
+        order.append((record["id"], record["finished_at"]))
 
 
 def _summary(record):
