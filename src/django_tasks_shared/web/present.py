@@ -74,8 +74,8 @@ def overview_context(snapshot, tz=UTC):
     workers, running = [], []
     for worker in health["workers"]:
         ring = rings.get(worker["id"]) or []
-        rss = [p[1] or 0 for p in ring]
-        cpu = [p[2] or 0.0 for p in ring]
+        rss = [p[1] for p in ring if p[1] is not None]  # None: not sampled yet
+        cpu = [p[2] for p in ring if p[2] is not None]
         current = worker.get("current_tasks") or []
         workers.append({
             "id": worker["id"], "pid": worker["pid"], "state": worker["state"],
