@@ -166,3 +166,15 @@ def test_metrics_of_an_unreachable_server_and_without_prometheus_client(monkeypa
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
     assert not metrics.available()
     assert "django-tasks-shared[metrics]" in metrics.INSTALL_HINT
+
+
+def test_rebuild_finish_order_after_a_restore_lists_by_finished_at():
+    clock = Clock()
+    store = make_store(clock)
+    for i in range(3):
+        clock.advance(1)
+        run(store, f"t{i}")
+    store._finish_order.clear()  # as after records were loaded from disk
+    store.get("t0")  # LRU order now t1, t2, t0: the listing must still follow finished_at
+    store.rebuild_finish_order()
+    assert [r["id"] for r in store.results()["rows"]] == ["t2", "t1", "t0"]

@@ -125,6 +125,14 @@ class WebStoreMixin:
         with self._lock:
             return self.history.snapshot()
 
+    def rebuild_finish_order(self):
+        """After finished records were loaded without _finished_record (a state restore):
+        the listing's finish order, from their finished_at."""
+        with self._lock:
+            self._finish_order = deque(sorted(
+                ((i, self._records[i]["finished_at"]) for i in self._finished
+                 if i in self._records), key=lambda entry: entry[1]))
+
     # ---- internals (lock held) ---------------------------------------------------------------
 
     def _drop_pending(self, record, now):

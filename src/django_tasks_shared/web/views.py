@@ -28,6 +28,7 @@ from django.http import (
 )
 from django.shortcuts import render
 from django.tasks import task_backends
+from django.tasks.exceptions import InvalidTask
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -37,7 +38,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from ..backend import SharedBackend
 from ..client import describe
-from ..exceptions import ServerUnavailable
+from ..exceptions import QueueFull, ServerUnavailable
 from . import access, present
 from . import metrics as prom
 
@@ -183,9 +184,11 @@ def enqueue_again(request, task_id):
         result = copy.enqueue(*record["args"], **record["kwargs"])
     except ServerUnavailable as exc:
         return _back_to(task_id, f"Not enqueued: {exc}")
-    except ImportError as exc:
-        return _back_to(task_id, f"Not enqueued: {record['task']} cannot be imported in the "
-                                 f"web process ({exc}).")
+    except (ImportError, AttributeError) as exc:
+        return _back_to(task_id, f"Not enqueued: {record['task']} cannot be imported as a task "
+                                 f"in the web process ({exc}).")
+    except (InvalidTask, QueueFull, TypeError) as exc:  # e.g. its queue left QUEUES
+        return _back_to(task_id, f"Not enqueued: {type(exc).__name__}: {exc}")
     return _back_to(result.id, f"Enqueued again as a copy of {task_id}.")
 
 
