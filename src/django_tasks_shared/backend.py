@@ -25,7 +25,7 @@ from django.utils.json import normalize_json
 from . import launcher
 from .client import StoreClient
 from .config import ConfigError, build_config
-from .exceptions import ServerAuthenticationError, ServerUnavailable
+from .exceptions import PayloadTooLarge, ServerAuthenticationError, ServerUnavailable
 from .records import to_task_result, to_timestamp
 from .store import FINISHED, new_record
 
@@ -87,7 +87,7 @@ class SharedBackend(BaseTaskBackend):
 
     def enqueue(self, task, args, kwargs):
         self.validate_task(task)
-        args, kwargs = _json_arguments(task, args, kwargs)
+        args, kwargs = _json_arguments(task, args, kwargs, self.config.max_payload)
         record = new_record(
             id=secrets.token_hex(16), task=task.module_path, args=args, kwargs=kwargs,
             priority=task.priority, queue=task.queue_name, run_after=to_timestamp(task.run_after),
@@ -141,16 +141,22 @@ def _is_loopback(host):
         return False
 
 
-def _json_arguments(task, args, kwargs):
-    """Arguments exactly as a worker will see them, or a TypeError naming the culprit."""
+def _json_arguments(task, args, kwargs, max_payload=None):
+    """Arguments exactly as a worker will see them, or a TypeError naming the culprit (or
+    PayloadTooLarge over MAX_PAYLOAD bytes of JSON)."""
     try:
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-        json.dumps([args, kwargs])
+        size = len(json.dumps([args, kwargs]))
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"arguments of task {task.module_path!r} must be JSON-serializable ({exc}); nothing "
             f"was enqueued. Pass plain data (ids, strings, numbers, lists, dicts), not model "
             f"instances or objects.") from None
+    if max_payload is not None and size > max_payload:
+        raise PayloadTooLarge(
+            f"arguments of task {task.module_path!r} take {size} bytes as JSON, over "
+            f"MAX_PAYLOAD={max_payload}; nothing was enqueued. Pass a reference to the data (a "
+            f"file path, a database id) instead, or raise OPTIONS['MAX_PAYLOAD'].")
     return args, kwargs
 
 

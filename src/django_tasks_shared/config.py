@@ -16,8 +16,10 @@ DEFAULTS = {
     "WORKERS": None, "THREADS": None, "MAX_WORKERS": None, "MAX_RESULTS": 1000,
     "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
-    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0,
+    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
+    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
 }
+FSYNC_MODES = ("always", "everysec", "never")
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,10 @@ class Config:
     connect_timeout: float
     queues: tuple = ("default",)
     settings_module: str | None = None
+    state_dir: str | None = None   # None: in memory only
+    fsync: str = "everysec"
+    max_payload: int = 10 * 1024 * 1024
+    journal_limit: int = 64 * 1024 * 1024
 
     @property
     def address_text(self):
@@ -171,6 +177,16 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         raise ConfigError("worker processes load Django from DJANGO_SETTINGS_MODULE, which is "
                           "not set; set it (settings.configure() is not enough for workers).")
 
+    state_dir = opts["STATE_DIR"]
+    if state_dir is not None:
+        if not isinstance(state_dir, (str, os.PathLike)) or not os.fspath(state_dir):
+            raise ConfigError(f"OPTIONS['STATE_DIR'] must be a directory path, got "
+                              f"{state_dir!r}.")
+        state_dir = os.path.abspath(os.fspath(state_dir))
+    if opts["FSYNC"] not in FSYNC_MODES:
+        raise ConfigError(f"OPTIONS['FSYNC'] must be one of {', '.join(map(repr, FSYNC_MODES))}"
+                          f", got {opts['FSYNC']!r}.")
+
     return Config(
         alias=alias, kind=kind, workers=workers, threads=threads,
         max_results=_number(opts, "MAX_RESULTS"),
@@ -182,6 +198,9 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         max_queue=_number(opts, "MAX_QUEUE"),
         connect_timeout=_number(opts, "CONNECT_TIMEOUT", float, 0.1),
         queues=tuple(sorted(queues)), settings_module=settings_module,
+        state_dir=state_dir, fsync=opts["FSYNC"],
+        max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
+        journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
     )
 
 

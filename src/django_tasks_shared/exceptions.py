@@ -1,9 +1,10 @@
 """Exceptions raised by django-tasks-shared.
 
-`ServerUnavailable` and `QueueFull` reach callers of the backend. `WorkerLost` and
-`TimeLimitExceeded` are never raised in user code: the supervisor records their class paths in
-`TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class` resolves
-to them. This module imports nothing from Django so that the server process stays light.
+`ServerUnavailable`, `QueueFull` and `PayloadTooLarge` reach callers of the backend.
+`WorkerLost`, `TimeLimitExceeded` (and `PayloadTooLarge` for a return value) are never raised in
+user code: the supervisor or the worker records their class paths in
+`TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class`
+resolves to them. This module imports nothing from Django so that the server process stays light.
 """
 
 
@@ -34,3 +35,7 @@ class TimeLimitExceeded(SharedTasksError):
 class TaskCancelled(SharedTasksError):
     """The task was cancelled (`django_tasks_shared.cancel`): a pending one never ran, a running
     one had its worker process stopped."""
+
+
+class PayloadTooLarge(SharedTasksError):
+    """Arguments (at enqueue) or a return value (at the end of a task) over MAX_PAYLOAD."""

@@ -5,6 +5,7 @@
         -> task_finished signal -> outcome dict for the next finish_and_claim
 """
 
+import json
 import time
 from contextvars import ContextVar
 from traceback import format_exception
@@ -14,6 +15,7 @@ from django.tasks.base import TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
+from .exceptions import PayloadTooLarge
 from .records import to_datetime, to_task_result
 
 # Set while a task runs: the id of its TaskResult (a drop-in for django-tasks-local's).
@@ -26,7 +28,17 @@ def _error(exc):
             "traceback": "".join(format_exception(exc))}
 
 
-def execute(record, sender):
+def _check_size(value, max_payload):
+    """A return value over MAX_PAYLOAD fails the task instead of bloating the server."""
+    if max_payload is not None:
+        size = len(json.dumps(value))
+        if size > max_payload:
+            raise PayloadTooLarge(
+                f"the return value takes {size} bytes as JSON, over MAX_PAYLOAD={max_payload}; "
+                f"store large results elsewhere (a file, the database) and return a reference")
+
+
+def execute(record, sender, max_payload=None):
     """Run the task of `record`; returns the outcome dict. `sender` is the backend class."""
     try:
         result = to_task_result(record)
@@ -44,6 +56,7 @@ def execute(record, sender):
             else:
                 raw = task.call(*result.args, **result.kwargs)
             value = normalize_json(raw)
+            _check_size(value, max_payload)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:

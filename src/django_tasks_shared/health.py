@@ -6,7 +6,8 @@
       -> render()   -> the human report of `tasks_health`
 
     degraded when: fewer live worker processes than configured, a worker in crash back-off,
-                   more than 90 % of MAX_QUEUE pending, or the server is draining (stopping).
+                   more than 90 % of MAX_QUEUE pending, the server is draining (stopping),
+                   or the STATE_DIR flusher reports an error (a full disk).
     unreachable:   no answer (see `unreachable_report`); the command never starts a server.
 
 Pure functions over plain data: no Django, no IPC, so they are unit-tested directly.
@@ -21,7 +22,7 @@ QUEUE_ALARM = 0.9  # fraction of MAX_QUEUE above which the server is degraded
 
 WORKER_KEYS = ("id", "pid", "state", "rss_bytes", "cpu_percent", "tasks_done", "current_task",
                "current_tasks", "started_at", "ready_at", "uptime", "retiring", "retire_reason",
-               "failure")
+               "failure", "generation")
 
 
 def _supervisor(snapshot):
@@ -58,6 +59,9 @@ def evaluate(snapshot):
         reasons.append(text)
     if sup.get("memory_warning"):
         reasons.append(sup["memory_warning"])
+    state_error = (snapshot.get("state") or {}).get("error")
+    if state_error:
+        reasons.append(f"STATE_DIR: {state_error}")
     max_queue = (snapshot.get("limits") or {}).get("max_queue")
     pending = snapshot.get("pending") or 0
     if max_queue and pending > QUEUE_ALARM * max_queue:
@@ -86,6 +90,7 @@ def report(snapshot, alias=None):
         "counters": snapshot.get("counters") or {},
         "workers": [{key: worker.get(key) for key in WORKER_KEYS}
                     for worker in snapshot.get("workers") or ()],
+        "state": snapshot.get("state"),
     }
 
 
@@ -98,7 +103,7 @@ def unreachable_report(address, reason, alias=None):
         "checked_at": time.time(),
         "server": {"address": address, "error": reason},
         "queues": {}, "pending": None, "running": None, "results": {}, "limits": {},
-        "counters": {}, "workers": [],
+        "counters": {}, "workers": [], "state": None,
     }
 
 
@@ -148,6 +153,39 @@ def _task_cell(task):
     if not task:
         return "-"
     return f"{task['name']} {task['id'][:12]} {duration(task.get('running_for'))}"
+
+
+def _reload_lines(server, now):
+    if "generation" not in server:
+        return []
+    text = f"reload    generation {server['generation']}"
+    if server.get("reloading"):
+        text += f", reloading to generation {server['generation'] + 1}"
+    last = server.get("last_reload")
+    if last:
+        took = last["finished_at"] - last["requested_at"]
+        text += (f"; last reload finished {clock(last['finished_at'], now)} in "
+                 f"{duration(took)}: " + ("ok" if last["ok"] else f"FAILED: {last['error']}"))
+    elif not server.get("reloading"):
+        text += "; no reload since start"
+    return [text]
+
+
+def _state_lines(state, now):
+    if not state:
+        return ["state     in memory only (no STATE_DIR): a restart loses the queue"]
+    restored = state.get("restored") or {}
+    lines = [
+        f"state     {state['dir']}  fsync {state['fsync']}  journal "
+        f"{size(state.get('journal_bytes'))} (compacts past {size(state.get('journal_limit'))})"
+        f"  last snapshot {clock(state.get('last_snapshot_at'), now)}",
+        f"restored  {restored.get('pending', 0)} pending, {restored.get('results', 0)} results, "
+        f"{restored.get('interrupted', 0)} interrupted (ended WorkerLost)"
+        + (f"; {state['torn_tails']} torn journal tail(s) dropped" if state.get("torn_tails")
+           else "")]
+    if state.get("error"):
+        lines.append(f"  ! {state['error']}")
+    return lines
 
 
 def render(doc, now=None):
@@ -201,6 +239,8 @@ def render(doc, now=None):
         f"{c.get('timed_out', 0)}  cancelled {c.get('cancelled', 0)}  restarts "
         f"{c.get('worker_restarts', 0)}"
         + (f"  rejected (queue full) {c['rejected_full']}" if c.get("rejected_full") else ""))
+    lines += _reload_lines(server, now)
+    lines += _state_lines(doc.get("state"), now)
     failure = sup.get("last_failure")
     if failure:
         state = "resolved" if failure.get("resolved") else _next_try(sup)

@@ -31,17 +31,20 @@ from multiprocessing import managers, process
 from . import __version__
 from .client import STORE_IDENT
 from .config import Config, side_file
+from .exceptions import ServerUnavailable
+from .statedir import StateDir, StateDirInUse, StateError
 from .store import TaskStore
 from .supervisor import Supervisor
-from .wire import read_message, write_message
+from .wire import MessageTooLarge, read_message, write_message
 
 logger = logging.getLogger("django_tasks_shared.server")
 
 # The TaskStore methods clients may call; supervisor methods stay private to this process.
 EXPOSED = ("enqueue", "get", "get_many", "wait", "finish_and_claim", "worker_failed", "ping",
-           "health", "cancel", "results", "overview")
+           "health", "reload", "cancel", "results", "overview")
 
 SHUTDOWN_LINGER = 0.2  # seconds for in-flight replies after the last task ended
+MESSAGE_HEADROOM = 1 << 20  # a request may carry MAX_PAYLOAD of data plus this much else
 
 _store = None
 
@@ -59,12 +62,18 @@ class StoreServer(managers.Server):
     proxies (method_to_typeid) are not supported: nothing registered here uses them.
     """
 
+    message_limit = None  # bytes: MAX_PAYLOAD plus room for the rest of a record
+
     def serve_client(self, conn):
         fd = conn.fileno()
         id_to_obj, fallbacks, stop = self.id_to_obj, self.fallback_mapping, self.stop_event
+        limit, commit = self.message_limit, _store.commit
         while not stop.is_set():
             try:
-                ident, methodname, args, kwds = read_message(fd)
+                ident, methodname, args, kwds = read_message(fd, limit)
+            except MessageTooLarge as exc:
+                logger.warning("dropped a client connection: %s (MAX_PAYLOAD)", exc)
+                sys.exit(0)
             except (EOFError, OSError):
                 sys.exit(0)  # client gone; handle_request() closes the connection
             try:
@@ -82,6 +91,13 @@ class StoreServer(managers.Server):
                     msg = ("#RETURN", function(*args, **kwds))
                 except Exception as exc:
                     msg = ("#ERROR", exc)
+            try:
+                commit()  # with a STATE_DIR: what the reply tells is in the journal first
+            except OSError as exc:
+                logger.error("journal write failed: %s", exc)
+                msg = ("#ERROR", ServerUnavailable(
+                    f"the task server could not write its journal ({exc}); the change may not "
+                    f"survive a crash. Check the disk of STATE_DIR."))
             try:
                 write_message(fd, msg)
             except (pickle.PicklingError, TypeError, AttributeError):
@@ -126,14 +142,17 @@ def _raise_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=True):
-    """Serve until SIGTERM/SIGINT (or the owner's death); drain, stop workers, clean up."""
+def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=True,
+          discard_state=False):
+    """Serve until SIGTERM/SIGINT (or the owner's death); drain, stop workers, clean up.
+    SIGHUP reloads the workers. With config.state_dir: restore first, snapshot at the end."""
     global _store
     address = config.address
     if isinstance(address, str):
         directory = os.path.dirname(address)
         os.makedirs(directory, mode=0o700, exist_ok=True)
     lock_fd = _take_lifetime_lock(address)
+    state = None
     try:
         if isinstance(address, str) and os.path.exists(address):
             os.unlink(address)  # stale: its server is gone, or we would not hold the lock
@@ -146,7 +165,16 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
             kind=config.kind, python=sys.version.split()[0], embedded=config.embedded,
             workers_expected=config.workers, threads=config.threads,
             time_limit=config.time_limit, max_worker_memory=config.max_worker_memory,
-            queues=list(config.queues))
+            queues=list(config.queues), max_payload=config.max_payload)
+        if config.state_dir is not None:
+            # Before the socket exists: no client sees the store until it is restored.
+            state = StateDir(config.state_dir, config.fsync, config.journal_limit)
+            state.lock()
+            if discard_state:
+                state.discard()
+            state.open(store, {"pid": os.getpid(), "version": __version__,
+                               "address": config.address_text})
+            store.state_health = state.health
         # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
         old_umask = os.umask(0o177)
         try:
@@ -158,6 +186,8 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         server.id_to_refcount[STORE_IDENT] = 1
         # 3.12 listens with a backlog of 16; a restart of every web worker is a connect herd.
         server.listener._listener._socket.listen(512)
+        if config.max_payload is not None:
+            StoreServer.message_limit = config.max_payload + MESSAGE_HEADROOM
         server.stop_event = threading.Event()
         process.current_process()._manager_server = server
         threading.Thread(target=server.accepter, name="accepter", daemon=True).start()
@@ -170,10 +200,13 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
                 urgent.set()  # second signal: skip the grace period
             stop.set()
 
+        supervisor = Supervisor(config, store, owner_pid=owner_pid, on_owner_lost=stop.set,
+                                grace=grace)
+        store.on_reload = supervisor.request_reload
         if install_signals:
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
-        supervisor = Supervisor(config, store, owner_pid=owner_pid, on_owner_lost=stop.set)
+            signal.signal(signal.SIGHUP, lambda signum, frame: supervisor.request_reload())
         supervisor.start()
         logger.info("task server %s listening on %s (%d workers x %d threads)",
                     __version__, config.address_text, config.workers, config.threads)
@@ -188,11 +221,16 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # WorkerLost, for those cut off): let their connection threads reply before we exit.
         time.sleep(SHUTDOWN_LINGER)
         server.stop_event.set()
+        if state is not None:
+            state.close()  # the final snapshot: the next start replays no journal
+            state = None
         unlink = server.listener._listener._unlink  # the listener's finalizer (None for TCP)
         if unlink is not None:
             unlink()  # runs once: the socket file goes now, not at interpreter exit
         logger.info("task server stopped")
     finally:
+        if state is not None:  # failed before serving: release the directory, write nothing
+            state.release()
         os.close(lock_fd)
 
 
@@ -207,4 +245,7 @@ def main():
     except AlreadyRunning as exc:
         logger.info("not starting: %s", exc)
         sys.exit(0)
+    except (StateError, StateDirInUse) as exc:
+        logger.error("refusing to start: %s", exc)
+        sys.exit(1)
 

@@ -30,6 +30,7 @@ READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
 FINISHED = (FAILED, SUCCESSFUL)
 # finish_and_claim returns this instead of a record: the worker thread must exit.
 STOP = "STOP"
+WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 
 
 def new_record(
@@ -67,6 +68,10 @@ class TaskStore(WebStoreMixin):
         self._pending_by_queue = {}     # queue -> [ready, deferred]
         self._workers = {}              # worker id -> info dict (see register_worker)
         self._draining = False
+        self._journal = None            # a journal.Journal once a STATE_DIR is attached
+        self._checkpointed = None       # the counters as last journaled
+        self.state_health = None        # STATE_DIR facts for health (a callable), if any
+        self.on_reload = None           # the supervisor's request_reload, once it runs
         # Small server state outside the records that must survive restarts (e.g. the last run
         # of each schedule): change it under the lock, then call _log_durable(key).
         self.durable = {}
@@ -162,6 +167,13 @@ class TaskStore(WebStoreMixin):
     def ping(self):
         return self.meta["pid"]
 
+    def reload(self):
+        """Replace every worker with a fresh interpreter (a deploy); see reload.py. Returns
+        {"request": id, "generation": serving now, "reloading": bool}."""
+        if self.on_reload is None:
+            raise RuntimeError("this task server cannot reload its workers")
+        return self.on_reload()
+
     def health(self):
         """A JSON-compatible snapshot for `tasks_health`; supervisor fields are cached stats."""
         with self._lock:
@@ -196,6 +208,7 @@ class TaskStore(WebStoreMixin):
                 "histograms": {"task_duration_seconds": self.durations.snapshot(),
                                "queue_wait_seconds": self.waits.snapshot()},
                 "workers": workers,
+                "state": self.state_health() if self.state_health else None,
             }
 
     # ---- supervisor operations (same process, never exposed) -------------------------------
@@ -276,6 +289,95 @@ class TaskStore(WebStoreMixin):
         with self._lock:
             self.counters[name] += n
 
+    # ---- persistence (STATE_DIR; see statedir.py) ----------------------------------------------
+
+    def commit(self):
+        """Make the journaled changes durable (as FSYNC says) before a reply goes out. Called by
+        the server after every request and by the supervisor after every tick; cheap when
+        nothing changed."""
+        journal = self._journal
+        if journal is not None:
+            journal.commit()
+
+    def load(self, records, durable, counters):
+        """Take over a restored state (before serving): `records` with the finished ones in LRU
+        order. Pending ones keep their FIFO `seq`. Returns (pending, results, running) where
+        `running` lists the records that were RUNNING when the previous server stopped: give
+        them to end_interrupted() once a journal is attached."""
+        with self._lock:
+            now = self._clock()
+            self.counters.update(counters)
+            self.durable.update(durable)
+            top = -1
+            running = []
+            for task_id, record in records.items():
+                self._records[task_id] = record
+                seq = record.get("seq", 0)
+                top = max(top, seq)
+                status = record["status"]
+                if status == READY:
+                    counts = self._pending_by_queue.setdefault(record["queue"], [0, 0])
+                    if record["run_after"] is not None and record["run_after"] > now:
+                        self._deferred.append((record["run_after"], seq, task_id))
+                        counts[1] += 1
+                    else:
+                        self._ready.append((-record["priority"], seq, task_id))
+                        counts[0] += 1
+                elif status == RUNNING:
+                    running.append(task_id)
+                    self._running[task_id] = None  # owned by no worker of ours
+                else:
+                    self._finished[task_id] = None
+            heapq.heapify(self._ready)
+            heapq.heapify(self._deferred)
+            if self.result_ttl is not None:
+                self._expiry.extend(sorted(
+                    (self._records[i]["finished_at"], i) for i in self._finished))
+            self._seq = itertools.count(top + 1)
+            self._rebuild_finish_order()  # the results listing (store_web.py)
+            return self._pending(), len(self._finished), running
+
+    def end_interrupted(self, task_ids, text):
+        """Tasks that were RUNNING when the previous server died end FAILED (WorkerLost): they
+        may have had effects, so they are never run again (at most once)."""
+        with self._lock:
+            for task_id in task_ids:
+                self._fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}\n")
+
+    def attach_journal(self, switch):
+        """Call `switch()` (which starts a new journal file) with the state frozen, and return
+        what a snapshot of exactly that moment needs: (meta, ids) where ids lists pending and
+        running records first, then finished ones in LRU order. `snapshot_chunks` reads them."""
+        with self._lock:
+            self._journal = switch()
+            finished = list(self._finished)
+            all_ids = list(self._records)
+            meta = {"counters": dict(self.counters), "durable": dict(self.durable),
+                    "written_at": self._clock()}
+        done = set(finished)
+        return meta, [i for i in all_ids if i not in done] + finished
+
+    def snapshot_chunks(self, ids, size=256):
+        """Framed ["p", record] entries for `ids`, `size` records per lock hold, so clients
+        wait at most one chunk (~1 ms). A record changed after attach_journal() is written as
+        it is now: the new journal's operations set absolute values, so replaying them over it
+        still gives the right state (a "fuzzy" snapshot)."""
+        from .journal import frame
+
+        for start in range(0, len(ids), size):
+            with self._lock:
+                records = self._records
+                chunk = [frame(["p", r]) for i in ids[start:start + size]
+                         if (r := records.get(i)) is not None]
+            yield chunk
+
+    def checkpoint_counters(self):
+        """Journal the counters if they changed since the last checkpoint (once a second)."""
+        with self._lock:
+            if self._journal is not None and self.counters != self._checkpointed:
+                self._checkpointed = dict(self.counters)
+                self._journal.append(["c", self._checkpointed])
+
     # ---- internals (lock held) --------------------------------------------------------------
 
     def _pending(self):
@@ -300,15 +402,26 @@ class TaskStore(WebStoreMixin):
     # through one of these, right after the change is made in memory; see journal.py.
     def _log_put(self, record):
         """A new record, or one replaced as a whole."""
+        if self._journal is not None:
+            self._journal.append(["p", record])
 
     def _log_set(self, record, *fields):
         """`fields` of an existing record changed (e.g. "status", "finished_at", "errors")."""
+        if self._journal is not None:
+            self._journal.append(["s", record["id"], {f: record[f] for f in fields}])
 
     def _log_forget(self, task_id):
         """The record is gone (evicted, expired, removed)."""
+        if self._journal is not None:
+            self._journal.append(["f", task_id])
 
     def _log_durable(self, key):
         """self.durable[key] changed (or was deleted)."""
+        if self._journal is not None:
+            if key in self.durable:
+                self._journal.append(["d", key, self.durable[key]])
+            else:
+                self._journal.append(["d", key])
 
     def _lookup(self, task_id):
         record = self._records.get(task_id)
@@ -378,9 +491,9 @@ class TaskStore(WebStoreMixin):
         self._finished_record(task_id, finished_at)
 
     def _fail(self, task_id, exception_path, message):
-        worker_id = self._running.get(task_id)
-        if worker_id is None:
+        if task_id not in self._running:
             return False
+        worker_id = self._running[task_id]  # None for a task restored as RUNNING (see load)
         record = self._records[task_id]
         now = max(self._clock(), record["started_at"])
         record.update(status=FAILED, finished_at=now, errors=record["errors"] + [

@@ -126,12 +126,8 @@ class WebStoreMixin:
             return self.history.snapshot()
 
     def rebuild_finish_order(self):
-        """After finished records were loaded without _finished_record (a state restore):
-        the listing's finish order, from their finished_at."""
         with self._lock:
-            self._finish_order = deque(sorted(
-                ((i, self._records[i]["finished_at"]) for i in self._finished
-                 if i in self._records), key=lambda entry: entry[1]))
+            self._rebuild_finish_order()
 
     # ---- internals (lock held) ---------------------------------------------------------------
 
@@ -144,6 +140,13 @@ class WebStoreMixin:
         deferred = record["run_after"] is not None and record["run_after"] > now
         self._pending_by_queue[record["queue"]][1 if deferred else 0] -= 1
         self._dropped.add(record["seq"])
+
+    def _rebuild_finish_order(self):
+        """After finished records were loaded without _finished_record (a state restore, see
+        TaskStore.load): the listing's finish order, from their finished_at."""
+        self._finish_order = deque(sorted(
+            ((i, self._records[i]["finished_at"]) for i in self._finished if i in self._records),
+            key=lambda entry: entry[1]))
 
     def _note_finished(self, record):
         """Called by _finished_record for every task that ends (O(1) amortised)."""

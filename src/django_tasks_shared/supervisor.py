@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from .config import python_path
+from .reload import Reloads
 
 logger = logging.getLogger("django_tasks_shared.supervisor")
 
@@ -65,13 +66,14 @@ class Worker:
     popen: subprocess.Popen
     proc: psutil.Process
     spawned_at: float
+    generation: int = 1                 # bumped by each reload (see reload.py)
     children: list = field(default_factory=list)
     kill_at: float | None = None        # SIGKILL deadline after a SIGTERM
     kill_reason: str | None = None
 
 
 class Supervisor:
-    def __init__(self, config, store, *, owner_pid=None, on_owner_lost=None):
+    def __init__(self, config, store, *, owner_pid=None, on_owner_lost=None, grace=30.0):
         self.config = config
         self.store = store
         self.owner_pid = owner_pid
@@ -88,6 +90,7 @@ class Supervisor:
         self._ticks = 0
         self._wake = threading.Event()  # set by the store when a running task is cancelled
         store.on_kill = self._wake.set
+        self.reloads = Reloads(self, grace)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -153,11 +156,14 @@ class Supervisor:
         self._stop_cancelled()
         self._reap()
         self._respawn()
+        self.store.commit()  # the siblings' WorkerLost: on disk like any change
 
     def _respawn(self):
         now = time.monotonic()
-        while len(self.workers) < self.config.workers and now >= self.next_spawn_at:
-            self._spawn(replacement=True)
+        generation = self.reloads.spawn_generation
+        while sum(w.generation == generation for w in self.workers.values()) < \
+                self.config.workers and now >= self.next_spawn_at:
+            self._spawn(replacement=True, generation=generation)
 
     def _tick(self):
         self._ticks += 1
@@ -172,10 +178,12 @@ class Supervisor:
         self._reap()
         self._enforce_time_limit()
         self._sample()
+        self.reloads.tick(time.monotonic())
         self._respawn()
         self.store.sweep()
         self.store.sample_history()
         self._publish()
+        self.store.commit()  # WorkerLost, time limits, expiries: on disk like any change
 
     def _reap(self):
         for worker in list(self.workers.values()):
@@ -190,6 +198,8 @@ class Supervisor:
         if failed:
             logger.error("worker %s (pid %d) %s; %d task(s) failed with WorkerLost",
                          worker.id, worker.popen.pid, reason, len(failed))
+        if self.reloads.on_exit(worker, info):
+            return
         if info.get("retiring") and worker.popen.returncode == 0:
             logger.info("worker %s (pid %d) retired: %s", worker.id, worker.popen.pid,
                         info.get("retire_reason"))
@@ -245,8 +255,14 @@ class Supervisor:
         if self.store.fail_task(task_id, exception_path, text):
             logger.error(text.strip())
         worker = self.workers.get(worker_id)
-        if worker is not None and worker.kill_at is None:
-            worker.kill_reason = kill_reason
+        if worker is not None:
+            self.stop_worker(worker, kill_reason)
+
+    def stop_worker(self, worker, reason):
+        """SIGTERM to the worker's process group now, SIGKILL after KILL_GRACE (lock held);
+        `reason` ends the WorkerLost text of whatever it still runs when it exits."""
+        if worker.kill_at is None:
+            worker.kill_reason = reason
             self._signal(worker, signal.SIGTERM)
             worker.kill_at = time.monotonic() + KILL_GRACE
 
@@ -291,6 +307,7 @@ class Supervisor:
                     self.last_failure = dict(self.last_failure or {}, resolved=True)
                     break
         self.store.set_meta(
+            **self.reloads.meta(),
             supervisor={
                 "workers_expected": self.config.workers,
                 "workers_alive": len(self.workers),
@@ -303,7 +320,13 @@ class Supervisor:
 
     # ---- processes ------------------------------------------------------------------------------
 
-    def _spawn(self, replacement=False):
+    def request_reload(self):
+        """A deploy: replace every worker with a fresh one (reload.py). Thread-safe."""
+        if self._stopping:
+            raise RuntimeError("the task server is stopping: no reload")
+        return self.reloads.request()
+
+    def _spawn(self, replacement=False, generation=None):
         config = self.config
         worker_id = f"{config.alias}-{secrets.token_hex(4)}"
         env = dict(os.environ, PYTHONPATH=python_path())
@@ -314,17 +337,19 @@ class Supervisor:
             start_new_session=True,  # Ctrl-C in a terminal reaches the server, not the workers
             close_fds=True)
         proc = psutil.Process(popen.pid)
-        self.store.register_worker(worker_id, popen.pid)
+        generation = generation or self.reloads.spawn_generation
+        self.store.register_worker(worker_id, popen.pid, generation=generation)
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
                 "worker_id": worker_id, "alias": config.alias, "threads": config.threads,
-                "server_pid": os.getpid(), "timeout": config.connect_timeout}
+                "server_pid": os.getpid(), "timeout": config.connect_timeout,
+                "max_payload": config.max_payload}
         try:
             popen.stdin.write(json.dumps(spec).encode() + b"\n")
             popen.stdin.close()
         except OSError:
             pass  # died at once: the next tick reaps it
-        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic())
+        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation)
         if replacement:
             self.store.count("worker_restarts")
         return worker_id

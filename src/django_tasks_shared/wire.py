@@ -33,7 +33,13 @@ def _read_more(fd, size):
     return more
 
 
-def read_message(fd):
+class MessageTooLarge(OSError):
+    """A peer announced a message over the limit: drop the connection, allocate nothing."""
+
+
+def read_message(fd, limit=None):
+    """The next message on `fd`. With `limit` (bytes), a larger announced size raises
+    MessageTooLarge before anything is allocated for the body."""
     chunk = _read_more(fd, _READ)
     while len(chunk) < 4:
         chunk += _read_more(fd, _READ)
@@ -42,6 +48,8 @@ def read_message(fd):
         while len(chunk) < 12:
             chunk += _read_more(fd, _READ)
         size, start = struct.unpack("!Q", chunk[4:12])[0], 12
+    if limit is not None and size > limit:
+        raise MessageTooLarge(f"a message of {size} bytes, over the limit of {limit}")
     if len(chunk) - start >= size:
         return pickle.loads(memoryview(chunk)[start:start + size])
     buf = bytearray(chunk[start:])

@@ -34,7 +34,7 @@ def _watch_parent(server_pid):
         time.sleep(0.25)
 
 
-def _loop(client, worker_id, sender, execute):
+def _loop(client, worker_id, sender, execute, max_payload):
     outcome = None
     claim_wait = min(CLAIM_WAIT, client.timeout / 2)
     while True:
@@ -50,7 +50,7 @@ def _loop(client, worker_id, sender, execute):
         if record == STOP:
             return
         try:
-            outcome = execute(record, sender)
+            outcome = execute(record, sender, max_payload)
         except Exception as exc:  # a signal receiver raised: the task still gets an outcome
             outcome = {"id": record["id"], "status": "FAILED", "finished_at": time.time(),
                        "errors": [{"exception_class_path":
@@ -83,7 +83,8 @@ def main():
         except Exception:
             pass
         sys.exit(3)
-    threads = [threading.Thread(target=_loop, args=(client, worker_id, sender, execute),
+    threads = [threading.Thread(target=_loop, args=(client, worker_id, sender, execute,
+                                                  spec.get("max_payload")),
                                 name=f"task-thread-{i}", daemon=True)
                for i in range(spec["threads"])]
     for thread in threads:

@@ -8,12 +8,14 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
 from django_tasks_shared.management.commands._backend import shared_backend
 from django_tasks_shared.server import AlreadyRunning, serve
+from django_tasks_shared.statedir import StateDirInUse, StateError
 
 
 class Command(BaseCommand):
     help = ("Run the django-tasks-shared server and its worker processes in the foreground "
             "(systemd, Docker). SIGTERM or Ctrl-C drains: no new tasks, running ones get "
-            "--grace seconds, then the rest end FAILED (WorkerLost).")
+            "--grace seconds, then the rest end FAILED (WorkerLost); with STATE_DIR the queue "
+            "and results are saved. SIGHUP reloads the workers (a deploy).")
 
     def add_arguments(self, parser):
         parser.add_argument("--backend", default=DEFAULT_TASK_BACKEND_ALIAS,
@@ -21,9 +23,13 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, help="override OPTIONS['WORKERS']")
         parser.add_argument("--threads", type=int, help="override OPTIONS['THREADS']")
         parser.add_argument("--grace", type=float, default=30.0,
-                            help="seconds running tasks may finish after SIGTERM (default 30)")
+                            help="seconds running tasks may finish after SIGTERM, and old "
+                                 "workers after a reload (default 30)")
+        parser.add_argument("--discard-state", action="store_true",
+                            help="move the files in OPTIONS['STATE_DIR'] aside (into a "
+                                 "discarded-<time>/ folder; nothing is deleted) and start empty")
 
-    def handle(self, *args, backend, workers, threads, grace, **options):
+    def handle(self, *args, backend, workers, threads, grace, discard_state, **options):
         config = shared_backend(backend).config
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v}
         if changes:
@@ -41,8 +47,19 @@ class Command(BaseCommand):
         self.stdout.write(f"django-tasks-shared server for {backend!r} on {config.address_text}: "
                           f"{config.workers} worker(s) x {config.threads} thread(s)")
         self.stdout.flush()
+        if discard_state and config.state_dir is None:
+            raise CommandError("--discard-state needs OPTIONS['STATE_DIR']: without it nothing "
+                               "is kept on disk.")
         try:
-            serve(config, grace=grace)
+            serve(config, grace=grace, discard_state=discard_state)
         except AlreadyRunning as exc:
             raise CommandError(f"a task server is already running at {config.address_text} "
                                f"({exc}); stop it first, or use tasks_health to inspect it.")
+        except StateDirInUse as exc:
+            raise CommandError(f"{exc}. Stop that server first, or give this one another "
+                               f"STATE_DIR.")
+        except StateError as exc:
+            raise CommandError(
+                f"refusing to start: {exc}. Nothing was changed or deleted. Keep a copy of "
+                f"{config.state_dir} for inspection; `manage.py tasks_server --discard-state` "
+                f"moves the files aside (it deletes nothing) and starts with an empty queue.")

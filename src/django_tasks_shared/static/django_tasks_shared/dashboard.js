@@ -30,7 +30,7 @@
     });
     banner.hidden = true;
     live.classList.remove("stale");
-    updated.textContent = "updated " + new Date().toLocaleTimeString();
+    updated.textContent = "last refresh " + new Date().toLocaleTimeString() + " (browser time)";
   }
 
   function finished() {
