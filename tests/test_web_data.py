@@ -3,6 +3,7 @@ results listing, the presentation helpers and the Prometheus text (parsed with i
 
 import sys
 import time
+from collections import deque
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -93,7 +94,7 @@ def test_results_follow_eviction_and_the_finish_order_stays_bounded():
         run(store, f"t{i}")
     rows = store.results(limit=200)["rows"]
     assert [r["id"] for r in rows] == [f"t{i}" for i in range(99, 89, -1)]
-    assert len(store._finish_order) <= 2 * 10 + 64 + 1
+    assert all(len(order) <= 2 * 10 + 64 + 1 for order in store._orders.values())
 
 
 def test_results_page_is_fast_with_10000_stored_results():
@@ -102,7 +103,8 @@ def test_results_page_is_fast_with_10000_stored_results():
         run(store, f"t{i}", status="FAILED" if i == 5 else "SUCCESSFUL")
     timings = {}
     for name, kwargs in (("newest page", {}), ("page 40", {"offset": 1000}),
-                         ("rare status (scans all)", {"status": "FAILED"})):
+                         ("failures only (own index)", {"status": "FAILED"}),
+                         ("task name matching nothing (scans all)", {"task": "nope"})):
         started = time.perf_counter()
         for _ in range(20):
             store.results(**kwargs)
@@ -110,7 +112,8 @@ def test_results_page_is_fast_with_10000_stored_results():
     print("\n[measure] results() with 10,000 stored: " +
           ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
     assert timings["newest page"] < 2
-    assert timings["rare status (scans all)"] < 50
+    assert timings["failures only (own index)"] < 2
+    assert timings["task name matching nothing (scans all)"] < 50
 
 
 def test_chart_and_sparkline_points():
@@ -174,7 +177,17 @@ def test_rebuild_finish_order_after_a_restore_lists_by_finished_at():
     for i in range(3):
         clock.advance(1)
         run(store, f"t{i}")
-    store._finish_order.clear()  # as after records were loaded from disk
+    for order in store._orders.values():
+        order.clear()  # as after records were loaded from disk
     store.get("t0")  # LRU order now t1, t2, t0: the listing must still follow finished_at
     store.rebuild_finish_order()
     assert [r["id"] for r in store.results()["rows"]] == ["t2", "t1", "t0"]
+
+
+def test_a_status_with_no_result_walks_nothing():
+    store = make_store()
+    for i in range(5):
+        run(store, f"t{i}")
+    assert store._orders["FAILED"] == deque()
+    assert store.results(status="FAILED")["rows"] == []
+    assert len(store.results(status="SUCCESSFUL")["rows"]) == 5

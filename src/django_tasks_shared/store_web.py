@@ -6,7 +6,10 @@
                              ignored), the worker takes no new task (retiring), and a kill
                              request for the supervisor, whose thread is woken (on_kill):
                              Supervisor.end_task stops the worker; siblings end WorkerLost
-    results(filters, offset, limit) ── newest finished first, from _finish_order
+    results(filters, offset, limit) ── newest finished first, from _orders: one deque of
+                             (id, finished_at, status, queue, task) for all finished tasks and
+                             one per status, so "FAILED only" walks failures alone and filters
+                             compare plain strings without touching the records
     overview(filters) ── health() + history + one page of results: ONE round trip per refresh
     sample_history() <── the supervisor tick (history.py decides the sampling rate)
 
@@ -19,7 +22,7 @@ from collections import deque
 from .history import DURATION_BUCKETS, WAIT_BUCKETS, Histogram, History
 
 CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"
-READY, FAILED = "READY", "FAILED"
+READY, FAILED, SUCCESSFUL = "READY", "FAILED", "SUCCESSFUL"
 FINISHED = ("FAILED", "SUCCESSFUL")  # as store.FINISHED (store.py imports this module)
 MAX_PAGE = 200  # rows per results page
 
@@ -27,7 +30,9 @@ MAX_PAGE = 200  # rows per results page
 class WebStoreMixin:
     def _init_web(self):
         self._dropped = set()           # seq of heap entries whose task was cancelled
-        self._finish_order = deque()    # (task id, finished_at) in finishing order
+        # None / "FAILED" / "SUCCESSFUL" -> deque of (id, finished_at, status, queue, task) in
+        # finishing order; evicted or re-finished entries linger until skipped or compacted.
+        self._orders = {None: deque(), FAILED: deque(), SUCCESSFUL: deque()}
         self._kills = []                # (worker id, task id, text) for the supervisor
         self.on_kill = None             # set by the supervisor: wakes its thread
         self.durations = Histogram(DURATION_BUCKETS)
@@ -84,15 +89,16 @@ class WebStoreMixin:
             self._expire(self._clock())
             rows, matched = [], 0
             records = self._records
-            for task_id, finished_at in reversed(self._finish_order):
+            order = self._orders[status if status in self._orders else None]
+            for task_id, finished_at, done_as, in_queue, path in reversed(order):
+                if (status and done_as != status) or (queue and in_queue != queue) or \
+                        (task and task not in path):
+                    continue
                 record = records.get(task_id)
                 # Gone (evicted, expired), or re-queued and finished again later (a retry):
                 # only the entry of its latest finish lists it.
                 if record is None or record["finished_at"] != finished_at or \
-                        record["status"] not in FINISHED or \
-                        (status and record["status"] != status) or \
-                        (queue and record["queue"] != queue) or \
-                        (task and task not in record["task"]):
+                        record["status"] != done_as:
                     continue
                 if matched >= offset + limit:
                     return {"rows": rows, "offset": offset, "limit": limit, "more": True}
@@ -143,21 +149,29 @@ class WebStoreMixin:
 
     def _rebuild_finish_order(self):
         """After finished records were loaded without _finished_record (a state restore, see
-        TaskStore.load): the listing's finish order, from their finished_at."""
-        self._finish_order = deque(sorted(
-            ((i, self._records[i]["finished_at"]) for i in self._finished if i in self._records),
-            key=lambda entry: entry[1]))
+        TaskStore.load): the listing's finish orders, from their finished_at."""
+        self._orders = {None: deque(), FAILED: deque(), SUCCESSFUL: deque()}
+        finished = sorted((r for i in self._finished if (r := self._records.get(i)) is not None),
+                          key=lambda r: r["finished_at"])
+        for record in finished:
+            self._note_order(record)
 
     def _note_finished(self, record):
         """Called by _finished_record for every task that ends (O(1) amortised)."""
         if record["started_at"] is not None:
             self.durations.observe(record["finished_at"] - record["started_at"])
-        order = self._finish_order
-        if len(order) > 2 * self.max_results + 64:
-            # Evicted and expired ids linger here; drop them in one pass every max_results
-            # finishes or so, which keeps this deque bounded and the cost amortised O(1).
-            self._finish_order = order = deque(e for e in order if e[0] in self._finished)
-        order.append((record["id"], record["finished_at"]))
+        self._note_order(record)
+
+    def _note_order(self, record):
+        entry = (record["id"], record["finished_at"], record["status"], record["queue"],
+                 record["task"])
+        for key in (None, record["status"]):
+            order = self._orders[key]
+            if len(order) > 2 * self.max_results + 64:
+                # Evicted and expired ids linger here; drop them in one pass every max_results
+                # finishes or so, which keeps the deque bounded and the cost amortised O(1).
+                order = self._orders[key] = deque(e for e in order if e[0] in self._finished)
+            order.append(entry)
 
 
 def _summary(record):
