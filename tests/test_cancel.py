@@ -123,6 +123,56 @@ def test_cancel_wakes_a_waiter():
     assert time.monotonic() - started < 1
 
 
+def test_cancels_racing_claims_and_finishes_give_exactly_one_outcome_each():
+    store = make_store(workers=("w1", "w2", "w3"), max_results=10_000)
+    ids = [f"t{i}" for i in range(3000)]
+    for task_id in ids:
+        store.enqueue(rec(task_id))
+    cancelled, stop = [], threading.Event()
+
+    def work(worker_id):
+        outcome = None
+        while True:
+            task = store.finish_and_claim(worker_id, outcome, 0)
+            if task is None or task == STOP:
+                if task == STOP:  # its running task was cancelled: a fresh worker takes over
+                    worker_id = worker_id + "'"
+                    store.register_worker(worker_id, pid=1)
+                    outcome = None
+                    continue
+                return
+            outcome = {"id": task["id"], "status": "SUCCESSFUL", "return_value": 1}
+
+    def cancel_all():
+        for task_id in reversed(ids):  # meets the workers somewhere in the middle
+            if store.cancel(task_id):
+                cancelled.append(task_id)
+        stop.set()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in ("w1", "w2", "w3")]
+    threads.append(threading.Thread(target=cancel_all))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    outcomes = {"SUCCESSFUL": 0, "FAILED": 0}
+    for task_id in ids:
+        record = store.get(task_id)
+        outcomes[record["status"]] += 1
+        if record["status"] == "SUCCESSFUL":
+            assert record["errors"] == [] and task_id not in cancelled
+        else:
+            assert [e["exception_class_path"] for e in record["errors"]] == [CANCELLED]
+            assert task_id in cancelled
+    counters = store.counters
+    assert outcomes["FAILED"] == len(cancelled) == counters["cancelled"] == counters["failed"]
+    assert outcomes["SUCCESSFUL"] == counters["succeeded"] == 3000 - len(cancelled)
+    assert 0 < len(cancelled) < 3000
+    assert store.health()["pending"] == 0 and store._dropped == set()
+    print(f"\n[measure] race: {len(cancelled)} cancelled, of them "
+          f"{len(store.take_kills())} while running")
+
+
 # ---- end to end --------------------------------------------------------------------------------
 
 @pytest.mark.timeout(60)
