@@ -191,3 +191,20 @@ def test_a_status_with_no_result_walks_nothing():
     assert store._orders["FAILED"] == deque()
     assert store.results(status="FAILED")["rows"] == []
     assert len(store.results(status="SUCCESSFUL")["rows"]) == 5
+
+
+def test_overview_context_lists_running_tasks_longest_first_and_every_configured_queue():
+    clock = Clock()
+    store = make_store(clock, workers=("w1", "w2"))
+    store.set_meta(queues=["default", "emails"])
+    store.enqueue(rec("long"))
+    claim(store, "w1")
+    clock.advance(75)
+    store.enqueue(rec("short"))
+    claim(store, "w2")
+    clock.advance(9)
+    context = present.overview_context(store.overview())
+    assert [(t["id"], t["running_for"]) for t in context["running"]] == [
+        ("long", "1m24s"), ("short", "9.0s")]
+    assert [q["name"] for q in context["queues"]] == ["default", "emails"]
+    assert context["status"] == "healthy" and context["reasons"] == []

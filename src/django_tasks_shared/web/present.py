@@ -86,8 +86,9 @@ def overview_context(snapshot, tz=UTC):
         })
         for task in current:
             running.append({"id": task["id"], "name": task["name"], "pid": worker["pid"],
-                            "worker": worker["id"], "running_for": duration(task["running_for"])})
-    running.sort(key=lambda t: t["running_for"])
+                            "worker": worker["id"], "seconds": task["running_for"],
+                            "running_for": duration(task["running_for"])})
+    running.sort(key=lambda t: -t["seconds"])  # the longest-running first
     queues = [{"name": name, **counts} for name, counts in health["queues"].items()]
     for name in server.get("queues") or ():
         if name not in health["queues"]:
