@@ -72,8 +72,9 @@ def staff_only(view):
             return redirect_to_login(request.get_full_path())
         if not access.user_allowed(user):
             return HttpResponseForbidden(
-                "You may not see the task server's page: it is for staff users (or the "
-                "permission in TASKS_SHARED_WEB_PERMISSION).", content_type="text/plain")
+                "You may not see the task server's page: it is for staff users, or for those "
+                "that TASKS_SHARED_WEB_PERMISSION / TASKS_SHARED_WEB_ACCESS allow.",
+                content_type="text/plain")
         return view(request, *args, **kwargs)
     return wrapper
 
