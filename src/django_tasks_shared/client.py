@@ -10,7 +10,9 @@ without proxies: no refcount round trips, no finalizers that can hang at exit, a
 - TCP_NODELAY (otherwise each new TCP connection stalls ~40 ms in Nagle + delayed ACK);
 - the connection is dropped after ANY exception inside a call, because an interrupted call
   leaves the reply of one request to be read as the reply of the next;
-- the pid is checked on every call, so a connection inherited through fork() is never reused.
+- the pid is checked on every call, so a connection inherited through fork() is never reused;
+- an idempotent call on a kept connection that turns out dead (the server restarted since) is
+  repeated once on a new one, so a restart does not fail the first call of every thread.
 """
 
 import os
@@ -23,6 +25,22 @@ from .exceptions import ServerAuthenticationError, ServerUnavailable
 from .wire import read_message, write_message
 
 STORE_IDENT = "store"  # the id under which the server pins its TaskStore
+REFUSED = "#REFUSED#"  # sent by a server instead of its challenge, with the reason
+# Calls repeated once on a new connection when a kept one turns out dead (the server restarted
+# since): idempotent ones only (an enqueue is idempotent per task id). Never a worker's claim.
+RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping"})
+
+
+def set_socket_timeout(fd, timeout):
+    """SO_RCVTIMEO/SO_SNDTIMEO on a blocking socket (0: none). Not settimeout(), which makes the
+    fd non-blocking, so that a plain os.read would fail at once."""
+    timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    finally:
+        sock.detach()
 
 
 def _connect(address, authkey, timeout):
@@ -31,9 +49,7 @@ def _connect(address, authkey, timeout):
         family = socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        set_socket_timeout(sock.fileno(), timeout)
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect(address)
@@ -67,14 +83,21 @@ class StoreClient:
         self._local = threading.local()
 
     def _connection(self):
+        """(connection, fresh): the thread's connection, made now if it had none."""
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is not None and local.pid == os.getpid():
-            return conn
+            return conn, False
         local.conn = None  # inherited through fork(): the parent owns that socket
         try:
             conn = _connect(self.address, self.authkey, self.timeout)
         except AuthenticationError as exc:
+            if REFUSED in str(exc):  # the server said why it would not serve
+                reason = str(exc).split(REFUSED, 1)[1].strip(" '\"")
+                raise ServerUnavailable(
+                    f"task server at {describe(self.address)} refused the connection: {reason}. "
+                    f"Too many processes or threads hold a connection; raise "
+                    f"OPTIONS['MAX_CONNECTIONS'], or find the client that opens so many.") from None
             raise ServerAuthenticationError(
                 f"task server at {describe(self.address)} rejected the authkey ({exc}): every "
                 f"process must use the same OPTIONS['AUTHKEY'] (or the same SECRET_KEY, from "
@@ -82,7 +105,7 @@ class StoreClient:
         except (OSError, EOFError) as exc:
             raise ServerUnavailable(self._unavailable(exc)) from exc
         local.conn, local.pid = conn, os.getpid()
-        return conn
+        return conn, True
 
     def _unavailable(self, exc):
         if isinstance(exc, (BlockingIOError, TimeoutError)):
@@ -95,7 +118,7 @@ class StoreClient:
                 f"`manage.py tasks_server`, or set OPTIONS['AUTOSTART'] = True.")
 
     def call(self, method, *args):
-        conn = self._connection()
+        conn, fresh = self._connection()
         try:
             fd = conn.fileno()
             write_message(fd, (STORE_IDENT, method, args, {}))
@@ -103,6 +126,11 @@ class StoreClient:
         except BaseException as exc:
             self.close()  # the reply may still arrive: never reuse this connection
             if isinstance(exc, (OSError, EOFError)):
+                if not fresh and method in RETRY_ON_NEW_CONNECTION and \
+                        not isinstance(exc, (BlockingIOError, TimeoutError)):
+                    # A connection kept from before a server restart: the server is gone,
+                    # maybe back. Once, on a new connection (safe: these calls are idempotent).
+                    return self.call(method, *args)
                 raise ServerUnavailable(self._unavailable(exc)) from exc
             raise
         if kind == "#RETURN":

@@ -18,6 +18,7 @@ DEFAULTS = {
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
     "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
     "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
+    "MAX_CONNECTIONS": 4096,
 }
 FSYNC_MODES = ("always", "everysec", "never")
 
@@ -49,6 +50,7 @@ class Config:
     fsync: str = "everysec"
     max_payload: int = 10 * 1024 * 1024
     journal_limit: int = 64 * 1024 * 1024
+    max_connections: int | None = 4096
 
     @property
     def address_text(self):
@@ -201,6 +203,7 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         state_dir=state_dir, fsync=opts["FSYNC"],
         max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
         journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
+        max_connections=_number(opts, "MAX_CONNECTIONS"),
     )
 
 

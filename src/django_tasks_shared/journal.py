@@ -7,9 +7,13 @@
 
 Every file (journal or snapshot) starts with a 16-byte header (MAGIC, format version, kind),
 then framed entries: 4-byte big-endian length, 4-byte CRC-32 of the payload, the payload (one
-JSON array). An entry is an *operation*:
+list, pickled with protocol 5: records are JSON-compatible, but pickle reads ~4x faster than
+json on this kind of machine, which decides how fast a server with 200,000 records starts).
+The directory is 0700 and only the server's user can write it: the same trust as the code.
+An entry is an *operation*:
 
     ["p", record]           a record stored whole (enqueue, or replaced)
+    ["P", {id: record}]     records stored whole, in bulk (snapshots, 256 a chunk)
     ["s", id, {fields}]     fields of a record set (start, finish, fail...)
     ["f", id]               a record forgotten (evicted, expired)
     ["d", key, value]       store.durable[key] = value (["d", key] deletes it)
@@ -25,8 +29,8 @@ reached; the first thread in writes everything buffered so far with one write() 
 fsync() with FSYNC="always"); threads whose changes that covered return without a system call.
 """
 
-import json
 import os
+import pickle
 import struct
 import threading
 import zlib
@@ -39,7 +43,6 @@ KIND_JOURNAL, KIND_SNAPSHOT = 1, 2
 HEADER = struct.Struct("!8sHH4x")
 FRAME = struct.Struct("!II")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class StateError(RuntimeError):
@@ -47,7 +50,7 @@ class StateError(RuntimeError):
 
 
 def frame(op):
-    payload = _dumps(op).encode()
+    payload = pickle.dumps(op, 5)
     return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -63,7 +66,11 @@ def read_entries(path, kind):
     kind, a newer format version, a checksum mismatch followed by more data, bad JSON.
     """
     with open(path, "rb") as f:
-        data = f.read()
+        return decode_entries(f.read(), kind, path)
+
+
+def decode_entries(data, kind, path="<bytes>"):
+    """read_entries() of bytes already in memory; `path` only names them in errors."""
     size = len(data)
     if size < HEADER.size:
         if kind == KIND_JOURNAL and MAGIC.startswith(data[:8]):
@@ -80,7 +87,8 @@ def read_entries(path, kind):
     if file_kind != kind:
         raise StateError(f"{path}: holds kind {file_kind}, expected {kind} (offset 4)")
     ops, offset = [], HEADER.size
-    loads = json.loads
+    loads = pickle.loads
+    view = memoryview(data)
     while offset < size:
         if size - offset < FRAME.size:
             return ops, _torn(path, kind, offset, size, "a frame header cut short")
@@ -90,7 +98,7 @@ def read_entries(path, kind):
             if not any(data[offset:]):  # zeros: the file grew but its data never reached disk
                 return ops, _torn(path, kind, offset, size, "zero-filled tail")
             return ops, _torn(path, kind, offset, size, f"an entry of {length} bytes cut short")
-        payload = data[offset + FRAME.size:end]
+        payload = view[offset + FRAME.size:end]
         if zlib.crc32(payload) != crc:
             if end == size or not any(data[offset:]):
                 return ops, _torn(path, kind, offset, size, "a bad checksum in the last entry")
@@ -98,7 +106,7 @@ def read_entries(path, kind):
                              f"(of {size} bytes); the file is damaged")
         try:
             ops.append(loads(payload))
-        except ValueError as exc:
+        except Exception as exc:  # a checksum collision on garbage: as damaged as it gets
             raise StateError(f"{path}: undecodable entry at offset {offset}: {exc}") from None
         offset = end
     return ops, None

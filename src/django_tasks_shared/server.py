@@ -3,7 +3,10 @@
     clients (web, shells, workers) ──unix socket / TCP──> accepter thread
                                                           └─ one thread per connection
                                                              └─ TaskStore method (pinned "store")
-    Supervisor thread ── psutil ──> worker processes (see supervisor.py)
+                                                             └─ store.commit(): journal written
+                                                                (STATE_DIR) before the reply
+    Supervisor thread ── psutil ──> worker processes (see supervisor.py; reload.py on SIGHUP)
+    STATE_DIR: restored before the socket exists, final snapshot after the drain (statedir.py)
 
 Started three ways, all through `serve()`:
 - `manage.py tasks_server` (foreground, systemd, Docker);
@@ -29,7 +32,7 @@ import traceback
 from multiprocessing import managers, process
 
 from . import __version__
-from .client import STORE_IDENT
+from .client import REFUSED, STORE_IDENT, set_socket_timeout
 from .config import Config, side_file
 from .exceptions import ServerUnavailable
 from .statedir import StateDir, StateDirInUse, StateError
@@ -63,9 +66,56 @@ class StoreServer(managers.Server):
     """
 
     message_limit = None  # bytes: MAX_PAYLOAD plus room for the rest of a record
+    max_connections = None  # MAX_CONNECTIONS: beyond it, a new connection is refused
+    handshake_timeout = 5.0  # CONNECT_TIMEOUT: a connection must authenticate within it
+
+    def accepter(self):
+        """The stock accept loop, plus MAX_CONNECTIONS (refused with a reason the client
+        shows) and no busy spin when accept() fails (no file descriptor left)."""
+        self.connections = 0
+        self._count_lock = threading.Lock()
+        while True:
+            try:
+                conn = self.listener.accept()
+            except OSError:
+                time.sleep(0.01)
+                continue
+            with self._count_lock:
+                refuse = self.max_connections is not None and \
+                    self.connections >= self.max_connections
+                if not refuse:
+                    self.connections += 1
+            if refuse:
+                _refuse(conn, f"{REFUSED} the task server holds MAX_CONNECTIONS="
+                              f"{self.max_connections} connections")
+                self._log_refusal()
+                continue
+            threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
+
+    _refused = 0
+    _refusal_logged = 0.0
+
+    def _log_refusal(self):
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 10:  # a storm must not flood the log
+            logger.warning("refused %d connection(s): MAX_CONNECTIONS=%d reached",
+                           self._refused, self.max_connections)
+            self._refused, self._refusal_logged = 0, now
+
+    def handle_request(self, conn):
+        """The stock handler with a deadline on the handshake: a client that connects and
+        never authenticates is dropped after CONNECT_TIMEOUT instead of holding a thread."""
+        try:
+            set_socket_timeout(conn.fileno(), self.handshake_timeout)
+            super().handle_request(conn)
+        finally:
+            with self._count_lock:
+                self.connections -= 1
 
     def serve_client(self, conn):
         fd = conn.fileno()
+        set_socket_timeout(fd, 0)  # authenticated: an idle client may wait as long as it likes
         id_to_obj, fallbacks, stop = self.id_to_obj, self.fallback_mapping, self.stop_event
         limit, commit = self.message_limit, _store.commit
         while not stop.is_set():
@@ -104,6 +154,17 @@ class StoreServer(managers.Server):
                 write_message(fd, ("#UNSERIALIZABLE", traceback.format_exc()))
             except OSError:
                 sys.exit(0)
+
+
+def _refuse(conn, reason):
+    """Answer where the client expects the challenge, so it can say why; never block on it."""
+    try:
+        os.set_blocking(conn.fileno(), False)
+        conn.send_bytes(reason.encode())
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 class StoreManager(managers.BaseManager):
@@ -178,7 +239,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # socket file 0600 whatever the caller's umask (bind() creates it 0777 & ~umask)
         old_umask = os.umask(0o177)
         try:
-            server = StoreManager(address=address, authkey=config.authkey).get_server()
+            # Not StoreManager.get_server(): it builds a stock `Server` whatever `_Server`
+            # says (only start() uses `_Server`), and our serve_client would never run.
+            server = StoreServer(StoreManager._registry, address, config.authkey, "pickle")
         finally:
             os.umask(old_umask)
         # Pin the store under a fixed id: thin clients call it without creating proxies.
@@ -187,7 +250,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # 3.12 listens with a backlog of 16; a restart of every web worker is a connect herd.
         server.listener._listener._socket.listen(512)
         if config.max_payload is not None:
-            StoreServer.message_limit = config.max_payload + MESSAGE_HEADROOM
+            server.message_limit = config.max_payload + MESSAGE_HEADROOM
+        server.max_connections = config.max_connections
+        server.handshake_timeout = config.connect_timeout
         server.stop_event = threading.Event()
         process.current_process()._manager_server = server
         threading.Thread(target=server.accepter, name="accepter", daemon=True).start()
@@ -206,7 +271,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         if install_signals:
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
-            signal.signal(signal.SIGHUP, lambda signum, frame: supervisor.request_reload())
+            signal.signal(signal.SIGHUP, lambda signum, frame: _reload_on_signal(supervisor))
         supervisor.start()
         logger.info("task server %s listening on %s (%d workers x %d threads)",
                     __version__, config.address_text, config.workers, config.threads)
@@ -232,6 +297,13 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         if state is not None:  # failed before serving: release the directory, write nothing
             state.release()
         os.close(lock_fd)
+
+
+def _reload_on_signal(supervisor):
+    try:
+        supervisor.request_reload()
+    except RuntimeError as exc:  # stopping: a signal handler must not raise into serve()
+        logger.warning("SIGHUP ignored: %s", exc)
 
 
 def main():

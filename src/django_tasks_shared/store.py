@@ -10,6 +10,9 @@ manager, so every method below that clients call is one socket round trip.
     get(id) / wait(id) ──> record copy (a hit refreshes LRU recency)
     supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
 
+With a STATE_DIR, every change is also journaled (persistence.py: the _log_* hooks, called right
+after the change, under the lock).
+
 Records are JSON-compatible dicts (see `new_record`). Inner lists are replaced, never mutated,
 so a shallow copy handed to the pickler can never change under it. Timestamps are `time.time()`
 floats taken in this process (or reported by a worker on the same host), so
@@ -24,13 +27,11 @@ import time
 from collections import OrderedDict, deque
 
 from .exceptions import QueueFull, ServerUnavailable
+from .persistence import JournaledStore
+from .status import FAILED, FINISHED, READY, RUNNING, STOP, SUCCESSFUL, WORKER_LOST  # noqa: F401
 from .store_web import WebStoreMixin
 
-READY, RUNNING, FAILED, SUCCESSFUL = "READY", "RUNNING", "FAILED", "SUCCESSFUL"
-FINISHED = (FAILED, SUCCESSFUL)
-# finish_and_claim returns this instead of a record: the worker thread must exit.
-STOP = "STOP"
-WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
+# (The statuses are re-exported: worker, backend and the tests import them from here.)
 
 
 def new_record(
@@ -47,7 +48,7 @@ def new_record(
     }
 
 
-class TaskStore(WebStoreMixin):
+class TaskStore(JournaledStore, WebStoreMixin):
     def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
                  max_tasks_per_worker=None, clock=time.time):
         self.max_results = max_results
@@ -289,95 +290,6 @@ class TaskStore(WebStoreMixin):
         with self._lock:
             self.counters[name] += n
 
-    # ---- persistence (STATE_DIR; see statedir.py) ----------------------------------------------
-
-    def commit(self):
-        """Make the journaled changes durable (as FSYNC says) before a reply goes out. Called by
-        the server after every request and by the supervisor after every tick; cheap when
-        nothing changed."""
-        journal = self._journal
-        if journal is not None:
-            journal.commit()
-
-    def load(self, records, durable, counters):
-        """Take over a restored state (before serving): `records` with the finished ones in LRU
-        order. Pending ones keep their FIFO `seq`. Returns (pending, results, running) where
-        `running` lists the records that were RUNNING when the previous server stopped: give
-        them to end_interrupted() once a journal is attached."""
-        with self._lock:
-            now = self._clock()
-            self.counters.update(counters)
-            self.durable.update(durable)
-            top = -1
-            running = []
-            for task_id, record in records.items():
-                self._records[task_id] = record
-                seq = record.get("seq", 0)
-                top = max(top, seq)
-                status = record["status"]
-                if status == READY:
-                    counts = self._pending_by_queue.setdefault(record["queue"], [0, 0])
-                    if record["run_after"] is not None and record["run_after"] > now:
-                        self._deferred.append((record["run_after"], seq, task_id))
-                        counts[1] += 1
-                    else:
-                        self._ready.append((-record["priority"], seq, task_id))
-                        counts[0] += 1
-                elif status == RUNNING:
-                    running.append(task_id)
-                    self._running[task_id] = None  # owned by no worker of ours
-                else:
-                    self._finished[task_id] = None
-            heapq.heapify(self._ready)
-            heapq.heapify(self._deferred)
-            if self.result_ttl is not None:
-                self._expiry.extend(sorted(
-                    (self._records[i]["finished_at"], i) for i in self._finished))
-            self._seq = itertools.count(top + 1)
-            self._rebuild_finish_order()  # the results listing (store_web.py)
-            return self._pending(), len(self._finished), running
-
-    def end_interrupted(self, task_ids, text):
-        """Tasks that were RUNNING when the previous server died end FAILED (WorkerLost): they
-        may have had effects, so they are never run again (at most once)."""
-        with self._lock:
-            for task_id in task_ids:
-                self._fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}\n")
-
-    def attach_journal(self, switch):
-        """Call `switch()` (which starts a new journal file) with the state frozen, and return
-        what a snapshot of exactly that moment needs: (meta, ids) where ids lists pending and
-        running records first, then finished ones in LRU order. `snapshot_chunks` reads them."""
-        with self._lock:
-            self._journal = switch()
-            finished = list(self._finished)
-            all_ids = list(self._records)
-            meta = {"counters": dict(self.counters), "durable": dict(self.durable),
-                    "written_at": self._clock()}
-        done = set(finished)
-        return meta, [i for i in all_ids if i not in done] + finished
-
-    def snapshot_chunks(self, ids, size=256):
-        """Framed ["p", record] entries for `ids`, `size` records per lock hold, so clients
-        wait at most one chunk (~1 ms). A record changed after attach_journal() is written as
-        it is now: the new journal's operations set absolute values, so replaying them over it
-        still gives the right state (a "fuzzy" snapshot)."""
-        from .journal import frame
-
-        for start in range(0, len(ids), size):
-            with self._lock:
-                records = self._records
-                chunk = [frame(["p", r]) for i in ids[start:start + size]
-                         if (r := records.get(i)) is not None]
-            yield chunk
-
-    def checkpoint_counters(self):
-        """Journal the counters if they changed since the last checkpoint (once a second)."""
-        with self._lock:
-            if self._journal is not None and self.counters != self._checkpointed:
-                self._checkpointed = dict(self.counters)
-                self._journal.append(["c", self._checkpointed])
-
     # ---- internals (lock held) --------------------------------------------------------------
 
     def _pending(self):
@@ -397,31 +309,6 @@ class TaskStore(WebStoreMixin):
             heapq.heappush(self._ready, (-record["priority"], seq, record["id"]))
             counts[0] += 1
         self._work.notify()  # a waiting worker takes it (or shortens its wait to the due time)
-
-    # Journal hooks (lock held). Every change to the state that a client may be told about goes
-    # through one of these, right after the change is made in memory; see journal.py.
-    def _log_put(self, record):
-        """A new record, or one replaced as a whole."""
-        if self._journal is not None:
-            self._journal.append(["p", record])
-
-    def _log_set(self, record, *fields):
-        """`fields` of an existing record changed (e.g. "status", "finished_at", "errors")."""
-        if self._journal is not None:
-            self._journal.append(["s", record["id"], {f: record[f] for f in fields}])
-
-    def _log_forget(self, task_id):
-        """The record is gone (evicted, expired, removed)."""
-        if self._journal is not None:
-            self._journal.append(["f", task_id])
-
-    def _log_durable(self, key):
-        """self.durable[key] changed (or was deleted)."""
-        if self._journal is not None:
-            if key in self.durable:
-                self._journal.append(["d", key, self.durable[key]])
-            else:
-                self._journal.append(["d", key])
 
     def _lookup(self, task_id):
         record = self._records.get(task_id)

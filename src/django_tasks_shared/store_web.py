@@ -20,10 +20,9 @@ the journal hooks (_log_set, _finished_record).
 from collections import deque
 
 from .history import DURATION_BUCKETS, WAIT_BUCKETS, Histogram, History
+from .status import FAILED, FINISHED, READY, SUCCESSFUL
 
 CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"
-READY, FAILED, SUCCESSFUL = "READY", "FAILED", "SUCCESSFUL"
-FINISHED = ("FAILED", "SUCCESSFUL")  # as store.FINISHED (store.py imports this module)
 MAX_PAGE = 200  # rows per results page
 
 

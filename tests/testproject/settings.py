@@ -18,7 +18,7 @@ INSTALLED_APPS = [
     "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
     "django.contrib.sessions", "django.contrib.messages",
     "django_tasks_shared", "testproject",
-]
+] + [app for app in os.environ.get("TASKS_EXTRA_APPS", "").split(",") if app]  # deploy tests
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
                          "NAME": os.environ.get("TASKS_TEST_DB", ":memory:")}}
 MIDDLEWARE = [
