@@ -1,7 +1,9 @@
 """Cancel: the store's rules tested directly, then end to end with a real server and workers."""
 
+import os
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import psutil
 import pytest
@@ -11,7 +13,7 @@ import django_tasks_shared
 from django_tasks_shared import wait
 from django_tasks_shared.exceptions import TaskCancelled, WorkerLost
 from django_tasks_shared.store import STOP, TaskStore
-from helpers import wait_until
+from helpers import ServerProcess, temp_dir, wait_until
 from test_store import Clock, claim, make_store, rec
 from test_supervision import finished, health, ready_workers, running_server, worker_running
 from testproject import tasks
@@ -219,6 +221,40 @@ def test_cancel_running_stops_its_worker_siblings_worker_lost_pending_never_runs
         assert snap["counters"]["worker_lost"] == 1
         assert snap["pending"] == 0
         assert snap["counters"]["succeeded"] == 1  # the cancelled add never ran
+
+
+@pytest.mark.timeout(60)
+def test_cancels_survive_a_server_crash_with_state_dir_and_stay_listed():
+    state_dir = os.path.join(temp_dir(), "state")
+    options = {"WORKERS": 1, "STATE_DIR": state_dir}
+    srv = ServerProcess(options=options)
+    try:
+        srv.wait_ready()
+        with srv.settings():
+            done = wait(tasks.add.enqueue(1, 1), timeout=15)
+            later = tasks.add.using(run_after=datetime.now(UTC) + timedelta(minutes=10))
+            cancelled, kept = later.enqueue(2, 2), later.enqueue(3, 3)
+            assert django_tasks_shared.cancel(cancelled) is True
+        srv.popen.kill()  # SIGKILL: only the journal has the cancel
+        srv.popen.wait(10)
+    finally:
+        srv.stop()
+    again = ServerProcess(address=srv.address, options=options)
+    try:
+        again.wait_ready()
+        client = again.client()
+        record = client.call("get", cancelled.id)
+        assert record["status"] == "FAILED"
+        assert [e["exception_class_path"] for e in record["errors"]] == [CANCELLED]
+        snap = client.call("health")
+        assert snap["pending"] == 1 and snap["queues"]["default"] == {"ready": 0, "deferred": 1}
+        assert client.call("get", kept.id)["status"] == "READY"
+        listed = [row["id"] for row in client.call("results")["rows"]]
+        assert listed == [cancelled.id, done.id]  # newest first, rebuilt from finished_at
+        assert client.call("cancel", kept.id) is True  # cancel works on restored pending tasks
+        assert client.call("health")["pending"] == 0
+    finally:
+        again.stop()
 
 
 def test_cancel_rejects_what_is_not_a_result():
