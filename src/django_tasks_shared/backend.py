@@ -4,6 +4,7 @@
     get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
     wait()       -> client.call("wait") -> blocks in the server until finished or timeout
     wait_all()   -> "wait" on the last of a batch, then one "get_many" for all of it
+    wait()/wait_all() on ANOTHER backend (django-tasks-db...) -> poll result.refresh(), growing
 
 Django builds a backend instance per thread, so __init__ only reads a cached Config and the
 module-level StoreClient of its alias (one connection per process and thread, fork-aware).
@@ -27,6 +28,7 @@ from .client import StoreClient
 from .config import ConfigError, build_config
 from .exceptions import PayloadTooLarge, ServerAuthenticationError, ServerUnavailable
 from .records import to_task_result, to_timestamp
+from .schedules import ScheduleError, resolve_tasks
 from .store import FINISHED, new_record
 
 _configs = {}   # (alias, kind, options repr, queues, secret) -> Config
@@ -38,13 +40,14 @@ def get_config(alias, params, kind):
     queues = tuple(sorted(params.get("QUEUES") or ["default"]))
     options = params.get("OPTIONS") or {}
     key = (alias, kind, repr(sorted(options.items(), key=lambda kv: str(kv[0]))), queues,
-           settings.SECRET_KEY, settings.SETTINGS_MODULE)
+           settings.SECRET_KEY, settings.SETTINGS_MODULE, settings.TIME_ZONE)
     config = _configs.get(key)
     if config is None:
         try:
             config = build_config(alias, options, kind=kind, queues=queues,
                                   secret_key=settings.SECRET_KEY,
-                                  settings_module=settings.SETTINGS_MODULE)
+                                  settings_module=settings.SETTINGS_MODULE,
+                                  time_zone=settings.TIME_ZONE)
         except ConfigError as exc:
             raise InvalidTaskBackend(f"TASKS[{alias!r}]: {exc}") from None
         _configs[key] = config
@@ -82,7 +85,11 @@ class SharedBackend(BaseTaskBackend):
         except ServerUnavailable:
             if not self.config.can_start:
                 raise
-        launcher.ensure_server(self.config)
+        try:
+            launcher.ensure_server(self.config)
+        except ScheduleError as exc:  # a schedule's task does not import: the server can't start
+            raise InvalidTaskBackend(f"TASKS[{self.alias!r}]: the task server was not started: "
+                                     f"{exc}") from None
         return self.client.call(method, *args)
 
     def enqueue(self, task, args, kwargs):
@@ -129,6 +136,12 @@ class SharedBackend(BaseTaskBackend):
                 "anyone who can reach it and knows the authkey can run code in the server.",
                 hint="Prefer a unix socket path, or bind to 127.0.0.1 behind a firewall.",
                 id="django_tasks_shared.W001"))
+        if self.config.schedules:
+            _, errors = resolve_tasks(self.config.schedules, self.config.queues)
+            messages += [checks.Error(
+                f"TASKS[{self.alias!r}] {error}",
+                hint="The task server enqueues each SCHEDULE entry by its dotted path.",
+                id="django_tasks_shared.E001") for error in errors]
         return messages
 
 
@@ -179,13 +192,58 @@ def _refresh_in_place(result, record):
         object.__setattr__(result, attr, getattr(fresh, attr))
 
 
-def wait(result, timeout=30.0):
-    """Block until `result` (a TaskResult) is finished, served by the server without polling.
+POLL_FIRST, POLL_FACTOR, POLL_MAX = 0.05, 1.5, 1.0  # seconds: the fallback's growing interval
 
-    Refreshes `result` in place and returns it; raises TimeoutError if it is still unfinished.
+
+def _other_backend(alias):
+    """The backend of `alias` if it is NOT ours (then wait/wait_all poll it), else None."""
+    from django.tasks import task_backends
+
+    backend = task_backends[alias]
+    if isinstance(backend, SharedBackend):
+        return None
+    if not backend.supports_get_result:
+        raise NotImplementedError(
+            f"wait() / wait_all() need a task backend that can fetch results; TASKS[{alias!r}] "
+            f"({type(backend).__module__}.{type(backend).__qualname__}) has "
+            f"supports_get_result = False. Use a backend that stores results, or don't wait.")
+    return backend
+
+
+def _poll(results, deadline, timeout):
+    """Refresh each unfinished result until all are finished: POLL_FIRST s between rounds at
+    first, growing by POLL_FACTOR up to POLL_MAX s (a quick task is seen quickly, a long one
+    costs few queries). TimeoutError at the deadline."""
+    interval = POLL_FIRST
+    pending = list(results)
+    while True:
+        for result in pending:
+            result.refresh()
+        pending = [result for result in pending if not result.is_finished]
+        remaining = deadline - time.monotonic()
+        if not pending:
+            return
+        if remaining <= 0:
+            raise TimeoutError(f"{len(pending)} task result(s) still unfinished after "
+                               f"{timeout} s, e.g. {pending[0].id} ({pending[0].status})")
+        time.sleep(min(interval, remaining))
+        interval = min(interval * POLL_FACTOR, POLL_MAX)
+
+
+def wait(result, timeout=30.0):
+    """Block until `result` (a TaskResult) is finished; refreshes it in place and returns it.
+
+    On our backends the server holds the call until the task finishes: no polling. On any
+    other backend that supports get_result (django-tasks-db, django-tasks-rq, ...) it falls
+    back to polling `result.refresh()`, every 0.05 s at first, the interval growing 1.5x per
+    round up to 1 s. Raises TimeoutError if it is still unfinished after `timeout` seconds,
+    NotImplementedError on a backend that cannot fetch results.
     """
     from django.tasks import task_backends
 
+    if _other_backend(result.backend) is not None:
+        _poll([result], time.monotonic() + timeout, timeout)
+        return result
     backend = task_backends[result.backend]
     record = backend.wait(result.id, timeout)
     _refresh_in_place(result, record)
@@ -233,8 +291,11 @@ def wait_all(results, timeout=30.0):
     A few round trips for the whole batch instead of one per result: per chunk of results (of
     one backend), the server waits for the LAST unfinished one (tasks of equal priority start
     in FIFO order, so by then nearly all are done), then ONE `get_many` fetches all of them;
-    any still unfinished go round again. Raises TimeoutError when `timeout` runs out,
-    TaskResultDoesNotExist for an unknown or evicted id. Returns `results`.
+    any still unfinished go round again. Results of another backend that supports get_result
+    are polled instead, as `wait()` does (one `refresh()` per unfinished result per round, the
+    interval growing from 0.05 s to 1 s). Raises TimeoutError when `timeout` runs out,
+    TaskResultDoesNotExist for an unknown or evicted id, NotImplementedError on a backend that
+    cannot fetch results. Returns `results`.
     """
     from django.tasks import task_backends
 
@@ -243,6 +304,9 @@ def wait_all(results, timeout=30.0):
     for result in results:
         groups.setdefault(result.backend, []).append(result)
     for alias, group in groups.items():
+        if _other_backend(alias) is not None:
+            _poll(group, deadline, timeout)
+            continue
         backend = task_backends[alias]
         for start in range(0, len(group), WAIT_ALL_CHUNK):
             pending = group[start:start + WAIT_ALL_CHUNK]

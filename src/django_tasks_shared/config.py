@@ -10,6 +10,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 
+from . import schedules
 from .client import describe
 
 DEFAULTS = {
@@ -18,7 +19,7 @@ DEFAULTS = {
     "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
     "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
     "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
-    "MAX_CONNECTIONS": 4096,
+    "MAX_CONNECTIONS": 4096, "SCHEDULE": None,
 }
 FSYNC_MODES = ("always", "everysec", "never")
 
@@ -51,6 +52,7 @@ class Config:
     max_payload: int = 10 * 1024 * 1024
     journal_limit: int = 64 * 1024 * 1024
     max_connections: int | None = 4096
+    schedules: tuple = ()         # normalised OPTIONS["SCHEDULE"] entries (see schedules.py)
 
     @property
     def address_text(self):
@@ -65,11 +67,13 @@ class Config:
         spec["authkey"] = self.authkey.hex()
         spec["address"] = self.address if isinstance(self.address, str) else list(self.address)
         spec["queues"] = list(self.queues)
+        spec["schedules"] = [dict(entry) for entry in self.schedules]
         return spec
 
     @classmethod
     def from_spec(cls, spec):
-        spec = dict(spec, authkey=bytes.fromhex(spec["authkey"]), queues=tuple(spec["queues"]))
+        spec = dict(spec, authkey=bytes.fromhex(spec["authkey"]), queues=tuple(spec["queues"]),
+                    schedules=tuple(spec.get("schedules") or ()))
         if not isinstance(spec["address"], str):
             spec["address"] = tuple(spec["address"])
         return cls(**spec)
@@ -129,7 +133,9 @@ def derive_authkey(secret_key, alias):
                        algorithm="sha256").digest()
 
 
-def build_config(alias, options, *, kind, queues, secret_key, settings_module):
+def build_config(alias, options, *, kind, queues, secret_key, settings_module,
+                 time_zone="UTC"):
+    """OPTIONS -> Config. `time_zone` (Django's TIME_ZONE) is the default for cron schedules."""
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
@@ -189,6 +195,12 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         raise ConfigError(f"OPTIONS['FSYNC'] must be one of {', '.join(map(repr, FSYNC_MODES))}"
                           f", got {opts['FSYNC']!r}.")
 
+    try:
+        schedule = schedules.validate(opts["SCHEDULE"], queues=tuple(sorted(queues)),
+                                      default_timezone=time_zone or "UTC")
+    except schedules.ScheduleError as exc:
+        raise ConfigError(str(exc)) from None
+
     return Config(
         alias=alias, kind=kind, workers=workers, threads=threads,
         max_results=_number(opts, "MAX_RESULTS"),
@@ -203,7 +215,7 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module):
         state_dir=state_dir, fsync=opts["FSYNC"],
         max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
         journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
-        max_connections=_number(opts, "MAX_CONNECTIONS"),
+        max_connections=_number(opts, "MAX_CONNECTIONS"), schedules=schedule,
     )
 
 

@@ -90,6 +90,7 @@ def report(snapshot, alias=None):
         "counters": snapshot.get("counters") or {},
         "workers": [{key: worker.get(key) for key in WORKER_KEYS}
                     for worker in snapshot.get("workers") or ()],
+        "schedules": snapshot.get("schedules") or [],
         "state": snapshot.get("state"),
     }
 
@@ -103,7 +104,7 @@ def unreachable_report(address, reason, alias=None):
         "checked_at": time.time(),
         "server": {"address": address, "error": reason},
         "queues": {}, "pending": None, "running": None, "results": {}, "limits": {},
-        "counters": {}, "workers": [], "state": None,
+        "counters": {}, "workers": [], "state": None, "schedules": [],
     }
 
 
@@ -273,4 +274,35 @@ def render(doc, now=None):
     notes = [f"  {w['id']}: retiring, {w['retire_reason']}" for w in workers
              if w.get("retiring") and w.get("retire_reason")]
     lines += notes
+    lines += _render_schedules(doc.get("schedules") or [], now)
     return "\n".join(lines) + "\n"
+
+
+def when(timestamp, now):
+    """A clock time with how far away it is, past or future."""
+    if timestamp is None:
+        return "-"
+    if timestamp <= now:
+        return clock(timestamp, now)
+    moment = datetime.fromtimestamp(timestamp)
+    fmt = "%H:%M:%S" if timestamp - now < 86400 else "%Y-%m-%d %H:%M"
+    return f"{moment.strftime(fmt)} (in {duration(timestamp - now)})"
+
+
+def _render_schedules(schedules, now):
+    if not schedules:
+        return []
+    lines = ["", f"schedules {len(schedules)}"]
+    header = ("NAME", "TASK", "WHEN", "NEXT RUN", "LAST RUN (due)", "LAST RESULT", "STATUS")
+    rows = []
+    for item in schedules:
+        last = item.get("last_run") or {}
+        if not last:
+            status = "-"
+        elif last.get("error"):
+            status = "skipped: " + last["error"].split(";")[0]
+        else:
+            status = last.get("status") or "(result no longer stored)"
+        rows.append((item["name"], item["task"], item["when"], when(item.get("next_run"), now),
+                     when(last.get("due"), now), last.get("id") or "-", status))
+    return lines + _table(header, rows)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from . import schedules
 from .client import StoreClient, describe
 from .config import python_path, side_file
 from .exceptions import ServerUnavailable
@@ -59,7 +60,8 @@ def ensure_server(config, timeout=START_TIMEOUT):
                 time.sleep(0.01)
         if _alive(config):
             return
-        popen = _spawn(config)
+        # Every SCHEDULE task must import before a server starts to enqueue it (ScheduleError).
+        popen = _spawn(schedules.resolve_config(config))
         while time.monotonic() < deadline:
             exited = popen.poll() is not None  # read before the ping: no race with a late start
             if _alive(config):

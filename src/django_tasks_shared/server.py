@@ -7,6 +7,7 @@
                                                                 (STATE_DIR) before the reply
     Supervisor thread ── psutil ──> worker processes (see supervisor.py; reload.py on SIGHUP)
     STATE_DIR: restored before the socket exists, final snapshot after the drain (statedir.py)
+    Scheduler thread ── store.enqueue_scheduled ──> OPTIONS["SCHEDULE"] runs (see scheduler.py)
 
 Started three ways, all through `serve()`:
 - `manage.py tasks_server` (foreground, systemd, Docker);
@@ -35,6 +36,7 @@ from . import __version__
 from .client import REFUSED, STORE_IDENT, set_socket_timeout
 from .config import Config, side_file
 from .exceptions import ServerUnavailable
+from .scheduler import Scheduler
 from .statedir import StateDir, StateDirInUse, StateError
 from .store import TaskStore
 from .supervisor import Supervisor
@@ -273,12 +275,15 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
             signal.signal(signal.SIGINT, request_stop)
             signal.signal(signal.SIGHUP, lambda signum, frame: _reload_on_signal(supervisor))
         supervisor.start()
+        scheduler = Scheduler(config, store)  # after any restored state: it reads last runs
+        scheduler.start()
         logger.info("task server %s listening on %s (%d workers x %d threads)",
                     __version__, config.address_text, config.workers, config.threads)
         if ready is not None:
             ready()
         while not stop.wait(0.5):
             pass
+        scheduler.stop()
         owner_gone = supervisor.owner_lost
         logger.info("task server stopping: draining (grace %.1f s)", 0 if owner_gone else grace)
         supervisor.shutdown(grace=0 if owner_gone else grace, urgent=urgent)

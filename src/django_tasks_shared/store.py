@@ -29,6 +29,7 @@ from collections import OrderedDict, deque
 from .exceptions import QueueFull, ServerUnavailable
 from .persistence import JournaledStore
 from .status import FAILED, FINISHED, READY, RUNNING, STOP, SUCCESSFUL, WORKER_LOST  # noqa: F401
+from .store_schedules import ScheduleStateMixin
 from .store_web import WebStoreMixin
 
 # (The statuses are re-exported: worker, backend and the tests import them from here.)
@@ -48,7 +49,7 @@ def new_record(
     }
 
 
-class TaskStore(JournaledStore, WebStoreMixin):
+class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
     def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
                  max_tasks_per_worker=None, clock=time.time):
         self.max_results = max_results
@@ -76,6 +77,7 @@ class TaskStore(JournaledStore, WebStoreMixin):
         # Small server state outside the records that must survive restarts (e.g. the last run
         # of each schedule): change it under the lock, then call _log_durable(key).
         self.durable = {}
+        self._schedules = {}            # schedule name -> info for health (scheduler.py)
         self.meta = {"pid": os.getpid(), "started_at": clock()}
         self.counters = dict.fromkeys(
             ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
@@ -87,25 +89,7 @@ class TaskStore(JournaledStore, WebStoreMixin):
     def enqueue(self, record):
         """Store a READY record; returns its server-side `enqueued_at`. Idempotent per id."""
         with self._lock:
-            existing = self._records.get(record["id"])
-            if existing is not None:  # a retried enqueue after a dropped connection
-                return existing["enqueued_at"]
-            if self._draining:
-                raise ServerUnavailable(
-                    f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
-                    f"new tasks; nothing was stored. Retry once it is back.")
-            if self.max_queue is not None and self._pending() >= self.max_queue:
-                self.counters["rejected_full"] += 1
-                raise QueueFull(
-                    f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
-                    f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
-            now = self._clock()
-            record = dict(record, status=READY, enqueued_at=now)
-            self._records[record["id"]] = record
-            self._push(record, now)
-            self._log_put(record)
-            self.counters["enqueued"] += 1
-            return now
+            return self._enqueue(record)
 
     def get(self, task_id):
         """The record, or None if unknown, evicted or expired."""
@@ -210,6 +194,7 @@ class TaskStore(JournaledStore, WebStoreMixin):
                                "queue_wait_seconds": self.waits.snapshot()},
                 "workers": workers,
                 "state": self.state_health() if self.state_health else None,
+                "schedules": self._schedule_report(),
             }
 
     # ---- supervisor operations (same process, never exposed) -------------------------------
@@ -291,6 +276,27 @@ class TaskStore(JournaledStore, WebStoreMixin):
             self.counters[name] += n
 
     # ---- internals (lock held) --------------------------------------------------------------
+
+    def _enqueue(self, record):
+        existing = self._records.get(record["id"])
+        if existing is not None:  # a retried enqueue after a dropped connection
+            return existing["enqueued_at"]
+        if self._draining:
+            raise ServerUnavailable(
+                f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
+                f"new tasks; nothing was stored. Retry once it is back.")
+        if self.max_queue is not None and self._pending() >= self.max_queue:
+            self.counters["rejected_full"] += 1
+            raise QueueFull(
+                f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
+                f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
+        now = self._clock()
+        record = dict(record, status=READY, enqueued_at=now)
+        self._records[record["id"]] = record
+        self._push(record, now)
+        self._log_put(record)
+        self.counters["enqueued"] += 1
+        return now
 
     def _pending(self):
         # Cancelled pending tasks stay in their heap until popped (lazy removal): not counted.

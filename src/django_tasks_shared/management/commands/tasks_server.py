@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
 from django_tasks_shared.management.commands._backend import shared_backend
+from django_tasks_shared.schedules import ScheduleError, resolve_config
 from django_tasks_shared.server import AlreadyRunning, serve
 from django_tasks_shared.statedir import StateDirInUse, StateError
 
@@ -34,6 +35,10 @@ class Command(BaseCommand):
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v}
         if changes:
             config = dataclasses.replace(config, **changes)
+        try:  # also with --skip-checks: every SCHEDULE task must import (system check E001)
+            config = resolve_config(config)
+        except ScheduleError as exc:
+            raise CommandError(f"TASKS[{backend!r}]: {exc}")
         if config.embedded:
             self.stderr.write(self.style.WARNING(
                 "no OPTIONS['ADDRESS'] is set: serving the embedded address "
