@@ -125,6 +125,13 @@ def test_task_page_cancel_and_enqueue_again_with_csrf(site, staff):
     assert missing.status_code == 404 and b"evicted" in missing.content
 
 
+def test_without_authentication_middleware_the_page_says_what_it_needs(site):
+    with override_settings(MIDDLEWARE=[]):
+        response = Client().get("/tasks/")
+    assert response.status_code == 403
+    assert b"AuthenticationMiddleware" in response.content
+
+
 def test_access_settings_permission_and_test_function(site, staff, plain):
     from django.contrib.auth.models import Permission
 

@@ -18,7 +18,6 @@ import os
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.contrib.auth.views import redirect_to_login
 from django.http import (
     FileResponse,
     Http404,
@@ -69,6 +68,10 @@ def staff_only(view):
                 "django_tasks_shared pages need django.contrib.auth's AuthenticationMiddleware "
                 "(request.user) to check who may see them.", content_type="text/plain")
         if not user.is_authenticated:
+            # Imported here: importing django.contrib.auth.views needs contrib.auth installed,
+            # and a project without it must still load its URLconf.
+            from django.contrib.auth.views import redirect_to_login
+
             return redirect_to_login(request.get_full_path())
         if not access.user_allowed(user):
             return HttpResponseForbidden(
