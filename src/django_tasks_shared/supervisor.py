@@ -135,6 +135,7 @@ class Supervisor:
     def _run(self):
         next_tick = time.monotonic()
         while not self._stopping:
+            killing = False
             try:
                 with self._lock:
                     if not self._stopping:
@@ -143,10 +144,11 @@ class Supervisor:
                             self._tick()
                         else:  # woken by a cancel, or a worker is being stopped
                             self._quick()
+                        killing = any(w.kill_at is not None for w in self.workers.values())
             except Exception:
                 logger.exception("supervisor tick failed")
             wait = next_tick - time.monotonic()
-            if any(w.kill_at is not None for w in self.workers.values()):
+            if killing:
                 wait = min(wait, QUICK)  # reap and replace it as soon as it is gone
             if self._wake.wait(max(0.0, wait)):
                 self._wake.clear()
