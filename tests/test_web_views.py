@@ -132,6 +132,17 @@ def test_without_authentication_middleware_the_page_says_what_it_needs(site):
     assert b"AuthenticationMiddleware" in response.content
 
 
+def test_enqueue_again_of_a_task_the_web_process_cannot_import_says_so(site, staff):
+    from django_tasks_shared.store import new_record
+
+    record = new_record(id="f" * 32, task="nowhere.tasks.gone", args=[1], kwargs={})
+    site.client().call("enqueue", record)
+    response = logged_in(staff).post(f"/tasks/{record['id']}/enqueue")
+    assert response.status_code == 302
+    assert "cannot+be+imported" in response["Location"]
+    assert "nowhere.tasks.gone" in response["Location"]
+
+
 def test_access_settings_permission_and_test_function(site, staff, plain):
     from django.contrib.auth.models import Permission
 
