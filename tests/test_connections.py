@@ -13,13 +13,6 @@ from django_tasks_shared.exceptions import ServerUnavailable
 from helpers import SECRET_KEY, ServerProcess, wait_until
 
 
-def _settled_threads(process):
-    """The thread count once it stays the same for 0.2 s, else None."""
-    before = process.num_threads()
-    time.sleep(0.2)
-    return before if process.num_threads() == before else None
-
-
 def new_client(srv):
     return StoreClient(parse_address(srv.address), derive_authkey(SECRET_KEY, "default"),
                        timeout=5)
@@ -71,15 +64,13 @@ def test_a_connection_that_never_authenticates_is_dropped_after_connect_timeout(
     socks = []
     try:
         srv.wait_ready()
-        server = psutil.Process(srv.popen.pid)
-        # The worker's own connection (one server thread) must exist before the baseline: it
-        # connects once Django is set up, which may be after the server answers pings.
-        probe = srv.client()
-        wait_until(lambda: any(w["ready_at"] for w in probe.call("health")["workers"]),
-                   15, message="the worker connected and ready")
+        probe = new_client(srv)
+        wait_until(lambda: all(w["ready_at"] for w in probe.call("health")["workers"]), 20,
+                   message="the worker connected")
         probe.close()
-        baseline = wait_until(lambda: _settled_threads(server), 5,
-                              message="the probe's server thread gone")
+        server = psutil.Process(srv.popen.pid)
+        time.sleep(0.5)  # the connection threads of the readiness probes are gone
+        baseline = server.num_threads()
         for _ in range(20):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(srv.address)
