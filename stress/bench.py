@@ -1,6 +1,7 @@
 """Benchmark: django-tasks-shared vs django-tasks-local 2.0 vs a raw ProcessPoolExecutor.
 
     python -m stress.bench [--quick] [--repeat N] [--pick best|median] [--json FILE] [--server]
+                           [--no-state | --state-only]
 
 Everything runs in ONE run on this machine, the three systems back to back inside each repeat
 (the order rotates between repeats), each with 2 worker processes:
@@ -24,6 +25,10 @@ Everything runs in ONE run on this machine, the three systems back to back insid
     W4  one get_result of a finished result from a process that did not enqueue it, p50/p99
         (a separate OS process; django-tasks-local cannot see other processes' results at all)
 
+    W1 with a STATE_DIR (stress/bench_durable.py): W1 again on three more embedded servers,
+        STATE_DIR with FSYNC "everysec", "always", "never", paired per repeat with an in-memory
+        W1 run next to them -> ratios (issue 7 target: everysec >= 0.85x in-memory)
+
 Prints a table, ratios (ours / local, ours / raw) and PASS/MISS per target of issue 2. Not a
 test: exits 0 whatever the figures, unless something crashes. Every process it starts is stopped
 by pid at the end.
@@ -34,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -440,6 +446,11 @@ def run(args):
         sock_dir = tempfile.mkdtemp(prefix="dts-bench-")
         os.environ["BENCH_TASKS_ADDRESS"] = os.path.join(sock_dir, "tasks.sock")
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
+    state_root = None
+    if not args.no_state:
+        from . import bench_durable
+
+        state_root = bench_durable.prepare()
     import django
 
     django.setup()
@@ -448,13 +459,22 @@ def run(args):
     from . import bench_tasks
 
     iterations = bench_tasks.calibrate_burn(0.050)
-    classes = [Shared, Local, Raw]
+    classes = [] if args.state_only else [Shared, Local, Raw]
     systems = [cls(args, counts) for cls in classes]
     samples = {s.name: [] for s in systems}
+    durable = bench_durable.make_systems(Shared, args, counts) if state_root else []
+    state_samples = {}
     try:
-        for s in systems:
+        for s in systems + durable:
             s.start()
         for rep in range(args.repeat):
+            if durable:
+                bench_durable.repeat(durable, rep, counts["w1"], _w1, state_samples)
+                print(f"  repeat {rep + 1}/{args.repeat} W1 STATE_DIR: " + ", ".join(
+                    f"{mode} {v[-1]['tps']:,.0f}/s" for mode, v in state_samples.items()),
+                    file=sys.stderr, flush=True)
+            if not systems:
+                continue
             order = systems[rep % 3:] + systems[:rep % 3]
             for s in order:
                 t0 = time.perf_counter()
@@ -472,11 +492,13 @@ def run(args):
             with contextlib.suppress(Exception):
                 s.stop()
         stop_everything(server)
+        if state_root:
+            shutil.rmtree(state_root, ignore_errors=True)
     busy1 = machine_busy()
     wall = time.perf_counter() - wall0
     others = (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])
     args.others_cpu_pct = max(0.0, others) / (wall * (os.cpu_count() or 1)) * 100
-    return systems, samples, iterations, counts
+    return systems, samples, iterations, counts, state_samples
 
 
 def start_tasks_server():
@@ -553,7 +575,24 @@ def ratio(a, b):
     return "-"
 
 
-def report(args, systems, samples, iterations, counts):
+def report(args, systems, samples, iterations, counts, state_samples):
+    state = None
+    if state_samples:
+        from . import bench_durable
+
+        state = bench_durable.summarize(state_samples)
+        state_lines = bench_durable.report_lines(state, counts["w1"])
+    if not systems:  # --state-only
+        print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
+              f"{args.load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; OTHER "
+              f"processes used {args.others_cpu_pct:.0f} % of the machine's CPU")
+        print("\n".join(state_lines))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"python": platform.python_version(), "counts": counts,
+                           "repeat": args.repeat, "others_cpu_pct": args.others_cpu_pct,
+                           "state": state}, f, indent=2)
+        return
     how = args.pick
     picked = {s.name: {key: pick([f[key] for f in samples[s.name]], better, how)
                        for key, _, _, better in METRICS} for s in systems}
@@ -603,6 +642,8 @@ def report(args, systems, samples, iterations, counts):
         ok = value >= limit if op == ">=" else value < limit if op == "<" else value <= limit
         verdicts.append({"target": label, "value": value, "pass": ok})
         p(f"  {'PASS' if ok else 'MISS'}  {label:<32} measured {value:.2f}{unit}")
+    if state is not None:
+        lines += state_lines
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
@@ -613,7 +654,8 @@ def report(args, systems, samples, iterations, counts):
                        "others_cpu_pct": args.others_cpu_pct,
                        "load_before": args.load_before, "load_after": os.getloadavg(),
                        "systems": {s.name: s.label for s in systems},
-                       "samples": samples, "picked": picked, "targets": verdicts}, f, indent=2)
+                       "samples": samples, "picked": picked, "targets": verdicts,
+                       "state": state}, f, indent=2)
         print(f"\nwrote {args.json}")
 
 
@@ -630,6 +672,10 @@ def main(argv=None):
                              "embedded server")
     parser.add_argument("--poll", type=float, default=0.0001,
                         help="seconds slept between two refresh() polls (default 0.0001)")
+    parser.add_argument("--no-state", action="store_true",
+                        help="skip W1 with a STATE_DIR (FSYNC everysec, always, never)")
+    parser.add_argument("--state-only", action="store_true",
+                        help="run only W1 in memory and with a STATE_DIR, paired per repeat")
     parser.add_argument("--w4-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.w4_child:
@@ -638,8 +684,9 @@ def main(argv=None):
     os.chdir(ROOT)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    systems, samples, iterations, counts = run(args)
-    report(args, systems, samples, iterations, counts)
+    if args.no_state and args.state_only:
+        parser.error("--no-state and --state-only contradict each other; give one")
+    report(args, *run(args))
     return 0
 
 

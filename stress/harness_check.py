@@ -12,6 +12,8 @@ import glob
 import os
 import statistics
 
+from . import harness_durable
+
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 TIME_LIMIT = "django_tasks_shared.exceptions.TimeLimitExceeded"
 STRESS_FAILURE = "stress.tasks.StressFailure"
@@ -82,6 +84,9 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     runs = read_ledger(ledger_dir)
     killed = {k["worker_id"]: k for k in faults.kills}
     restarts = faults.restarts
+    durable = config.get("state_dir") is not None
+    victims = {i: harness_durable.server_victim(info) for i, info in tasks.items()}
+    victims = {i: pid for i, pid in victims.items() if pid is not None}
     final_worker_ids = {w["id"] for w in (final_health or {}).get("workers", [])}
 
     # A task whose owner missed its end (server gone) but another client saw it finished:
@@ -105,6 +110,9 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         bad.append(f"{never} planned task(s) never enqueued ({_examples(enqueue_errors, 2)})")
     if any(code != 0 for code in client_codes):
         bad.append(f"client exit codes {client_codes}")
+    if durable:  # with a STATE_DIR a restart loses nothing
+        bad += [f"{i} ({tasks[i]['w']}) lost with the server despite STATE_DIR"
+                for i in lost_server]
     for task_id in lost_server:
         info = tasks[task_id]
         if not any(r["t"] + SLACK >= info["enqueued_at"] for r in restarts):
@@ -112,8 +120,10 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
                        f"it was enqueued")
     inv("every task reached a terminal state exactly once; none lost",
         not bad,
-        f"{len(tasks)} enqueued: {terminal} terminal, {len(lost_server)} lost with the server "
-        f"(restart), {len(hows.get('missing', []))} missing, "
+        f"{len(tasks)} enqueued: {terminal} terminal ({len(victims)} of them WorkerLost: "
+        f"running at a server SIGKILL), {len(lost_server)} lost with the server "
+        f"(restart{'; must be 0 with STATE_DIR' if durable else ''}), "
+        f"{len(hows.get('missing', []))} missing, "
         f"{len(hows.get('unfinished', []))} unfinished", bad)
 
     # 2. exactly-once execution, from the ledger the tasks wrote
@@ -121,7 +131,9 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     dups = {i: r for i, r in runs.items() if len(r) > 1}
     bad += [f"{i} ran {len(r)} times: pids {[x['pid'] for x in r]}" for i, r in dups.items()]
     strangers = set(runs) - set(tasks)
-    bad += [f"{i} in the ledger but enqueued by nobody" for i in strangers]
+    bad += [f"{i} in the ledger but enqueued by nobody (an enqueue that raised "
+            f"ServerUnavailable was stored after all, and the client enqueued it again)"
+            for i in strangers]
     for task_id, info in tasks.items():
         n = len(runs.get(task_id, ()))
         status, err = info.get("status"), info.get("err")
@@ -131,6 +143,8 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
             ok = n <= 1
         elif status == "SUCCESSFUL":
             ok = n == 1 and (info.get("ret") or {}).get("pid") == runs[task_id][0]["pid"]
+        elif task_id in victims:  # checked in the durability invariant
+            ok = n <= 1
         elif err == WORKER_LOST and was_killed:
             ok = n == 0 or runs[task_id][0]["pid"] == killed[wids[-1]]["pid"]
         elif err == WORKER_LOST:
@@ -153,11 +167,15 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
             table[w][info["how"]] += 1
             continue
         label = status if status == "SUCCESSFUL" else (err or "?").rsplit(".", 1)[-1]
+        if durable and task_id in victims:
+            label = "WorkerLost (server SIGKILL)"
         table.setdefault(w, {}).setdefault(label, 0)
         table[w][label] += 1
         wids = info.get("worker_ids") or []
         was_killed = bool(wids) and wids[-1] in killed
         lost_by_kill = was_killed and err == WORKER_LOST and "SIGKILL" in (msg or "")
+        if durable and task_id in victims:  # running at a server SIGKILL: any workload
+            continue
         if lost_by_kill:
             lost_to_kills.setdefault(wids[-1], []).append(task_id)
         if w in ("noop", "cpu", "sleep"):
@@ -247,6 +265,13 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         f"{len(cross)} lookups of other clients' ids: {terminal_obs} terminal ({agreed} agreed), "
         f"{none_obs} not found (evicted or lost with the server)", bad)
 
+    # 4b. durability: what each restarted server restored, who died with a SIGKILLed server
+    durability = None
+    if durable:
+        ok, detail, bad, durability = harness_durable.check(
+            config, tasks, runs, restarts, monitor.states)
+        inv("nothing lost across server restarts (STATE_DIR)", ok, detail, bad)
+
     # 5. stored results never exceeded MAX_RESULTS
     samples = monitor.samples
     over = [s for s in samples if s["stored"] > s["max"]]
@@ -254,7 +279,8 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     last_evicted = {}
     for s in samples:
         last_evicted[s["server_pid"]] = s["evicted"]
-    evicted = sum(last_evicted.values())
+    # Per server, summed; with a STATE_DIR the counters carry over, so the last one has it all.
+    evicted = (samples[-1]["evicted"] if durable and samples else sum(last_evicted.values()))
     inv("stored results never exceeded MAX_RESULTS", samples and not over,
         f"max {max_stored} stored of MAX_RESULTS={config['max_results']} over {len(samples)} "
         f"health samples ({evicted} results evicted, all servers)",
@@ -351,6 +377,7 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         "passed": all(i["ok"] for i in invariants),
         "tasks": {"planned": config["tasks"], "enqueued": len(tasks), "terminal": terminal,
                   "lost_with_server": len(lost_server),
+                  "worker_lost_server_kill": len(victims),
                   "missing": len(hows.get("missing", [])),
                   "unfinished": len(hows.get("unfinished", [])),
                   "successful": sum(i.get("status") == "SUCCESSFUL" for i in finished),
@@ -369,6 +396,7 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
                                                     for r in restarts),
                    "recovery_seconds": recovery,
                    "restart_signals": [r.get("signal") for r in restarts],
+                   "restarts": [dict(r) for r in restarts],
                    "client_saw_server_unavailable": len(down_seen),
                    "enqueue_retries": len(enqueue_errors),
                    "server_generations": [g[0] for g in monitor.generations]},
@@ -376,56 +404,6 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         "results": {"max_stored": max_stored, "max_results": config["max_results"],
                     "evicted": evicted, "health_samples": len(samples)},
         "server_rss": rss_summary,
+        "durability": durability,
         "invariants": invariants,
     }
-
-
-def render(report):
-    c, t, f = report["config"], report["tasks"], report["faults"]
-    lines = ["", "django-tasks-shared stress report", "=" * 33]
-
-    def row(name, value):
-        lines.append(f"  {name:<22} {value}")
-
-    row("server", f"{c['address']} ({'existing' if c['external'] else 'started, AUTOSTART'}), "
-        f"{c['workers']} workers x {c['threads']} thread(s)")
-    row("limits", f"TIME_LIMIT={c['time_limit']} s, MAX_WORKER_MEMORY={c['max_worker_memory']} "
-        f"MiB, MAX_RESULTS={c['max_results']}")
-    row("run", f"{c['clients']} clients, {c['tasks']} tasks, mix {c['mix']}, seed {c['seed']}")
-    row("faults requested", f"{', '.join(c['faults']) or 'none'} (kill every {c['kill_every']} "
-        f"s, {c['restarts']} restart(s), {c['restart_signal']})")
-    row("tasks", f"{t['enqueued']} enqueued, {t['terminal']} terminal ({t['successful']} "
-        f"SUCCESSFUL, {t['failed']} FAILED), {t['lost_with_server']} lost with the server, "
-        f"{t['missing'] + t['unfinished']} lost otherwise")
-    row("wall time", f"{report['run_seconds']:.1f} s (clients start-up included); first "
-        f"enqueue to last result {report['load_seconds']:.1f} s")
-    row("throughput", f"{report['throughput_per_s']} tasks/s (first enqueue to last result, all "
-        "workloads, faults included)")
-    for name, lat in report["latency_ms"].items():
-        if lat["n"]:
-            row(f"latency {name}", f"p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  "
-                f"p99 {lat['p99']:.1f} ms  (enqueue -> finished, n={lat['n']})")
-    row("worker kills", f"{f['worker_kills']} injected, {f['tasks_lost_to_kills']} task(s) "
-        f"WorkerLost with them, workers replaced")
-    row("server restarts", f"{f['server_restarts']} injected, {f['server_restarts_recovered']} "
-        f"recovered (AUTOSTART, {', '.join(f'{x:.2f} s' for x in f['recovery_seconds']) or '-'})"
-        f", ServerUnavailable seen {f['client_saw_server_unavailable']}x")
-    row("cross-client lookups", f"{report['lookups']['cross_client']}")
-    r = report["results"]
-    row("results stored", f"max {r['max_stored']} / {r['max_results']} "
-        f"({r['evicted']} evicted, LRU, all servers)")
-    for pid, s in report["server_rss"].items():
-        row(f"server RSS pid {pid}", f"{s['first_third_mib']} -> {s['last_third_mib']} MiB "
-            f"(peak {s['peak_mib']})")
-    lines.append("  outcomes by workload:")
-    for w, counts in sorted(report["tasks"]["outcomes_by_workload"].items()):
-        lines.append(f"    {w:<6} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    lines.append("")
-    lines.append("invariants:")
-    for i in report["invariants"]:
-        lines.append(f"  {'PASS' if i['ok'] else 'FAIL'}  {i['name']}: {i['detail']}")
-        for failure in i["failures"][:10]:
-            lines.append(f"          - {failure}")
-    lines.append("")
-    lines.append("RESULT: " + ("PASS" if report["passed"] else "FAIL"))
-    return "\n".join(lines)

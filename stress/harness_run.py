@@ -1,16 +1,17 @@
 """`python -m stress`: the stress harness with fault injection (see docs and stress/__main__.py).
 
     harness (this process)
-      ├─ server: AUTOSTARTed on a private socket (or an existing one, --address)
+      ├─ server: AUTOSTARTed on a private socket (or an existing one, --address); with
+      │          --state-dir DIR every server it (re)starts restores from and journals into DIR
       ├─ monitor thread: health + server RSS every 0.25 s (stored results, workers, pids)
       ├─ fault loop: SIGKILL a random ready worker every --kill-every s; SIGKILL the server at
       │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one
       ├─ M client processes (spawn): enqueue, poll own ids, look up other clients' ids
       └─ checker: ledger files written by the tasks + what the clients saw + health samples
-                  -> invariants, report table, --json
+                  -> invariants, report table, --json (harness_check.py; the STATE_DIR
+                     rules, "lost = 0 except WorkerLost at a server SIGKILL": harness_durable.py)
 """
 
-import argparse
 import contextlib
 import json
 import multiprocessing
@@ -23,80 +24,7 @@ import tempfile
 import threading
 import time
 
-QUICK = {"tasks": 400, "clients": 3, "workers": 3, "kill_every": 1.0, "restarts": 2,
-         "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both"}
-DEFAULT_MIX = "noop=70,cpu=10,sleep=10,fail=5,crash=3,hang=1,hog=1"
-WORKLOADS = ("noop", "cpu", "sleep", "fail", "crash", "hang", "hog")
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m stress",
-        description="Stress django-tasks-shared with many clients and injected faults, then "
-                    "check that nothing was lost, run twice or misreported.")
-    p.add_argument("--quick", action="store_true",
-                   help="a short run for the test suite (%s unless given)" % ", ".join(
-                       f"{k.replace('_', '-')}={v}" for k, v in QUICK.items()))
-    p.add_argument("--tasks", type=int, help="tasks enqueued in total (default 2000)")
-    p.add_argument("--clients", type=int, help="client processes (default 4)")
-    p.add_argument("--mix", default=DEFAULT_MIX,
-                   help="workload weights, from %s (default %%(default)s)" % ", ".join(WORKLOADS))
-    p.add_argument("--faults", default="kill,restart-server",
-                   help="comma-separated: kill, restart-server, or none (default %(default)s)")
-    p.add_argument("--kill-every", type=float, help="seconds between worker SIGKILLs (default 1)")
-    p.add_argument("--restarts", type=int,
-                   help="server restarts, evenly spaced over the run (default 1)")
-    p.add_argument("--restart-signal", choices=("kill", "term", "both"),
-                   help="how the server is stopped for restart-server: SIGKILL (a crash), "
-                        "SIGTERM (a graceful drain, then exit), or both in turn starting with "
-                        "SIGKILL (default kill; --quick: both)")
-    p.add_argument("--address", help="use the server at this socket path or host:port (start "
-                   "it with DJANGO_SETTINGS_MODULE=stress.settings); default: a private one")
-    p.add_argument("--workers", type=int, help="WORKERS of the server the harness starts "
-                   "(default: CPU count)")
-    p.add_argument("--time-limit", type=float,
-                   help="TIME_LIMIT seconds (default 4; --quick: 2); keep it well above the "
-                        "longest legitimate task on a saturated machine")
-    p.add_argument("--max-worker-memory", type=int, default=100, help="MAX_WORKER_MEMORY MiB")
-    p.add_argument("--max-results", type=int, help="MAX_RESULTS (default 1000)")
-    p.add_argument("--window", type=int, help="tasks in flight per client (default 100)")
-    p.add_argument("--deferred", type=float, default=3.0, help="%% of tasks with a run_after")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    p.add_argument("--max-wait", type=float, default=90.0,
-                   help="seconds without progress (no task finished server-wide) after which "
-                        "a client calls its unfinished tasks lost")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (ledger etc.)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    args = p.parse_args(argv)
-    defaults = {"tasks": 2000, "clients": 4, "workers": os.cpu_count() or 2,
-                "kill_every": 1.0, "restarts": 1, "time_limit": 4.0, "window": 100,
-                "max_results": 1000, "restart_signal": "kill"}
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, QUICK[key] if args.quick and key in QUICK else value)
-    if args.seed is None:
-        args.seed = random.randrange(1_000_000)
-    faults = {f.strip() for f in args.faults.split(",") if f.strip() and f.strip() != "none"}
-    unknown = faults - {"kill", "restart-server"}
-    if unknown:
-        p.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
-    args.fault_set = faults
-    try:
-        mix = {}
-        for part in args.mix.split(","):
-            name, _, weight = part.partition("=")
-            if name.strip() not in WORKLOADS:
-                raise ValueError(f"unknown workload {name.strip()!r}")
-            mix[name.strip()] = float(weight)
-        if not any(mix.values()):
-            raise ValueError("all weights are zero")
-    except ValueError as exc:
-        p.error(f"--mix: {exc}")
-    args.mix_weights = mix
-    if args.tasks < 1 or args.clients < 1:
-        p.error("--tasks and --clients must be at least 1")
-    return args
+from .harness_args import parse_args
 
 
 def make_plan(args, mix):
@@ -144,6 +72,7 @@ class Monitor(threading.Thread):
         self.workers = {}       # pid -> psutil.Process
         self.worker_pids = {}   # worker id -> pid
         self.retiring_seen = {}  # worker id -> retire reason seen in health
+        self.states = {}        # server pid -> its latest health["state"] (STATE_DIR facts)
         self.unavailable = 0
 
     def run(self):
@@ -178,6 +107,7 @@ class Monitor(threading.Thread):
                         self.workers[wpid] = psutil.Process(wpid)
                 if worker.get("retiring"):
                     self.retiring_seen[worker["id"]] = worker.get("retire_reason")
+            self.states[pid] = health.get("state")
             rss = None
             proc = self.servers.get(pid)
             if proc is not None:
@@ -337,6 +267,10 @@ def main(argv=None):
     options = {"WORKERS": args.workers, "TIME_LIMIT": args.time_limit,
                "MAX_WORKER_MEMORY": args.max_worker_memory, "MAX_RESULTS": args.max_results,
                "AUTOSTART": True}
+    if args.state_dir:
+        options.update(STATE_DIR=args.state_dir, FSYNC=args.fsync)
+        if args.journal_limit:
+            options["JOURNAL_LIMIT"] = args.journal_limit
     os.environ["DJANGO_SETTINGS_MODULE"] = "stress.settings"
     os.environ["STRESS_ADDRESS"] = address
     os.environ["STRESS_OPTIONS"] = json.dumps(options)
@@ -352,7 +286,7 @@ def main(argv=None):
     from django_tasks_shared import launcher
     from django_tasks_shared.exceptions import ServerUnavailable
 
-    from . import harness_check, harness_client
+    from . import harness_check, harness_client, harness_report
 
     backend = task_backends["default"]
     monitor = Monitor(backend)
@@ -381,7 +315,9 @@ def main(argv=None):
             "tasks": args.tasks, "mix": args.mix, "faults": sorted(args.fault_set),
             "kill_every": args.kill_every, "restarts": args.restarts, "seed": args.seed,
             "restart_signal": args.restart_signal,
-            "window": args.window, "deferred_pct": args.deferred}
+            "window": args.window, "deferred_pct": args.deferred,
+            "state_dir": (health.get("state") or {}).get("dir"),
+            "fsync": (health.get("state") or {}).get("fsync")}
         mix = dict(args.mix_weights)
         for name, option in (("hang", "time_limit"), ("hog", "max_worker_memory")):
             if mix.get(name) and not config[option]:
@@ -471,7 +407,7 @@ def main(argv=None):
             config=config, outputs=outputs, client_codes=client_codes, ledger_dir=ledger,
             monitor=monitor, faults=faults, final_health=final_health,
             run_seconds=run_seconds, wall_start=wall_start)
-        text = harness_check.render(report)
+        text = harness_report.render(report)
         print(text)
         if args.json:
             with open(args.json, "w") as f:

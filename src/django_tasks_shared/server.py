@@ -156,6 +156,10 @@ class StoreServer(managers.Server):
                 write_message(fd, ("#UNSERIALIZABLE", traceback.format_exc()))
             except OSError:
                 sys.exit(0)
+        # Stopping: drop the connection without a word. Returning would let the stock
+        # accept_connection() answer ('#RETURN', None), which a client that connected during
+        # the final snapshot reads as the reply to its first call (get -> "does not exist").
+        sys.exit(0)
 
 
 def _refuse(conn, reason):
