@@ -39,3 +39,12 @@ if [ ! -f "$STAMP" ]; then
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+
+# The browser tests (tests/test_web_browser.py) drive Debian's chromium through Playwright; never a
+# downloaded browser. Installed here when missing and we may (root, apt-get present: CI is a fresh
+# Debian machine as root); otherwise those tests skip, saying why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian's chromium for the browser tests" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
+        || echo "bootstrap: warning: could not install chromium; the browser tests will skip" >&2
+fi

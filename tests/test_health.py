@@ -115,7 +115,7 @@ def test_report_document_and_aligned_workers_table():
     for needle in ("pid 100", "/run/t.sock", "up 1m15s", "version 0.1.0",
                    "default: 3 ready, 1 deferred", "emails: 0 ready, 0 deferred", "running   2",
                    "10 stored (max 1000)", "0 evicted", "enqueued 16", "succeeded 9", "failed 1",
-                   "worker lost 1", "timed out 0", "restarts 1", "TIME_LIMIT 30 s",
+                   "worker lost 1", "timed out 0", "cancelled 0", "restarts 1", "TIME_LIMIT 30 s",
                    "MAX_QUEUE 100", "retiring, MAX_TASKS_PER_WORKER=3 reached"):
         assert needle in text, needle
     lines = text.splitlines()

@@ -6,12 +6,12 @@ public names here are loaded lazily.
 
 __version__ = "0.1.0"
 
-__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "current_result_id", "progress", "retry",
-           "set_progress", "wait", "wait_all"]
+__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "cancel", "current_result_id", "progress",
+           "retry", "set_progress", "wait", "wait_all"]
 
 
 def __getattr__(name):
-    if name in ("ProcessPoolBackend", "ThreadPoolBackend", "wait", "wait_all"):
+    if name in ("ProcessPoolBackend", "ThreadPoolBackend", "cancel", "wait", "wait_all"):
         from . import backend
 
         return getattr(backend, name)

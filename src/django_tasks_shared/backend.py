@@ -263,6 +263,36 @@ def wait(result, timeout=30.0):
     return result
 
 
+def cancel(result, backend=None):
+    """Cancel a pending or running task: it ends FAILED with `exceptions.TaskCancelled`.
+
+    `result` is a TaskResult, or a result id with `backend` naming its backend alias (default
+    "default"). Returns True if a task was cancelled; False if it had already finished or is
+    unknown (nothing changes). A pending task never runs; a running one has its worker process
+    stopped (its sibling tasks on that worker end WorkerLost) and the worker is replaced. A
+    TaskResult passed in is refreshed in place. One round trip; never starts a server.
+    """
+    from django.tasks import task_backends
+
+    if isinstance(result, str):
+        task_id, alias, result = result, backend or "default", None
+    elif hasattr(result, "id") and hasattr(result, "backend"):
+        task_id, alias = result.id, backend or result.backend
+    else:
+        raise TypeError(f"cancel() takes a TaskResult or a result id, not "
+                        f"{type(result).__name__}")
+    shared = task_backends[alias]
+    if not isinstance(shared, SharedBackend):
+        raise TypeError(f"TASKS[{alias!r}] is {type(shared).__name__}, not a django-tasks-shared "
+                        f"backend: it cannot cancel tasks")
+    cancelled = shared.client.call("cancel", task_id)
+    if result is not None:
+        record = shared.client.call("get", task_id)
+        if record is not None:
+            _refresh_in_place(result, record)
+    return cancelled
+
+
 WAIT_ALL_CHUNK = 500  # results fetched per get_many in wait_all
 
 
@@ -312,4 +342,4 @@ def wait_all(results, timeout=30.0):
     return results
 
 
-__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "wait", "wait_all"]
+__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "cancel", "wait", "wait_all"]

@@ -37,5 +37,10 @@ class MemoryLimitExceeded(SharedTasksError):
     killed; the error text names the RSS seen and the limit."""
 
 
+class TaskCancelled(SharedTasksError):
+    """The task was cancelled (`django_tasks_shared.cancel`): a pending one never ran, a running
+    one had its worker process stopped."""
+
+
 class PayloadTooLarge(SharedTasksError):
     """Arguments (at enqueue) or a return value (at the end of a task) over MAX_PAYLOAD."""

@@ -255,8 +255,8 @@ def render(doc, now=None):
     lines.append(
         f"counters  enqueued {c.get('enqueued', 0)}  succeeded {c.get('succeeded', 0)}  "
         f"failed {c.get('failed', 0)}  worker lost {c.get('worker_lost', 0)}  timed out "
-        f"{c.get('timed_out', 0)}  retried {c.get('retried', 0)}  restarts "
-        f"{c.get('worker_restarts', 0)}"
+        f"{c.get('timed_out', 0)}  cancelled {c.get('cancelled', 0)}  retried "
+        f"{c.get('retried', 0)}  restarts {c.get('worker_restarts', 0)}"
         + (f"  over memory {c['memory_exceeded']}" if c.get("memory_exceeded") else "")
         + (f"  rejected (queue full) {c['rejected_full']}" if c.get("rejected_full") else ""))
     lines += _reload_lines(server, now)

@@ -88,6 +88,7 @@ class JournaledStore:
                     (self._records[i]["finished_at"], i) for i in self._finished))
             top = max((r.get("seq", 0) for r in values), default=-1)
             self._seq = itertools.count(top + 1)
+            self._rebuild_finish_order()  # the results listing (store_web.py)
             return self._pending(), len(self._finished), running
 
     def end_interrupted(self, task_ids, text):

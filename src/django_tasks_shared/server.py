@@ -46,7 +46,7 @@ logger = logging.getLogger("django_tasks_shared.server")
 
 # The TaskStore methods clients may call; supervisor methods stay private to this process.
 EXPOSED = ("enqueue", "get", "get_many", "wait", "finish_and_claim", "worker_failed", "ping",
-           "health", "reload", "save_metadata", "metadata")
+           "health", "reload", "save_metadata", "metadata", "cancel", "results", "overview")
 
 SHUTDOWN_LINGER = 0.2  # seconds for in-flight replies after the last task ended
 MESSAGE_HEADROOM = 1 << 20  # a request may carry MAX_PAYLOAD of data plus this much else

@@ -36,6 +36,7 @@ from .persistence import JournaledStore
 from .retries import backoff, retries_supervisor_end
 from .status import FAILED, FINISHED, READY, RUNNING, STOP, SUCCESSFUL, WORKER_LOST  # noqa: F401
 from .store_schedules import ScheduleStateMixin
+from .store_web import WebStoreMixin
 
 # (The statuses are re-exported: worker, backend and the tests import them from here.)
 
@@ -59,7 +60,7 @@ def new_record(
     return record
 
 
-class TaskStore(JournaledStore, ScheduleStateMixin):
+class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
     def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
                  max_tasks_per_worker=None, clock=time.time):
         self.max_results = max_results
@@ -91,7 +92,9 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
         self.meta = {"pid": os.getpid(), "started_at": clock()}
         self.counters = dict.fromkeys(
             ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted",
-             "expired", "rejected_full", "worker_restarts", "retried", "memory_exceeded"), 0)
+             "expired", "rejected_full", "worker_restarts", "retried", "memory_exceeded",
+             "cancelled"), 0)
+        self._init_web()  # cancel bookkeeping, histograms, history (store_web.py)
 
     # ---- client operations (exposed over the manager) -------------------------------------
 
@@ -217,6 +220,8 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
                 "limits": {"max_queue": self.max_queue,
                            "max_tasks_per_worker": self.max_tasks_per_worker},
                 "counters": dict(self.counters),
+                "histograms": {"task_duration_seconds": self.durations.snapshot(),
+                               "queue_wait_seconds": self.waits.snapshot()},
                 "workers": workers,
                 "state": self.state_health() if self.state_health else None,
                 "schedules": self._schedule_report(),
@@ -324,7 +329,8 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
         return now
 
     def _pending(self):
-        return len(self._ready) + len(self._deferred)
+        # Cancelled pending tasks stay in their heap until popped (lazy removal): not counted.
+        return len(self._ready) + len(self._deferred) - len(self._dropped)
 
     def _push(self, record, now):
         """Queue a READY record (new, or back in the queue): the deferred heap while its
@@ -351,21 +357,32 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
             self._finished.move_to_end(task_id)
         return record
 
-    def _pop_ready(self, now):
-        deferred, ready = self._deferred, self._ready
+    def _promote_due(self, now):
+        """Move deferred entries whose run_after has come into the ready heap."""
+        deferred = self._deferred
         while deferred and deferred[0][0] <= now:
             _, seq, task_id = heapq.heappop(deferred)
+            if seq in self._dropped:  # cancelled while deferred
+                self._dropped.discard(seq)
+                continue
             record = self._records[task_id]
-            heapq.heappush(ready, (-record["priority"], seq, task_id))
+            heapq.heappush(self._ready, (-record["priority"], seq, task_id))
             counts = self._pending_by_queue[record["queue"]]
             counts[1] -= 1
             counts[0] += 1
-        if not ready:
-            return None
-        _, _, task_id = heapq.heappop(ready)
-        record = self._records[task_id]
-        self._pending_by_queue[record["queue"]][0] -= 1
-        return record
+
+    def _pop_ready(self, now):
+        ready = self._ready
+        self._promote_due(now)
+        while ready:
+            _, seq, task_id = heapq.heappop(ready)
+            if seq in self._dropped:  # cancelled while pending (see store_web.cancel)
+                self._dropped.discard(seq)
+                continue
+            record = self._records[task_id]
+            self._pending_by_queue[record["queue"]][0] -= 1
+            return record
+        return None
 
     def _start(self, record, worker_id, worker, now):
         record["status"] = RUNNING
@@ -373,6 +390,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
         record["worker_ids"] = record["worker_ids"] + [worker_id]
         self._log_set(record, "status", "started_at", "last_attempted_at", "worker_ids")
         self._running[record["id"]] = worker_id
+        self.waits.observe(now - max(record["enqueued_at"], record["run_after"] or 0))
         worker["current"][record["id"]] = now
         worker["claimed"] += 1
         return dict(record)
@@ -411,7 +429,8 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
         errors = record["errors"] + [
             {"exception_class_path": exception_path, "traceback": message}]
         counter = {"WorkerLost": "worker_lost", "TimeLimitExceeded": "timed_out",
-                   "MemoryLimitExceeded": "memory_exceeded"}.get(exception_path.rsplit(".")[-1])
+                   "MemoryLimitExceeded": "memory_exceeded",
+                   "TaskCancelled": "cancelled"}.get(exception_path.rsplit(".")[-1])
         if counter:
             self.counters[counter] += 1
         worker = self._workers.get(worker_id)
@@ -437,7 +456,8 @@ class TaskStore(JournaledStore, ScheduleStateMixin):
         self.counters["retried"] += 1
 
     def _finished_record(self, task_id, finished_at):
-        del self._running[task_id]
+        self._running.pop(task_id, None)  # not there for a task cancelled while pending
+        self._note_finished(self._records[task_id])
         self._finished[task_id] = None
         if self.result_ttl is not None:
             self._expiry.append((finished_at, task_id))

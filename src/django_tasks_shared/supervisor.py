@@ -10,6 +10,10 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
                     RSS over MAX_WORKER_MEMORY            ->  store.retire_worker (nothing fails)
     store.overdue(TIME_LIMIT)                             ->  fail with TimeLimitExceeded,
                                                               SIGTERM, SIGKILL after KILL_GRACE
+    store.take_kills() (cancel of a running task; the store wakes this thread at once, not at
+                        the next tick)                    ->  end_task: SIGTERM, SIGKILL after
+                                                              KILL_GRACE, replaced
+    store.sample_history()                                ->  rings for the web page (~1/s)
     owner pid (embedded mode) gone                        ->  ask the server to stop
     MAX_TASK_MEMORY: a faster sampler thread of its own (memwatch.py) ends the task with
     MemoryLimitExceeded through end_task and SIGKILLs the worker at once
@@ -38,11 +42,13 @@ from .reload import Reloads
 logger = logging.getLogger("django_tasks_shared.supervisor")
 
 TICK = 0.5
+QUICK = 0.02                # poll interval while a worker is being stopped (cancel, time limit)
 KILL_GRACE = 1.0            # SIGTERM -> SIGKILL for a worker past TIME_LIMIT
 CHILDREN_EVERY = 10         # ticks between scans for a worker's own child processes
 BACKOFF_MAX = 30.0
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 TIME_LIMIT_EXCEEDED = "django_tasks_shared.exceptions.TimeLimitExceeded"
+TASK_CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"
 WORKER_CMD = "from django_tasks_shared.worker import main; main()"
 
 
@@ -87,6 +93,8 @@ class Supervisor:
         self._ticks = 0
         self.memory_watcher = (MemoryWatcher(self, config.max_task_memory)
                                if config.max_task_memory else None)
+        self._wake = threading.Event()  # set by the store when a running task is cancelled
+        store.on_kill = self._wake.set
         self.reloads = Reloads(self, grace)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -134,15 +142,39 @@ class Supervisor:
     # ---- the tick -------------------------------------------------------------------------------
 
     def _run(self):
+        next_tick = time.monotonic()
         while not self._stopping:
-            started = time.monotonic()
+            killing = False
             try:
                 with self._lock:
                     if not self._stopping:
-                        self._tick()
+                        if time.monotonic() >= next_tick:
+                            next_tick = time.monotonic() + TICK
+                            self._tick()
+                        else:  # woken by a cancel, or a worker is being stopped
+                            self._quick()
+                        killing = any(w.kill_at is not None for w in self.workers.values())
             except Exception:
                 logger.exception("supervisor tick failed")
-            time.sleep(max(0.0, TICK - (time.monotonic() - started)))
+            wait = next_tick - time.monotonic()
+            if killing:
+                wait = min(wait, QUICK)  # reap and replace it as soon as it is gone
+            if self._wake.wait(max(0.0, wait)):
+                self._wake.clear()
+
+    def _quick(self):
+        """Between ticks: stop the workers of cancelled tasks, reap, replace. No psutil."""
+        self._stop_cancelled()
+        self._reap()
+        self._respawn()
+        self.store.commit()  # the siblings' WorkerLost: on disk like any change
+
+    def _respawn(self):
+        now = time.monotonic()
+        generation = self.reloads.spawn_generation
+        while sum(w.generation == generation for w in self.workers.values()) < \
+                self.config.workers and now >= self.next_spawn_at:
+            self._spawn(replacement=True, generation=generation)
 
     def _tick(self):
         self._ticks += 1
@@ -157,13 +189,10 @@ class Supervisor:
         self._reap()
         self._enforce_time_limit()
         self._sample()
-        now = time.monotonic()
-        self.reloads.tick(now)
-        generation = self.reloads.spawn_generation
-        while sum(w.generation == generation for w in self.workers.values()) < \
-                self.config.workers and now >= self.next_spawn_at:
-            self._spawn(replacement=True, generation=generation)
+        self.reloads.tick(time.monotonic())
+        self._respawn()
         self.store.sweep()
+        self.store.sample_history()
         self._publish()
         self.store.commit()  # WorkerLost, time limits, expiries: on disk like any change
 
@@ -205,7 +234,14 @@ class Supervisor:
             worker.id, WORKER_LOST, f"{WORKER_LOST}: {message}\n")
         return failed
 
+    def _stop_cancelled(self):
+        for worker_id, task_id, text in self.store.take_kills():
+            logger.warning(text.strip())
+            self.end_task(worker_id, task_id, TASK_CANCELLED, text,
+                          f"was stopped: task {task_id} it ran was cancelled")
+
     def _enforce_time_limit(self):
+        self._stop_cancelled()  # here so that it also runs during the shutdown grace period
         limit = self.config.time_limit
         now = time.monotonic()
         if limit is not None:

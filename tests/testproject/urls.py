@@ -1,9 +1,10 @@
 import json
 import os
 
+from django.apps import apps
 from django.http import JsonResponse
 from django.tasks.exceptions import TaskResultDoesNotExist
-from django.urls import path
+from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
 from . import tasks
@@ -31,4 +32,9 @@ def result(request, result_id):
 urlpatterns = [
     path("enqueue", enqueue),
     path("result/<str:result_id>", result),
+    path("tasks/", include("django_tasks_shared.urls")),
 ]
+if apps.is_installed("django.contrib.admin"):  # not in db_settings (test_scaling.py)
+    from django.contrib import admin
+
+    urlpatterns.append(path("admin/", admin.site.urls))  # its log-in page, for the task page

@@ -1,0 +1,88 @@
+"""The Prometheus text exposition of one `health` snapshot (optional extra `[metrics]`).
+
+    health snapshot (one round trip) -> HealthCollector.collect() -> metric families
+                                     -> prometheus_client.generate_latest -> text/plain
+
+The histograms' bucket counts are kept in the server (history.Histogram), so every web process
+scraped reports the same figures. An unreachable server gives `django_tasks_shared_up 0` and
+nothing else, so an alert can tell "server down" from "scrape failed".
+"""
+
+PREFIX = "django_tasks_shared"
+STATUSES = ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "cancelled")
+INSTALL_HINT = ("prometheus-client is not installed: install the metrics extra, "
+                "`pip install 'django-tasks-shared[metrics]'`.")
+
+
+def available():
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _families(snapshot):
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    up = GaugeMetricFamily(f"{PREFIX}_up", "1 if the task server answered this scrape")
+    up.add_metric([], 0 if snapshot is None else 1)
+    yield up
+    if snapshot is None:
+        return
+    counters = snapshot.get("counters") or {}
+    tasks = CounterMetricFamily(
+        f"{PREFIX}_tasks", "Tasks by outcome since the server started ('failed' includes "
+        "worker_lost, timed_out and cancelled)", labels=["status"])
+    for status in STATUSES:
+        tasks.add_metric([status], counters.get(status, 0))
+    yield tasks
+    pending = GaugeMetricFamily(f"{PREFIX}_pending", "Tasks waiting (ready + deferred)",
+                                labels=["queue"])
+    for queue, counts in (snapshot.get("queues") or {}).items():
+        pending.add_metric([queue], counts["ready"] + counts["deferred"])
+    yield pending
+    yield GaugeMetricFamily(f"{PREFIX}_running", "Tasks running now",
+                            value=snapshot.get("running") or 0)
+    workers = snapshot.get("workers") or []
+    yield GaugeMetricFamily(f"{PREFIX}_workers", "Live worker processes", value=len(workers))
+    rss = GaugeMetricFamily(f"{PREFIX}_worker_rss_bytes",
+                            "Resident memory of a worker process and its children",
+                            labels=["worker"])
+    for worker in workers:
+        if worker.get("rss_bytes") is not None:
+            rss.add_metric([worker["id"]], worker["rss_bytes"])
+    yield rss
+    yield GaugeMetricFamily(f"{PREFIX}_results_stored", "Finished results held by the server",
+                            value=(snapshot.get("results") or {}).get("stored") or 0)
+    histograms = snapshot.get("histograms") or {}
+    for name, text in (("task_duration_seconds", "Time from start to finish of a task"),
+                       ("queue_wait_seconds", "Time a task waited from due to started")):
+        data = histograms.get(name)
+        if data is None:
+            continue
+        buckets = [("+Inf" if le == "+Inf" else repr(float(le)), count)
+                   for le, count in data["buckets"]]
+        yield HistogramMetricFamily(f"{PREFIX}_{name}", text, buckets=buckets,
+                                    sum_value=data["sum"])
+
+
+class HealthCollector:
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def collect(self):
+        yield from _families(self.snapshot)
+
+
+def render(snapshot):
+    """(body bytes, content type) for a health snapshot, or None for an unreachable server."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HealthCollector(snapshot))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
