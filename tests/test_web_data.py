@@ -208,3 +208,14 @@ def test_overview_context_lists_running_tasks_longest_first_and_every_configured
         ("long", "1m24s"), ("short", "9.0s")]
     assert [q["name"] for q in context["queues"]] == ["default", "emails"]
     assert context["status"] == "healthy" and context["reasons"] == []
+
+
+def test_overview_shows_the_attempt_and_progress_of_running_tasks():
+    store = make_store(Clock(), workers=("w1",))
+    store.enqueue(rec("busy"))
+    claim(store, "w1")
+    assert store.save_metadata("busy", {"done": 40, "of": 100, "_internal": 1})
+    [running] = present.overview_context(store.overview())["running"]
+    assert running["attempt"] == 1
+    assert running["progress"] == "done=40, of=100"  # keys starting with _ are the backend's
+    assert present.progress_text({"note": "x" * 200}).endswith("…")

@@ -87,7 +87,9 @@ def overview_context(snapshot, tz=UTC):
         for task in current:
             running.append({"id": task["id"], "name": task["name"], "pid": worker["pid"],
                             "worker": worker["id"], "seconds": task["running_for"],
-                            "running_for": duration(task["running_for"])})
+                            "running_for": duration(task["running_for"]),
+                            "attempt": task.get("attempt"),
+                            "progress": progress_text(task.get("progress"))})
     running.sort(key=lambda t: -t["seconds"])  # the longest-running first
     queues = [{"name": name, **counts} for name, counts in health["queues"].items()]
     for name in server.get("queues") or ():
@@ -137,3 +139,12 @@ def task_context(record, tz=UTC, now=None):
                   ("ran for" if finished else "running for", ran or "-")],
         "attempts": len(record["worker_ids"]),
     }
+
+
+def progress_text(metadata):
+    """set_progress() fields of a running task as one short line ("" when it set none)."""
+    if not metadata:
+        return ""
+    text = ", ".join(f"{key}={value}" for key, value in metadata.items()
+                     if not str(key).startswith("_"))
+    return text if len(text) <= 80 else text[:79] + "…"
