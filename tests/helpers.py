@@ -125,3 +125,14 @@ def tasks_settings(address, options=None, backend="django_tasks_shared.ProcessPo
     return override_settings(TASKS={"default": {
         "BACKEND": backend, "QUEUES": ["default", "emails"],
         "OPTIONS": {**(options or {}), "ADDRESS": address}}})
+
+
+@contextlib.contextmanager
+def running_server(options, env=None, args=("--grace", "1")):
+    """A ready `tasks_server` (ServerProcess) for the block, stopped by pid afterwards."""
+    srv = ServerProcess(options=options, env=env, args=args)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

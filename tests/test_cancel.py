@@ -13,9 +13,9 @@ import django_tasks_shared
 from django_tasks_shared import wait
 from django_tasks_shared.exceptions import TaskCancelled, WorkerLost
 from django_tasks_shared.store import STOP, TaskStore
-from helpers import ServerProcess, temp_dir, wait_until
+from helpers import ServerProcess, running_server, temp_dir, wait_until
 from test_store import Clock, claim, make_store, rec
-from test_supervision import finished, health, ready_workers, running_server, worker_running
+from test_supervision import finished, health, ready_workers, worker_running
 from testproject import tasks
 
 CANCELLED = "django_tasks_shared.exceptions.TaskCancelled"

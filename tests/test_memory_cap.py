@@ -2,7 +2,6 @@
 allocates 50 MiB per 100 ms under a 200 MiB cap is killed before 400 MiB, its sibling task ends
 WorkerLost, the worker is replaced (run with -s to see how far past the cap it got)."""
 
-import contextlib
 import os
 import re
 
@@ -13,19 +12,9 @@ from django.tasks import TaskResultStatus
 from django_tasks_shared import wait
 from django_tasks_shared.config import ConfigError
 from django_tasks_shared.exceptions import MemoryLimitExceeded, WorkerLost
-from helpers import ServerProcess, temp_dir, wait_until
+from helpers import running_server, temp_dir, wait_until
 from test_retries import build
 from testproject import tasks
-
-
-@contextlib.contextmanager
-def running_server(options):
-    srv = ServerProcess(options=options, args=("--grace", "1"))
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
 
 
 def ready_pids(srv):

@@ -2,7 +2,6 @@
 read from this (another) process and in `tasks_health` while it runs; coalesced in a fast loop
 with the last value always delivered; bad values stored nowhere."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -15,18 +14,8 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.test import override_settings
 
 from django_tasks_shared import progress, set_progress, wait
-from helpers import MANAGE, ServerProcess, child_env, wait_until
+from helpers import MANAGE, child_env, running_server, wait_until
 from testproject import tasks
-
-
-@contextlib.contextmanager
-def running_server(options):
-    srv = ServerProcess(options=options, args=("--grace", "1"))
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
 
 
 def health_command(address, *args):

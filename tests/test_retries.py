@@ -2,7 +2,6 @@
 third attempt after measured delays, backend defaults, WorkerLost retried only when named, and
 clear errors for bad policies (run with -s to see the delays printed)."""
 
-import contextlib
 import os
 import time
 
@@ -13,19 +12,9 @@ from django_tasks_shared import retry, wait
 from django_tasks_shared.config import ConfigError, build_config
 from django_tasks_shared.exceptions import WorkerLost
 from django_tasks_shared.retries import backoff
-from helpers import SECRET_KEY, ServerProcess, temp_dir, wait_until
+from helpers import SECRET_KEY, ServerProcess, running_server, temp_dir, wait_until
 from test_durability import kill_server_and_orphans
 from testproject import tasks
-
-
-@contextlib.contextmanager
-def running_server(options, env=None):
-    srv = ServerProcess(options=options, env=env, args=("--grace", "1"))
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
 
 
 def attempt_times(path):

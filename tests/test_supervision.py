@@ -2,7 +2,6 @@
 processes, real signals. Every figure the failure table promises is measured here (run with -s
 to see them printed)."""
 
-import contextlib
 import json
 import os
 import signal
@@ -16,21 +15,11 @@ from django.tasks import TaskResultStatus
 
 from django_tasks_shared import wait
 from django_tasks_shared.exceptions import TimeLimitExceeded, WorkerLost
-from helpers import MANAGE, ServerProcess, child_env, temp_dir, wait_until
+from helpers import MANAGE, child_env, running_server, temp_dir, wait_until
 from testproject import tasks
 
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 TIME_LIMIT_EXCEEDED = "django_tasks_shared.exceptions.TimeLimitExceeded"
-
-
-@contextlib.contextmanager
-def running_server(options, env=None, args=("--grace", "1")):
-    srv = ServerProcess(options=options, env=env, args=args)
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
 
 
 def health(srv):
