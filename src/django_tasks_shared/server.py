@@ -262,7 +262,6 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         server.handshake_timeout = config.connect_timeout
         server.stop_event = threading.Event()
         process.current_process()._manager_server = server
-        threading.Thread(target=server.accepter, name="accepter", daemon=True).start()
 
         stop = threading.Event()
         urgent = threading.Event()
@@ -282,6 +281,9 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         supervisor.start()
         scheduler = Scheduler(config, store)  # after any restored state: it reads last runs
         scheduler.start()
+        # Accept last: the first client to get in sees workers and schedules planned (earlier
+        # connections wait in the listen backlog, well within their CONNECT_TIMEOUT).
+        threading.Thread(target=server.accepter, name="accepter", daemon=True).start()
         logger.info("task server %s listening on %s (%d workers x %d threads)",
                     __version__, config.address_text, config.workers, config.threads)
         if ready is not None:
