@@ -1,9 +1,12 @@
 """STATE_DIR on disk, with no IPC: journal framing, torn tails, refusals, restore order,
 fuzzy snapshots, start-up time and compaction latency (statedir.py, journal.py, the store)."""
 
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -304,21 +307,32 @@ def test_start_with_100k_pending_and_100k_results_under_2_seconds():
     state._compact(background=False)
     state.close()
 
-    started, cpu = time.monotonic(), time.thread_time()
-    store2 = TaskStore(max_results=100_000)
-    state2 = StateDir(directory)
-    state2.lock()
-    state2.open(store2, FACTS)
-    took, cpu = time.monotonic() - started, time.thread_time() - cpu
+    # Restored in a fresh interpreter, as a server starts: not in this test process, whose
+    # heap holds what every earlier test left (that alone moved the figure by 0.5 s).
+    script = (
+        "import json, sys, time\n"
+        "from django_tasks_shared.statedir import StateDir\n"
+        "from django_tasks_shared.store import TaskStore\n"
+        "started, cpu = time.monotonic(), time.thread_time()\n"
+        "store = TaskStore(max_results=100_000)\n"
+        "state = StateDir(sys.argv[1])\n"
+        "state.lock()\n"
+        "state.open(store, {'pid': 1})\n"
+        "took, cpu = time.monotonic() - started, time.thread_time() - cpu\n"
+        "print(json.dumps({'wall': took, 'cpu': cpu, 'restored': state.restored,\n"
+        "                  'last': store.get('r099999')['return_value']}))\n"
+        "state.close()\n")
+    done = subprocess.run([sys.executable, "-c", script, directory], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    took, cpu = figures["wall"], figures["cpu"]
     print(f"restore of 100k pending + 100k results: {took:.2f} s wall, {cpu:.2f} s CPU")
-    try:
-        assert state2.restored == {"pending": 100_000, "results": 100_000, "interrupted": 0}
-        assert store2.get("r099999")["return_value"] == {"n": 99999}
-        # The CPU the restoring thread spent: wall time on a shared 2-core machine also counts
-        # whatever else runs (the snapshot of the restored state is written in the background).
-        assert cpu < 2.0, f"restore took {cpu:.2f} s of CPU ({took:.2f} s wall)"
-    finally:
-        state2.close()
+    assert figures["restored"] == {"pending": 100_000, "results": 100_000, "interrupted": 0}
+    assert figures["last"] == {"n": 99999}
+    # The CPU the restoring thread spent: wall time on a shared 2-core machine also counts
+    # whatever else runs (the snapshot of the restored state is written in the background).
+    assert cpu < 2.0, f"restore took {cpu:.2f} s of CPU ({took:.2f} s wall)"
 
 
 @pytest.mark.timeout(120)

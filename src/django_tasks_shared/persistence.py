@@ -64,7 +64,10 @@ class JournaledStore:
             now = self._clock()
             self.counters.update(counters)
             self.durable.update(durable)
-            self._records.update(records)
+            if self._records:
+                self._records.update(records)
+            else:  # the usual case, at start-up: take the restored dict, no copy of 200,000
+                self._records = records
             # Comprehensions rather than one loop with branches: 200,000 records restore in
             # about half the time (start-up time is the point of this method).
             values = records.values()

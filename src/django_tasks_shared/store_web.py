@@ -18,6 +18,7 @@ the journal hooks (_log_set, _finished_record).
 """
 
 from collections import deque
+from operator import itemgetter
 
 from .history import DURATION_BUCKETS, WAIT_BUCKETS, Histogram, History
 from .status import FAILED, FINISHED, READY, SUCCESSFUL
@@ -149,11 +150,15 @@ class WebStoreMixin:
     def _rebuild_finish_order(self):
         """After finished records were loaded without _finished_record (a state restore, see
         TaskStore.load): the listing's finish orders, from their finished_at."""
-        self._orders = {None: deque(), FAILED: deque(), SUCCESSFUL: deque()}
-        finished = sorted((r for i in self._finished if (r := self._records.get(i)) is not None),
-                          key=lambda r: r["finished_at"])
-        for record in finished:
-            self._note_order(record)
+        records = self._records
+        finished = sorted((r for i in self._finished if (r := records.get(i)) is not None),
+                          key=itemgetter("finished_at"))
+        # The same entries _note_order makes, built in bulk: start-up time counts here.
+        entries = [(r["id"], r["finished_at"], r["status"], r["queue"], r["task"])
+                   for r in finished]
+        self._orders = {None: deque(entries),
+                        FAILED: deque([e for e in entries if e[2] == FAILED]),
+                        SUCCESSFUL: deque([e for e in entries if e[2] == SUCCESSFUL])}
 
     def _note_finished(self, record):
         """Called by _finished_record for every task that ends (O(1) amortised)."""
