@@ -160,6 +160,11 @@ def test_access_settings_permission_and_test_function(site, staff, plain):
 
 def test_metrics_for_staff_and_bearer_token_and_501_without_the_extra(site, staff, monkeypatch):
     wait(tasks.add.enqueue(1, 1), timeout=15)
+    # Both workers sampled by the supervisor (one task ran on one of them; the other may still
+    # be starting, and a worker has no RSS series until its first sample).
+    wait_until(lambda: sum(bool(w["rss_bytes"])
+                           for w in tasks.add.get_backend().health()["workers"]) == 2,
+               20, message="both workers sampled")
     anonymous = Client()
     with override_settings(TASKS_SHARED_METRICS_TOKEN="s3cret"):
         response = anonymous.get("/tasks/metrics", headers={"Authorization": "Bearer s3cret"})
