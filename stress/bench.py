@@ -125,14 +125,19 @@ class Shared:
         results = [self.tasks.noop.enqueue() for _ in range(20)]
         for r in results:
             self.wait(r, 30)
+        health = self.workers_ready()
+        self.worker_pids = [w["pid"] for w in health["workers"]]
+
+    def workers_ready(self):
+        """Health once both workers are registered and idle (at most 20 s); sets server_pid."""
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # both workers registered and idle
+        while time.monotonic() < deadline:
             health = self.backend.health()
             if sum(w["state"] in ("idle", "busy") for w in health["workers"]) >= 2:
                 break
             time.sleep(0.05)
         self.server_pid = health["server"]["pid"]
-        self.worker_pids = [w["pid"] for w in health["workers"]]
+        return health
 
     def other_pids(self):
         health = self.backend.health()

@@ -16,7 +16,6 @@ table (which runs minutes apart).
 import os
 import statistics
 import tempfile
-import time
 
 MODES = ("memory", "everysec", "always", "never")
 TARGET = 0.85
@@ -49,13 +48,7 @@ def make_systems(shared_cls, args, counts):
 
         def start(self):
             self.wait_all([self.noop.enqueue() for _ in range(20)])
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # both workers registered and idle
-                health = self.backend.health()
-                if sum(w["state"] in ("idle", "busy") for w in health["workers"]) >= 2:
-                    break
-                time.sleep(0.05)
-            self.server_pid = health["server"]["pid"]
+            health = self.workers_ready()
             state = health.get("state") or {}
             want = None if self.mode == "memory" else (
                 os.path.join(os.environ["BENCH_STATE_ROOT"], self.mode), self.mode)
