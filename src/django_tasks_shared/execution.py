@@ -2,6 +2,7 @@
 
     record (RUNNING, from finish_and_claim) -> TaskResult -> task_started signal (every attempt)
         -> Task.call(...) (context, coroutines via async_to_sync) -> normalize_json(return)
+        -> MAX_PAYLOAD check (json.dumps only when the type gives no small bound)
         -> task_finished signal (once: not after an attempt that will be retried)
         -> outcome dict for the next finish_and_claim (with "retry" when the policy gives the
            failed attempt another try, and the progress set_progress still held back)
@@ -11,15 +12,16 @@ import json
 import logging
 import time
 from contextvars import ContextVar
+from inspect import iscoroutinefunction
 from traceback import format_exception
 
 from django.db import close_old_connections
-from django.tasks.base import TaskContext, TaskError, TaskResultStatus
+from django.tasks.base import Task, TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
 from .exceptions import PayloadTooLarge
-from .metadata import Reporter, _reporter
+from .metadata import Run, _reporter
 from .records import to_datetime, to_task_result
 from .retries import wants_retry
 
@@ -35,14 +37,58 @@ def _error(exc):
             "traceback": "".join(format_exception(exc))}
 
 
+# Return values whose JSON size has a small bound, by exact type (subclasses take the full path):
+# None/bool -> 5 bytes at most, an int below 2**63 -> 20, a float -> 24 (repr), a str -> at most
+# 12 bytes per character (\ud83d\ude00 for one emoji) + 2 quotes. Anything else is measured.
+_SMALL = {type(None): 5, bool: 5, float: 24}
+
+
+def _json_bound(value):
+    """An upper bound of len(json.dumps(value)) when it is cheap to know, else None."""
+    kind = type(value)
+    bound = _SMALL.get(kind)
+    if bound is not None:
+        return bound
+    if kind is int and -(2**63) < value < 2**63:
+        return 20
+    if kind is str:
+        return 12 * len(value) + 2
+    return None
+
+
 def _check_size(value, max_payload):
     """A return value over MAX_PAYLOAD fails the task instead of bloating the server."""
-    if max_payload is not None:
-        size = len(json.dumps(value))
-        if size > max_payload:
-            raise PayloadTooLarge(
-                f"the return value takes {size} bytes as JSON, over MAX_PAYLOAD={max_payload}; "
-                f"store large results elsewhere (a file, the database) and return a reference")
+    if max_payload is None:
+        return
+    bound = _json_bound(value)
+    if bound is not None and bound <= max_payload:
+        return  # cannot be over: no json.dumps of every return value
+    size = len(json.dumps(value))
+    if size > max_payload:
+        raise PayloadTooLarge(
+            f"the return value takes {size} bytes as JSON, over MAX_PAYLOAD={max_payload}; "
+            f"store large results elsewhere (a file, the database) and return a reference")
+
+
+def _normalize(raw):
+    """normalize_json(raw), without the call for the JSON scalars it returns unchanged."""
+    return raw if type(raw) in _SCALARS else normalize_json(raw)
+
+
+_SCALARS = frozenset({type(None), bool, int, float, str})
+_is_coroutine_function = {}  # task function -> bool: Task.call's inspect check, once per function
+
+
+def _call(task, result):
+    """Task.call(...), with its per-call coroutine check done once per function."""
+    args = (TaskContext(task_result=result), *result.args) if task.takes_context else result.args
+    func = task.func
+    is_async = _is_coroutine_function.get(func)
+    if is_async is None:
+        is_async = _is_coroutine_function[func] = iscoroutinefunction(func)
+    if is_async or type(task) is not Task:  # async_to_sync, or a Task subclass's own call()
+        return task.call(*args, **result.kwargs)
+    return func(*args, **result.kwargs)
 
 
 def execute(record, sender, max_payload=None, client=None):
@@ -53,42 +99,40 @@ def execute(record, sender, max_payload=None, client=None):
     except Exception as exc:  # unimportable task: it fails, the worker lives on
         return {"id": record["id"], "status": "FAILED", "finished_at": time.time(),
                 "errors": [_error(exc)]}
-    task = result.task
-    token = current_result_id.set(result.id)
-    reporter = Reporter(client, result.id, record.get("metadata") or {}) if client else None
-    progress_token = _reporter.set(reporter)
+    task_id = result.id
+    token = current_result_id.set(task_id)
+    # The Reporter is made on the first set_progress: most tasks never report progress.
+    run = Run(client, task_id, record.get("metadata")) if client else None
+    progress_token = _reporter.set(run)
     close_old_connections()  # as a request would: no stale DB connection between tasks
     try:
         task_started.send(sender=sender, task_result=result)
         try:
-            if task.takes_context:
-                raw = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
-            else:
-                raw = task.call(*result.args, **result.kwargs)
-            value = normalize_json(raw)
+            value = _normalize(_call(result.task, result))
             _check_size(value, max_payload)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            outcome = {"id": result.id, "status": "FAILED", "finished_at": time.time(),
+            outcome = {"id": task_id, "status": "FAILED", "finished_at": time.time(),
                        "errors": [_error(exc)]}
             policy = record.get("retry")
             if wants_retry(policy, exc, result.attempts):
                 outcome["retry"] = True  # not the end: task_finished waits for the last attempt
                 logger.info("task %s (%s) attempt %d of %d failed with %s; it will be retried",
-                            result.id, record["task"], result.attempts, policy["max_attempts"],
+                            task_id, record["task"], result.attempts, policy["max_attempts"],
                             outcome["errors"][0]["exception_class_path"])
             else:
-                _set(result, outcome)
+                _set(result, TaskResultStatus.FAILED, outcome["finished_at"])
                 result.errors.append(TaskError(**outcome["errors"][0]))
                 task_finished.send(sender=sender, task_result=result)
         else:
-            outcome = {"id": result.id, "status": "SUCCESSFUL", "finished_at": time.time(),
+            finished_at = time.time()
+            outcome = {"id": task_id, "status": "SUCCESSFUL", "finished_at": finished_at,
                        "return_value": value}
-            _set(result, outcome)
+            _set(result, TaskResultStatus.SUCCESSFUL, finished_at)
             object.__setattr__(result, "_return_value", value)
             task_finished.send(sender=sender, task_result=result)
-        held = reporter.take_pending() if reporter is not None else None  # no flush after this
+        held = run.take_pending() if run is not None else None  # no flush after this
         if held:
             outcome["metadata"] = held
         return outcome
@@ -98,6 +142,6 @@ def execute(record, sender, max_payload=None, client=None):
         current_result_id.reset(token)
 
 
-def _set(result, outcome):
-    object.__setattr__(result, "status", TaskResultStatus(outcome["status"]))
-    object.__setattr__(result, "finished_at", to_datetime(outcome["finished_at"]))
+def _set(result, status, finished_at):
+    object.__setattr__(result, "status", status)
+    object.__setattr__(result, "finished_at", to_datetime(finished_at))

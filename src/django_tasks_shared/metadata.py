@@ -1,7 +1,8 @@
 """Progress from inside a task: `set_progress(**fields)` in the task, `progress(result)` anywhere.
 
     task code:  set_progress(done=40, total=100)
-        -> the Reporter of this run (a ContextVar that execution.execute sets)
+        -> the Run of this task (a ContextVar that execution.execute sets) -> its Reporter,
+           made on the first call (a task that reports no progress costs no Reporter)
         -> checked: JSON-compatible, no "_" keys, the whole metadata <= MAX_METADATA bytes
            (else ValueError/TypeError and nothing is stored)
         -> at most one `save_metadata` round trip per INTERVAL; calls that come faster are
@@ -26,7 +27,7 @@ from contextvars import ContextVar
 MAX_METADATA = 64 * 1024  # bytes of JSON per task: progress, not a second return value
 INTERVAL = 0.1            # seconds: at most ~10 round trips per second per running task
 
-_reporter: ContextVar["Reporter"] = ContextVar("django_tasks_shared_progress")
+_reporter: ContextVar["Run"] = ContextVar("django_tasks_shared_progress")
 _held = set()                 # reporters holding fields back, for the flusher
 _held_lock = threading.Lock()
 _flusher_pid = None           # the process whose flusher thread runs
@@ -102,6 +103,37 @@ class Reporter:
         return pending
 
 
+class Run:
+    """The progress side of one run of one task; its Reporter is made on the first set_progress."""
+
+    __slots__ = ("client", "task_id", "metadata", "reporter")
+
+    def __init__(self, client, task_id, metadata):
+        self.client = client
+        self.task_id = task_id
+        self.metadata = metadata
+        self.reporter = None
+
+    def get_reporter(self):
+        reporter = self.reporter
+        if reporter is None:
+            with _held_lock:  # two threads of one task reporting at once get one Reporter
+                if self.reporter is None:
+                    self.reporter = Reporter(self.client, self.task_id, self.metadata or {})
+                reporter = self.reporter
+        return reporter
+
+    @property
+    def sends(self):
+        """save_metadata round trips made so far (0 before any set_progress)."""
+        return 0 if self.reporter is None else self.reporter.sends
+
+    def take_pending(self):
+        """Fields not sent yet (they go out with the task's outcome); no flush after this."""
+        reporter = self.reporter
+        return None if reporter is None else reporter.take_pending()
+
+
 def _hold(reporter):
     """Hand a reporter with held fields to the flusher thread (started once per process)."""
     global _flusher_pid
@@ -131,14 +163,14 @@ def set_progress(**fields):
     always reaches the server (with the task's outcome at the latest). Raises RuntimeError
     outside a task run by a django-tasks-shared worker.
     """
-    reporter = _reporter.get(None)
-    if reporter is None:
+    run = _reporter.get(None)
+    if run is None:
         raise RuntimeError(
             "set_progress() works only inside a task run by a django-tasks-shared worker; here "
             "no such task is running (called from a web process, a shell, or a task run by "
             "another backend). Call it from the task's code.")
     if fields:
-        reporter.set(fields)
+        run.get_reporter().set(fields)
 
 
 def progress(result):

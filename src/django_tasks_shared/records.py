@@ -27,6 +27,18 @@ def to_datetime(ts):
     return datetime.fromtimestamp(ts, UTC) if settings.USE_TZ else datetime.fromtimestamp(ts)
 
 
+def _converter():
+    """to_datetime with settings.USE_TZ read once (a LazySettings lookup per field adds up on the
+    worker's path); read per call, not per process, so override_settings still applies."""
+    tz = UTC if settings.USE_TZ else None
+    fromtimestamp = datetime.fromtimestamp
+
+    def convert(ts):
+        return None if ts is None else fromtimestamp(ts, tz)
+
+    return convert
+
+
 def resolve_task(record):
     key = (record["task"], record["priority"], record["queue"], record["run_after"],
            record["backend"])
@@ -51,14 +63,20 @@ def resolve_task(record):
 
 
 def to_task_result(record, task=None):
+    convert = _converter()
+    started = record["started_at"]
+    # A claimed record's started_at and last_attempted_at are one timestamp: one datetime
+    # (immutable, so sharing it is safe).
+    started_at = convert(started)
+    last = record["last_attempted_at"]
     result = TaskResult(
         task=task or resolve_task(record),
         id=record["id"],
         status=_STATUS[record["status"]],
-        enqueued_at=to_datetime(record["enqueued_at"]),
-        started_at=to_datetime(record["started_at"]),
-        finished_at=to_datetime(record["finished_at"]),
-        last_attempted_at=to_datetime(record["last_attempted_at"]),
+        enqueued_at=convert(record["enqueued_at"]),
+        started_at=started_at,
+        finished_at=convert(record["finished_at"]),
+        last_attempted_at=started_at if last == started else convert(last),
         args=record["args"],
         kwargs=record["kwargs"],
         backend=record["backend"],

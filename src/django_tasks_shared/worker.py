@@ -6,6 +6,10 @@
                          STOP -> exit | None -> poll again | record -> outcome = execute(record)
     watchdog:      the server (our parent) is gone -> os._exit: no orphan outlives it
 
+With DJANGO_TASKS_SHARED_PROFILE=<dir> in the server's environment, each worker runs under
+cProfile (every thread) and writes <dir>/worker-<pid>.prof when it is stopped (SIGTERM, as the
+server stops its workers): `python -m stress.profile_worker --worker-profile` reads them.
+
 A worker that cannot set Django up reports the traceback with `worker_failed` (so it shows in
 `tasks_health`) and exits with code 3; the supervisor backs off before the next try.
 """
@@ -58,6 +62,21 @@ def _loop(client, worker_id, sender, execute, max_payload):
                                    "traceback": traceback.format_exc()}]}
 
 
+def _profile(directory):
+    """Profile every thread of this process until SIGTERM, then write the stats and exit."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def dump(signum, frame):
+        profiler.disable()
+        profiler.dump_stats(os.path.join(directory, f"worker-{os.getpid()}.prof"))
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
+
+
 def main():
     spec = json.loads(sys.stdin.readline())
     sys.stdin.close()
@@ -83,6 +102,8 @@ def main():
         except Exception:
             pass
         sys.exit(3)
+    if os.environ.get("DJANGO_TASKS_SHARED_PROFILE"):
+        _profile(os.environ["DJANGO_TASKS_SHARED_PROFILE"])
     threads = [threading.Thread(target=_loop, args=(client, worker_id, sender, execute,
                                                   spec.get("max_payload")),
                                 name=f"task-thread-{i}", daemon=True)
