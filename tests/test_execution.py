@@ -1,21 +1,27 @@
 """execution.execute() called directly (pure code: no server, the worker's client is never called
 by these tasks): the lean path keeps every behaviour of the plain one. The same paths run end to
-end in test_backend, test_progress, test_retries, test_bad_input and test_durability."""
+end in test_backend, test_progress, test_retries, test_bad_input and test_durability. Last, end
+to end with a real server and worker: no DB connection outlives its task (CONN_MAX_AGE=0), and
+a persistent one (CONN_MAX_AGE=None) is kept."""
 
 import json
+import os
 import secrets
 import time
 from enum import IntEnum
 
+import psutil
 import pytest
 from django.tasks.base import TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 
-from django_tasks_shared import current_result_id, set_progress
+from django_tasks_shared import current_result_id, set_progress, wait
 from django_tasks_shared.client import StoreClient
 from django_tasks_shared.execution import _json_bound, execute
 from django_tasks_shared.metadata import _reporter
 from django_tasks_shared.store import RUNNING, new_record
+from helpers import running_server, temp_dir
+from testproject import tasks
 
 MAX = 10 * 1024 * 1024
 
@@ -128,3 +134,25 @@ def test_set_progress_needs_a_worker_run_and_a_quiet_task_never_calls_the_client
     nowhere = StoreClient("/nonexistent/dts-test.sock", b"k" * 32, timeout=0.5)
     out = run(claimed("testproject.tasks.add", 1, 1), client=nowhere)
     assert out["status"] == "SUCCESSFUL" and "metadata" not in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_age, kept", [("0", False), ("none", True)])
+def test_a_db_connection_is_closed_between_tasks_unless_persistent(max_age, kept):
+    database = f"{temp_dir()}/conn.sqlite3"
+    env = {"TASKS_TEST_DB": database, "TASKS_CONN_MAX_AGE": max_age}
+    with running_server({"WORKERS": 1}, env=env) as srv, srv.settings():
+        states, held = [], []
+        for _ in range(3):  # one after another, on the one worker thread
+            result = tasks.db_connection_state.enqueue()
+            wait(result, timeout=20)
+            assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
+            states.append(result.return_value)
+            # finished = reported, after the check that follows the task: between two tasks
+            # the idle worker holds the database file open only if the connection is kept
+            files = psutil.Process(result.return_value["pid"]).open_files()
+            held.append(any(os.path.samefile(f.path, database) for f in files
+                            if os.path.exists(f.path)))
+    assert len({s["pid"] for s in states}) == 1
+    assert [s["open_at_start"] for s in states] == [False, kept, kept]
+    assert held == [kept] * 3

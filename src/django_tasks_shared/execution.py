@@ -10,12 +10,13 @@
 
 import json
 import logging
+import threading
 import time
 from contextvars import ContextVar
 from inspect import iscoroutinefunction
 from traceback import format_exception
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.tasks.base import Task, TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
@@ -79,6 +80,19 @@ _SCALARS = frozenset({type(None), bool, int, float, str})
 _is_coroutine_function = {}  # task function -> bool: Task.call's inspect check, once per function
 
 
+# Per task thread: did the check after its last task find no database connection at all?
+_thread = threading.local()
+
+
+def _close_old_connections():
+    """django.db.close_old_connections() (the same two lines), also saying whether this thread
+    holds any database connection."""
+    initialized = connections.all(initialized_only=True)
+    for conn in initialized:
+        conn.close_if_unusable_or_obsolete()
+    return bool(initialized)
+
+
 def _call(task, result):
     """Task.call(...), with its per-call coroutine check done once per function."""
     args = (TaskContext(task_result=result), *result.args) if task.takes_context else result.args
@@ -104,7 +118,12 @@ def execute(record, sender, max_payload=None, client=None):
     # The Reporter is made on the first set_progress: most tasks never report progress.
     run = Run(client, task_id, record.get("metadata")) if client else None
     progress_token = _reporter.set(run)
-    close_old_connections()  # as a request would: no stale DB connection between tasks
+    # As a request would, before and after: no stale DB connection between tasks. The check
+    # before is skipped when the one after this thread's last task found no connection at all:
+    # since then the thread only claimed and resolved this task, so nothing can have gone stale
+    # (only a task module that queries at import, which Django warns against, opens one here).
+    if not getattr(_thread, "no_connection", False):
+        close_old_connections()
     try:
         task_started.send(sender=sender, task_result=result)
         try:
@@ -137,7 +156,7 @@ def execute(record, sender, max_payload=None, client=None):
             outcome["metadata"] = held
         return outcome
     finally:
-        close_old_connections()
+        _thread.no_connection = not _close_old_connections()
         _reporter.reset(progress_token)
         current_result_id.reset(token)
 

@@ -19,8 +19,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions", "django.contrib.messages",
     "django_tasks_shared", "testproject",
 ] + [app for app in os.environ.get("TASKS_EXTRA_APPS", "").split(",") if app]  # deploy tests
+_conn_max_age = os.environ.get("TASKS_CONN_MAX_AGE", "0")  # "none": persistent connections
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                         "NAME": os.environ.get("TASKS_TEST_DB", ":memory:")}}
+                         "NAME": os.environ.get("TASKS_TEST_DB", ":memory:"),
+                         "CONN_MAX_AGE": None if _conn_max_age == "none" else int(_conn_max_age)}}
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -37,6 +37,17 @@ async def async_add(a, b):
 
 
 @task
+def db_connection_state():
+    """Was a database connection open in this thread when the task started? Then it uses one."""
+    from django.db import connection
+
+    open_at_start = connection.connection is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {"open_at_start": open_at_start, "pid": os.getpid()}
+
+
+@task
 def fail(message):
     raise ValueError(message)
 
