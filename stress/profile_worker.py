@@ -1,9 +1,10 @@
 """Profile of a worker's execution path: CPU per no-op task, in process and end to end.
 
     python -m stress.profile_worker [--n N] [--repeat R] [--top K] [--e2e-tasks M] [--no-e2e]
-                                    [--worker-profile]
+                                    [--worker-profile] [--quiet-task-log] [--src DIR]
 
-Two measurements, both with stress.bench_settings and its no-op task (stress.bench_tasks.noop):
+Two measurements, both with the benchmark's settings (stress.profile_settings, which are
+stress.bench_settings) and its no-op task (stress.bench_tasks.noop):
 
     in process  execution.execute() on N records shaped like the ones finish_and_claim hands a
                 worker (RUNNING, one worker id, enqueued/started timestamps), with the worker's
@@ -15,6 +16,10 @@ Two measurements, both with stress.bench_settings and its no-op task (stress.ben
                 execute() does not do: the claim round trip (pickle, two system calls, unpickle)
                 and the worker loop. Side by side in each repeat (order alternating): the
                 same with django-tasks-local's ProcessPoolBackend (2 processes), if installed
+    --quiet-task-log  Django's "django.tasks" logger at WARNING (see stress/profile_settings.py),
+                in this process and the workers: what Django's two log lines per task cost
+    --src DIR   django_tasks_shared imported from DIR (an older checkout's src): paired
+                before/after runs on one machine
     --worker-profile  instead of the two above: one end-to-end run with the workers under
                 cProfile (DJANGO_TASKS_SHARED_PROFILE, see worker.py), their stats merged,
                 the top K by own time
@@ -199,6 +204,8 @@ def main(argv=None):
     parser.add_argument("--src", metavar="DIR",
                         help="import django_tasks_shared from DIR (e.g. an older checkout's src, "
                              "for a paired before/after run); the workers inherit it")
+    parser.add_argument("--quiet-task-log", action="store_true",
+                        help='Django\'s "django.tasks" logger at WARNING (workers too)')
     parser.add_argument("--worker-profile", action="store_true",
                         help="profile the real workers of one end-to-end run instead")
     args = parser.parse_args(argv)
@@ -207,7 +214,9 @@ def main(argv=None):
         sys.path.insert(0, ROOT)
     if args.src:
         sys.path.insert(0, os.path.abspath(args.src))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "stress.bench_settings"
+    if args.quiet_task_log:
+        os.environ["PROFILE_QUIET_TASK_LOG"] = "1"  # read by the workers' settings too
+    os.environ["DJANGO_SETTINGS_MODULE"] = "stress.profile_settings"
     import django
 
     django.setup()
