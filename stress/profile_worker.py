@@ -2,6 +2,7 @@
 
     python -m stress.profile_worker [--n N] [--repeat R] [--top K] [--e2e-tasks M] [--no-e2e]
                                     [--worker-profile] [--quiet-task-log] [--src DIR]
+                                    [--bare N]
 
 Two measurements, both with the benchmark's settings (stress.profile_settings, which are
 stress.bench_settings) and its no-op task (stress.bench_tasks.noop):
@@ -20,6 +21,10 @@ stress.bench_settings) and its no-op task (stress.bench_tasks.noop):
                 in this process and the workers: what Django's two log lines per task cost
     --src DIR   django_tasks_shared imported from DIR (an older checkout's src): paired
                 before/after runs on one machine
+    --bare N    only set up and run N execute() calls, for an instruction count that no other
+                process can disturb: the difference of two runs under valgrind, e.g.
+                valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m
+                stress.profile_worker --bare 2000 (and --bare 0), divided by 2000
     --worker-profile  instead of the two above: one end-to-end run with the workers under
                 cProfile (DJANGO_TASKS_SHARED_PROFILE, see worker.py), their stats merged,
                 the top K by own time
@@ -54,6 +59,18 @@ def make_records(n):
                       worker_ids=["w-profile"])
         records.append(record)
     return records
+
+
+def bare(n):
+    from django.tasks import task_backends
+
+    from django_tasks_shared.client import StoreClient
+    from django_tasks_shared.execution import execute
+
+    backend = task_backends["default"]
+    client = StoreClient(os.path.join(ROOT, "no-server.sock"), b"k" * 32)
+    for record in make_records(200 + n):  # 200: the same warm-up in every run
+        execute(record, type(backend), backend.config.max_payload, client)
 
 
 def in_process(n, repeat, top, batch=1000):
@@ -206,6 +223,8 @@ def main(argv=None):
                              "for a paired before/after run); the workers inherit it")
     parser.add_argument("--quiet-task-log", action="store_true",
                         help='Django\'s "django.tasks" logger at WARNING (workers too)')
+    parser.add_argument("--bare", type=int, metavar="N",
+                        help="only N execute() calls (for valgrind's instruction count)")
     parser.add_argument("--worker-profile", action="store_true",
                         help="profile the real workers of one end-to-end run instead")
     args = parser.parse_args(argv)
@@ -220,6 +239,9 @@ def main(argv=None):
     import django
 
     django.setup()
+    if args.bare is not None:
+        bare(args.bare)
+        return 0
     import django_tasks_shared
 
     print(f"django_tasks_shared from {os.path.dirname(django_tasks_shared.__file__)}")
