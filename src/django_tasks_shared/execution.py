@@ -85,12 +85,13 @@ _thread = threading.local()
 
 
 def _close_old_connections():
-    """django.db.close_old_connections() (the same two lines), also saying whether this thread
-    holds any database connection."""
+    """django.db.close_old_connections() (the same two lines), noting for the next task whether
+    this thread holds any database connection at all."""
+    _thread.no_connection = False  # if a check raises, the next task checks again
     initialized = connections.all(initialized_only=True)
     for conn in initialized:
         conn.close_if_unusable_or_obsolete()
-    return bool(initialized)
+    _thread.no_connection = not initialized
 
 
 def _call(task, result):
@@ -156,7 +157,7 @@ def execute(record, sender, max_payload=None, client=None):
             outcome["metadata"] = held
         return outcome
     finally:
-        _thread.no_connection = not _close_old_connections()
+        _close_old_connections()
         _reporter.reset(progress_token)
         current_result_id.reset(token)
 
