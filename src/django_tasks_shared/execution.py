@@ -13,11 +13,10 @@ import logging
 import threading
 import time
 from contextvars import ContextVar
-from inspect import iscoroutinefunction
 from traceback import format_exception
 
 from django.db import close_old_connections, connections
-from django.tasks.base import Task, TaskContext, TaskError, TaskResultStatus
+from django.tasks.base import TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
@@ -77,7 +76,6 @@ def _normalize(raw):
 
 
 _SCALARS = frozenset({type(None), bool, int, float, str})
-_is_coroutine_function = {}  # task function -> bool: Task.call's inspect check, once per function
 
 
 # Per task thread: did the check after its last task find no database connection at all?
@@ -95,15 +93,10 @@ def _close_old_connections():
 
 
 def _call(task, result):
-    """Task.call(...), with its per-call coroutine check done once per function."""
-    args = (TaskContext(task_result=result), *result.args) if task.takes_context else result.args
-    func = task.func
-    is_async = _is_coroutine_function.get(func)
-    if is_async is None:
-        is_async = _is_coroutine_function[func] = iscoroutinefunction(func)
-    if is_async or type(task) is not Task:  # async_to_sync, or a Task subclass's own call()
-        return task.call(*args, **result.kwargs)
-    return func(*args, **result.kwargs)
+    """Task.call(...) itself (not its function: a project's instrumentation may wrap it)."""
+    if task.takes_context:
+        return task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
+    return task.call(*result.args, **result.kwargs)
 
 
 def execute(record, sender, max_payload=None, client=None):
