@@ -156,3 +156,21 @@ def test_a_db_connection_is_closed_between_tasks_unless_persistent(max_age, kept
     assert len({s["pid"] for s in states}) == 1
     assert [s["open_at_start"] for s in states] == [False, kept, kept]
     assert held == [kept] * 3
+
+
+def test_a_wrapped_task_call_is_honoured(monkeypatch):
+    """Instrumentation that wraps Task.call (after the worker imported execution.py) still sees
+    every call; a sync task on Django's own Task.call skips only Task.call's per-call check."""
+    from django.tasks.base import Task
+
+    calls = []
+    original = Task.call
+
+    def wrapped(self, *args, **kwargs):
+        calls.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Task, "call", wrapped)
+    assert run(claimed("testproject.tasks.add", 1, 2))["return_value"] == 3
+    assert run(claimed("testproject.tasks.with_context", 5))["return_value"]["x"] == 5
+    assert calls == ["add", "with_context"]

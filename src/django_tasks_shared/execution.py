@@ -8,6 +8,7 @@
            failed attempt another try, and the progress set_progress still held back)
 """
 
+import inspect
 import json
 import logging
 import threading
@@ -15,8 +16,9 @@ import time
 from contextvars import ContextVar
 from traceback import format_exception
 
+import django.tasks.base
 from django.db import close_old_connections, connections
-from django.tasks.base import TaskContext, TaskError, TaskResultStatus
+from django.tasks.base import Task, TaskContext, TaskError, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
@@ -92,11 +94,27 @@ def _close_old_connections():
     _thread.no_connection = not initialized
 
 
+# Task.call, when it is Django's own function (its code in django/tasks/base.py: a project's
+# instrumentation that wrapped it before we were imported has other code); see _call.
+_TASK_CALL = Task.__dict__["call"]
+if _TASK_CALL.__code__.co_filename != inspect.getfile(django.tasks.base):
+    _TASK_CALL = None
+_is_coroutine_function = {}  # task function -> bool (inspect's check, once per function)
+
+
 def _call(task, result):
-    """Task.call(...) itself (not its function: a project's instrumentation may wrap it)."""
-    if task.takes_context:
-        return task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
-    return task.call(*result.args, **result.kwargs)
+    """Task.call(...). When the task's call is Django's own and the function is not a coroutine,
+    it would only call the function: that is done here directly, without Task.call's inspect
+    check of every call. Wrapped (after our import), overridden or async: Task.call itself."""
+    args = (TaskContext(task_result=result), *result.args) if task.takes_context else result.args
+    func = task.func
+    if type(task).call is _TASK_CALL:
+        is_async = _is_coroutine_function.get(func)
+        if is_async is None:
+            is_async = _is_coroutine_function[func] = inspect.iscoroutinefunction(func)
+        if not is_async:
+            return func(*args, **result.kwargs)
+    return task.call(*args, **result.kwargs)
 
 
 def execute(record, sender, max_payload=None, client=None):
