@@ -10,7 +10,8 @@ stress.bench_settings) and its no-op task (stress.bench_tasks.noop):
     in process  execution.execute() on N records shaped like the ones finish_and_claim hands a
                 worker (RUNNING, one worker id, enqueued/started timestamps), with the worker's
                 kind of client (a StoreClient, never called by a no-op) -> CPU per task
-                (time.process_time), R repeats, then one cProfile run: the top K by own time
+                (time.thread_time, batches of 1,000), R repeats, then one cProfile run: the
+                top K by own time
     end to end  the embedded server with 2 real workers (as stress.bench runs them): M no-op
                 tasks enqueued, then waited with wait_all -> psutil cpu_times (user, system)
                 of the worker pids before and after, divided by M; R repeats. This adds what
