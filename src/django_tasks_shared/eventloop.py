@@ -238,6 +238,7 @@ class EventLoop(Dispatcher):
             handshake = Handshake(self.authkey)
             peer = Peer(sock, handshake, time.monotonic() + self.handshake_timeout)
             self.peers[peer.fd] = peer
+            self.store.meta["connections"] = len(self.peers)  # for health (one dict store)
             self._handshaking.append(peer)
             self.selector.register(sock, selectors.EVENT_READ, self._on_peer)
             peer.queue_raw(handshake.challenge())
@@ -322,6 +323,7 @@ class EventLoop(Dispatcher):
             return
         peer.closed = True
         self.peers.pop(peer.fd, None)
+        self.store.meta["connections"] = len(self.peers)
         parked = peer.parked
         if parked is not None:
             parked.done = True

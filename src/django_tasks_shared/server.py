@@ -109,7 +109,8 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
             workers_expected=config.workers, threads=config.threads,
             time_limit=config.time_limit, max_worker_memory=config.max_worker_memory,
             max_task_memory=config.max_task_memory, retry=config.retry,
-            queues=list(config.queues), max_payload=config.max_payload)
+            queues=list(config.queues), max_payload=config.max_payload,
+            max_connections=config.max_connections, connections=0)
         if config.state_dir is not None:
             # Before the socket exists: no client sees the store until it is restored.
             state = StateDir(config.state_dir, config.fsync, config.journal_limit)
