@@ -55,6 +55,7 @@ import time
 import warnings
 
 from . import bench_portable, bench_report, bench_w5
+from .bench_cpu import cpu_of
 
 SETTINGS = "stress.bench_settings"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,18 +105,6 @@ def percentile(values, p):
     lo = int(k)
     hi = min(lo + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def cpu_of(pids):
-    """Total user+system CPU seconds of the given pids (those still alive)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
 
 
 # ---------------------------------------------------------------------------------------------
