@@ -515,11 +515,16 @@ def run(args):
                 figures.update(w2(s, counts["w2"]))
                 figures.update(w3(s, counts["w3"], iterations))
                 figures.update(s.w4(counts["w4_ids"], counts["w4"]))
+                w5_note = ""
                 if s.name == "shared":
+                    t5 = time.perf_counter()
                     figures.update(bench_w5.w5(s, counts["w5"], rep, run_child, cpu_of))
+                    w5_note = (f", W5 {figures['w5_ratio']:.2f}x "
+                               f"({time.perf_counter() - t5:.1f} s)")
                 samples[s.name].append(figures)
                 print(f"  repeat {rep + 1}/{args.repeat} {s.name:<6} done in "
-                      f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s",
+                      f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s, "
+                      f"portable {figures['w1_portable_tps']:,.0f}/s{w5_note}",
                       file=sys.stderr, flush=True)
     finally:
         for s in systems:

@@ -28,6 +28,9 @@ import time
 import traceback
 
 CLIENTS = 64
+# ready + run + reap (30 + 60 + 10 s) stay under run_child's 120 s, so the launcher is never
+# killed with its children still running (they would outlive it, orphaned)
+READY_TIMEOUT = 30.0
 TIMEOUT = 60.0
 
 
@@ -81,8 +84,11 @@ def launcher():
     try:
         _read_exactly(ready_r, len(pids), "ready")
         os.close(go_w)  # EOF on "go" wakes every child at once
+        go_w = None
         lines = _read_lines(done_r, len(pids))
     finally:
+        if go_w is not None:  # failed before the start: let the children run out, then reap
+            os.close(go_w)
         _reap(pids)
     stamps = [json.loads(line) for line in lines]
     json.dump({"reported": len(stamps), "t0": min(s["t0"] for s in stamps),
@@ -111,11 +117,12 @@ def _client(each, ready_w, go_r, done_w):
 
 def _read_exactly(fd, n, what):
     got = b""
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + READY_TIMEOUT
     while len(got) < n:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"W5: {len(got)} of {n} clients {what} after {TIMEOUT:g} s")
+            raise TimeoutError(f"W5: {len(got)} of {n} clients {what} after "
+                               f"{READY_TIMEOUT:g} s")
         chunk = os.read(fd, n - len(got))
         if not chunk:
             raise RuntimeError(f"W5: only {len(got)} of {n} clients {what} (others died)")
