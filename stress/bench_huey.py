@@ -90,8 +90,9 @@ class Huey:
 
         self.app = bench_huey_app
         self.label = self.label.format(huey.__version__, self.redis_version)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [self.root, os.environ.get("PYTHONPATH", "")]))
+        # the tasks module imports django.tasks' @task, which checks the settings' backends
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="stress.bench_settings",
+                   PYTHONPATH=os.pathsep.join([self.root, os.environ.get("PYTHONPATH", "")]))
         consumer = os.path.join(os.path.dirname(sys.executable), "huey_consumer")
         self.consumer = subprocess.Popen(
             [consumer, "stress.bench_huey_app.huey", "-k", "process", "-w", "2", "-q",
