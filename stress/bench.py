@@ -463,6 +463,7 @@ def run(args):
     args.load_before = os.getloadavg()
     busy0 = machine_busy()
     wall0 = time.perf_counter()
+    sock_dir = None
     if args.server:
         sock_dir = tempfile.mkdtemp(prefix="dts-bench-")
         os.environ["BENCH_TASKS_ADDRESS"] = os.path.join(sock_dir, "tasks.sock")
@@ -531,8 +532,9 @@ def run(args):
             with contextlib.suppress(Exception):
                 s.stop()
         stop_everything(server)
-        if state_root:
-            shutil.rmtree(state_root, ignore_errors=True)
+        for directory in (state_root, sock_dir):  # the --server socket's dir too (was left)
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
     busy1 = machine_busy()
     wall = time.perf_counter() - wall0
     others = (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])
