@@ -20,7 +20,8 @@ Everything runs in ONE run on this machine, the four systems back to back inside
         batch; also shown: one blocking wait() per result), local polls refresh() per result,
         raw calls Future.result() per future, Huey a blocking Result.get() per result.
         CPU per task: server (the embedded server's pid from health(); redis-server for Huey)
-        and worker processes (health()'s workers; the pool's or the consumer's children)
+        and worker processes (health()'s workers; the pool's or the consumer's children), each
+        read from the process's CPU clock to the ns (stress/bench_cpu.py)
     W1 portable (stress/bench_portable.py): W1 again, waited the way code for ANY backend
         waits: refresh() over the pending results every 1 ms (Huey: is_ready(); raw: done())
     W2  200 single tasks one after another: enqueue -> observed finished, p50/p99; polled with
