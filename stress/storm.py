@@ -253,20 +253,19 @@ class StormRun:
                 "threads_after_2s": after[1], "rss_after_2s": after[2],
                 "back_after_s": None if back_at is None else round(back_at, 2)}
 
-    def recovered(self, name):
+    def recovered(self):
         """Wait (up to --recover s) for the thread count to be back at its baseline, so that
-        the next phase does not measure the leftovers of the last one. False: skip the rest."""
+        the next phase does not measure the leftovers of the last one. The probe's samples
+        until then count as "during the storm": the aftermath is the storm's doing."""
         started = time.monotonic()
-        while time.monotonic() < started + self.args.recover:
+        back = False
+        while not back and time.monotonic() < started + self.args.recover:
             latest = self.sampler.samples[-1]
-            if latest[0] > started and latest[1] <= self.base_threads:
-                return True
+            back = latest[0] > started and latest[1] <= self.base_threads
             time.sleep(0.1)
-        self.report["skipped"] = (
-            f"{name} and later phases not run: {self.args.recover:g} s after the previous "
-            f"phase the server still ran {self.sampler.samples[-1][1]} threads "
-            f"(baseline {self.base_threads})")
-        return False
+        if self.windows:
+            self.windows[-1] = (self.windows[-1][0], max(self.windows[-1][1], time.monotonic()))
+        return back
 
     def idle_phase(self):
         """N/2 authenticated idle connections at once, held: their RSS cost. They stay open
@@ -351,12 +350,19 @@ def main(argv=None):
         run.report["server_pid"] = run.pid
         run.baseline()
         for i, name in enumerate(args.phases):
-            if i and not run.recovered(name):
+            if i and not run.recovered():
+                run.report["skipped"] = (
+                    f"{name} and later phases not run: {args.recover:g} s after the previous "
+                    f"phase the server still ran {run.sampler.samples[-1][1]} threads "
+                    f"(baseline {run.base_threads})")
                 break
             if name == "idle":
                 run.idle_phase()
             else:
                 run.storm_phase(name, args.connections // 2 if name == "half" else 0)
+        else:
+            if args.phases[-1] != "idle":
+                run.recovered()  # the probe's samples of the aftermath count too
         run.report["probe"] = run.probe_report(run.stop_probe())
         # With the idle connections still open: every web process holds its connections.
         run.report["sigterm_exit_s"] = run.sigterm() if run.server else None

@@ -28,8 +28,11 @@ def verdicts(report, args):
     skipped = f"not measured: {report.get('skipped')}"
     during = report["probe"]["during"]
     p99 = during["p99_ms"]
-    out.append(("real client p99 < 50 ms during the storms",
-                p99 is not None and p99 < P99_LIMIT_MS, f"p99 {p99} ms, {during['failed']} failed"))
+    # A call that failed (ServerUnavailable after the client's timeout) is an outage for that
+    # client, not a slow call: none may fail, whatever the p99.
+    out.append(("real client p99 < 50 ms during the storms, no call failed",
+                p99 is not None and p99 < P99_LIMIT_MS and not during["failed"],
+                f"p99 {p99} ms, {during['failed']} of {during['n']} failed"))
     for name in ("raw", "half"):
         if name not in args.phases:
             continue
