@@ -114,7 +114,9 @@ def print_report(report):
             print(f"  a real client during it: {p['real_client_refused']}")
         print(f"  server threads: peak {p['peak_threads']}, 2 s after close "
               f"{p['threads_after_2s']}; RSS: peak {_mib(p['peak_rss'])}, 2 s after "
-              f"{_mib(p['rss_after_2s'])}; back at baseline after {p['back_after_s']} s")
+              f"{_mib(p['rss_after_2s'])}; " + (
+                  f"back at baseline after {p['back_after_s']} s" if p["back_after_s"] is not None
+                  else f"not back at baseline within {report['args']['settle']:g} s"))
     if report.get("skipped"):
         print(f"\n{report['skipped']}")
     idle = report.get("idle")
@@ -126,7 +128,11 @@ def print_report(report):
               f"{_mib(idle['rss_held'])} = {'-' if cost is None else f'{cost / 1024:.1f}'} KiB "
               f"each; {idle['threads_held']} threads ({idle['threads_per_connection']} per "
               f"connection)")
-    print(f"SIGTERM{' with them open' if idle else ''}: exited after {report['sigterm_exit_s']} s")
+    exit_s = report["sigterm_exit_s"]
+    print(f"SIGTERM{' with them open' if idle else ''}: " + (
+        "not sent (--address)" if report["args"]["address"] else
+        f"exited after {exit_s} s" if exit_s is not None else
+        f"still running after {report['args']['sigterm_wait']:g} s (SIGKILLed)"))
     probe = report["probe"]
     for when in ("before", "during"):
         q = probe[when]
