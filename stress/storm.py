@@ -289,6 +289,9 @@ class StormRun:
 
     def sigterm(self):
         """Seconds from SIGTERM until the server process is gone (capped: --sigterm-wait)."""
+        if self.server.poll() is not None:  # it died during the storm: nothing to measure
+            self.report["exited_before_sigterm"] = self.server.returncode
+            return None
         started = time.monotonic()
         self.server.send_signal(signal.SIGTERM)
         try:

@@ -60,7 +60,10 @@ def verdicts(report, args):
         out.append((target, idle["cost_bytes"] < IDLE_COST_LIMIT,
                     f"{idle['cost_bytes'] / 1024:.1f} KiB ({idle['counts']['handshaken']} idle)"))
     exit_s = report["sigterm_exit_s"]
-    if report["args"]["address"]:
+    if report.get("exited_before_sigterm") is not None:
+        out.append(("SIGTERM exits within --grace + 1 s", False,
+                    f"the server had exited before (code {report['exited_before_sigterm']})"))
+    elif report["args"]["address"]:
         out.append(("SIGTERM exits within --grace + 1 s", None, "not ours (--address)"))
     else:
         out.append(("SIGTERM exits within --grace + 1 s",
@@ -78,8 +81,11 @@ def _counts_verdict(name, phase, room):
     measured = (f"{counts['accepted']} accepted, {counts['refused']} refused, "
                 f"{counts['failed']} failed")
     if room is None or counts["requested"] < room:
-        return (f"{name}: every connection accepted, none failed",
-                counts["accepted"] == counts["requested"], measured)
+        return (f"{name}: every connection accepted (and authenticated if asked), none failed",
+                counts["accepted"] == counts["requested"]
+                and counts["handshaken"] == counts["handshakes_requested"],
+                f"{measured}, {counts['handshaken']} of {counts['handshakes_requested']} "
+                f"authenticated")
     told = phase.get("real_client_refused") or ""
     return (f"{name}: beyond MAX_CONNECTIONS refused with the reason, none failed",
             counts["refused"] >= counts["requested"] - room and not counts["failed"]
@@ -131,6 +137,8 @@ def print_report(report):
     exit_s = report["sigterm_exit_s"]
     print(f"SIGTERM{' with them open' if idle else ''}: " + (
         "not sent (--address)" if report["args"]["address"] else
+        f"not sent: the server had exited (code {report['exited_before_sigterm']})"
+        if report.get("exited_before_sigterm") is not None else
         f"exited after {exit_s} s" if exit_s is not None else
         f"still running after {report['args']['sigterm_wait']:g} s (SIGKILLed)"))
     probe = report["probe"]
