@@ -137,11 +137,20 @@ def ping(address, authkey, timeout=1.0):
         client.close()
 
 
+def _slowest(samples, start, end, count=3):
+    """[(seconds after the phase began, ms)] of its slowest probe calls: when in the phase
+    (opening, held, after the close) the client waited."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    inside.sort(key=lambda s: float("inf") if s[1] is None else s[1], reverse=True)
+    return [(round(s[0] - start, 2), None if s[1] is None else round(s[1] * 1000, 1))
+            for s in inside[:count]]
+
+
 class StormRun:
     def __init__(self, args):
         self.args, self.report, self.children = args, {"args": vars(args).copy()}, []
         self.held = []  # the idle phase's connections, open until after the SIGTERM
-        self.windows = []  # (start, end) of the storm phases: the probe samples that count
+        self.windows = []  # [name, start, end] of the storm phases: the probe samples that count
         self.server = self.probe = self.sampler = self.directory = None
 
     # -- processes ---------------------------------------------------------------------------
@@ -229,8 +238,9 @@ class StormRun:
         held = storm.raw + storm.idle
         phase["close_s"] = round(close_all(held), 3)
         closed = time.monotonic()
+        phase["closed_at_s"] = round(closed - started, 2)
         phase.update(self.back_to_baseline(started, closed))
-        self.windows.append((started, closed + BACK_WITHIN))
+        self.windows.append([name, started, closed + BACK_WITHIN])
         self.report[name] = phase
 
     def back_to_baseline(self, started, closed):
@@ -264,7 +274,7 @@ class StormRun:
             back = latest[0] > started and latest[1] <= self.base_threads
             time.sleep(0.1)
         if self.windows:
-            self.windows[-1] = (self.windows[-1][0], max(self.windows[-1][1], time.monotonic()))
+            self.windows[-1][2] = max(self.windows[-1][2], time.monotonic())
         return back
 
     def idle_phase(self):
@@ -280,11 +290,14 @@ class StormRun:
         time.sleep(0.5)  # threads started, buffers allocated
         threads, rss = self.sampler.steady(1.0)
         n = storm.handshaken
+        # Against the baseline from before any storm, not `before`: memory the earlier storms
+        # freed stays in the allocator and would be reused for free here. So this is an upper
+        # bound after a raw and a half storm; `--phases idle` measures a fresh server.
         phase.update(rss_before=before, rss_held=rss, threads_held=threads,
-                     cost_bytes=round((rss - before) / n) if n else None,
+                     cost_bytes=round((rss - self.base_rss) / n) if n else None,
                      threads_per_connection=round((threads - self.base_threads) / n, 3)
                      if n else None)
-        self.windows.append((started, time.monotonic()))
+        self.windows.append(["idle", started, time.monotonic()])
         self.report["idle"] = phase
 
     def sigterm(self):
@@ -301,10 +314,13 @@ class StormRun:
         return round(time.monotonic() - started, 2)
 
     def probe_report(self, samples):
-        during = [s for s in samples if any(a <= s[0] <= b for a, b in self.windows)]
-        first = self.windows[0][0] if self.windows else float("inf")
+        during = [s for s in samples if any(a <= s[0] <= b for _, a, b in self.windows)]
+        first = self.windows[0][1] if self.windows else float("inf")
         return {"before": percentiles([s for s in samples if s[0] < first]),
                 "during": percentiles(during),
+                "phases": {name: percentiles([s for s in samples if a <= s[0] <= b])
+                           | {"slowest": _slowest(samples, a, b)}
+                           for name, a, b in self.windows},
                 "errors": sorted({s[2] for s in during if s[2]})[:5]}
 
 

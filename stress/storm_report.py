@@ -113,7 +113,8 @@ def print_report(report):
               f"{c['backlog_retries']} times")
         print(f"  open: all connected after {c['connect_s']} s, all greeted after {c['greet_s']} s"
               + (f", all authenticated after {c['handshake_s']} s" if c["handshaken"] else "")
-              + f"; close: {p['close_s']} s")
+              + f" (storm CPU {c.get('cpu_s')} s); close: {p['close_s']} s, done at "
+                f"+{p.get('closed_at_s')} s")
         for reason, count in c["reasons"].items():
             print(f"    {count} x {reason}")
         if p.get("real_client_refused"):
@@ -130,9 +131,10 @@ def print_report(report):
         c = idle["counts"]
         cost = idle["cost_bytes"]
         print(f"\nidle: {c['handshaken']} authenticated connections (of {c['requested']}; "
-              f"all authenticated after {c['handshake_s']} s): RSS {_mib(idle['rss_before'])} -> "
-              f"{_mib(idle['rss_held'])} = {'-' if cost is None else f'{cost / 1024:.1f}'} KiB "
-              f"each; {idle['threads_held']} threads ({idle['threads_per_connection']} per "
+              f"all authenticated after {c['handshake_s']} s): RSS {_mib(idle['rss_before'])} "
+              f"before them, {_mib(idle['rss_held'])} with them: "
+              f"{'-' if cost is None else f'{cost / 1024:.1f}'} KiB each over the baseline; "
+              f"{idle['threads_held']} threads ({idle['threads_per_connection']} per "
               f"connection)")
     exit_s = report["sigterm_exit_s"]
     print(f"SIGTERM{' with them open' if idle else ''}: " + (
@@ -146,6 +148,10 @@ def print_report(report):
         q = probe[when]
         print(f"real client enqueue + wait() {when} the storms: {q['n']} samples, p50 "
               f"{q['p50_ms']} ms, p99 {q['p99_ms']} ms, max {q['max_ms']} ms, {q['failed']} failed")
+    for name, q in probe.get("phases", {}).items():
+        print(f"    {name}: {q['n']} samples, p50 {q['p50_ms']} ms, p99 {q['p99_ms']} ms, "
+              f"max {q['max_ms']} ms, {q['failed']} failed; slowest at " + ", ".join(
+                  f"+{at} s ({ms} ms)" for at, ms in q.get("slowest", [])))
     for error in probe["errors"]:
         print(f"    {error}")
     print()
