@@ -362,6 +362,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    # SIGTERM (a test's timeout, a CI job stopped) unwinds through the `finally` below, so the
+    # server, its workers and the probe are stopped by pid rather than left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     raise_nofile(args.connections + 1000)
     run, failed = StormRun(args), None
     try:

@@ -20,7 +20,7 @@ import pytest
 from stress.storm_net import close_all, open_storm
 
 from django_tasks_shared import server
-from helpers import short_socket_path
+from helpers import short_socket_path, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONNECTIONS = 5000
@@ -41,13 +41,19 @@ missed_by_todays_server = pytest.mark.xfail(
 def run_storm(tmp_path, *args, timeout=140):
     report_path = tmp_path / "storm.json"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    proc = subprocess.run(
+    popen = subprocess.Popen(
         [sys.executable, "-m", "stress.storm", "--json", str(report_path), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr[-5000:]
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = popen.communicate(timeout=timeout)
+    finally:
+        # On a timeout: SIGTERM (the tool then stops its server, workers and probe itself),
+        # and anything it left behind is killed by pid.
+        stop_process(popen, timeout=30)
+    assert popen.returncode in (0, 1), stdout + stderr[-5000:]
     report = json.loads(report_path.read_text())
-    assert ("RESULT: PASS" in proc.stdout) == (proc.returncode == 0) == report["passed"]
-    return report, proc.stdout
+    assert ("RESULT: PASS" in stdout) == (popen.returncode == 0) == report["passed"]
+    return report, stdout
 
 
 @pytest.fixture(scope="module")
