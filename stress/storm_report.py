@@ -3,6 +3,8 @@
     report dict (stress/storm.py) -> verdicts() -> [{target, result, measured}] -> print_report()
 """
 
+import math
+
 BACK_WITHIN = 2.0  # seconds: threads and RSS must be back at the baseline this soon after close
 P99_LIMIT_MS = 50.0
 IDLE_COST_LIMIT = 64 * 1024  # bytes per idle (authenticated) connection
@@ -14,8 +16,8 @@ def percentiles(samples):
         return {"n": 0, "failed": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
     values = sorted(float("inf") if s[1] is None else s[1] * 1000 for s in samples)
 
-    def at(q):
-        return round(values[min(len(values) - 1, int(q * len(values)))], 2)
+    def at(q):  # nearest rank: the smallest value with at least q of the samples at or below
+        return round(values[max(0, math.ceil(q * len(values)) - 1)], 2)
 
     return {"n": len(values), "failed": sum(s[1] is None for s in samples), "p50_ms": at(0.50),
             "p99_ms": at(0.99), "max_ms": at(1.0)}
@@ -113,8 +115,9 @@ def print_report(report):
               f"{c['backlog_retries']} times")
         print(f"  open: all connected after {c['connect_s']} s, all greeted after {c['greet_s']} s"
               + (f", all authenticated after {c['handshake_s']} s" if c["handshaken"] else "")
-              + f" (storm CPU {c.get('cpu_s')} s); close: {p['close_s']} s, done at "
-                f"+{p.get('closed_at_s')} s")
+              + (f" (storm CPU {c['cpu_s']} s)" if "cpu_s" in c else "")
+              + f"; close: {p['close_s']} s"
+              + (f", done at +{p['closed_at_s']} s" if "closed_at_s" in p else ""))
         for reason, count in c["reasons"].items():
             print(f"    {count} x {reason}")
         if p.get("real_client_refused"):
@@ -151,7 +154,8 @@ def print_report(report):
     for name, q in probe.get("phases", {}).items():
         print(f"    {name}: {q['n']} samples, p50 {q['p50_ms']} ms, p99 {q['p99_ms']} ms, "
               f"max {q['max_ms']} ms, {q['failed']} failed; slowest at " + ", ".join(
-                  f"+{at} s ({ms} ms)" for at, ms in q.get("slowest", [])))
+                  f"+{at} s ({'failed' if ms is None else f'{ms} ms'})"
+                  for at, ms in q.get("slowest", [])))
     for error in probe["errors"]:
         print(f"    {error}")
     print()

@@ -14,10 +14,12 @@ import os
 import subprocess
 import sys
 import threading
+from argparse import Namespace
 from multiprocessing import connection, managers
 
 import pytest
 from stress.storm_net import close_all, open_storm
+from stress.storm_report import percentiles, verdicts
 
 from django_tasks_shared import server
 from helpers import short_socket_path, stop_process
@@ -115,6 +117,32 @@ def test_storm_handshake_is_the_stdlib_protocol(tmp_path):
         for conn in served:
             conn.close()
         thread.join(5)
+
+
+def test_storm_verdicts_count_what_was_not_measured_as_missed():
+    """Pure code: a failed probe call, a skipped phase, a server that died before the SIGTERM
+    are all MISS; phases not asked for have no target."""
+    probe = percentiles([[0.0, 0.002, None]] * 99 + [[1.0, None, "ServerUnavailable: ..."]])
+    assert probe["failed"] == 1 and probe["max_ms"] == float("inf") and probe["p99_ms"] == 2.0
+    counts = {"requested": 10, "accepted": 10, "refused": 0, "failed": 0, "handshaken": 0,
+              "handshakes_requested": 0, "reasons": {}}
+    report = {"args": {"address": None}, "probe": {"during": probe},
+              "raw": {"counts": counts, "back_after_s": 0.4, "threads_after_2s": 3,
+                      "rss_after_2s": 1 << 20},
+              "skipped": "half and later phases not run", "sigterm_exit_s": None,
+              "exited_before_sigterm": -9}
+    args = Namespace(phases=["raw", "half", "idle"], settle=10.0, max_connections=8192,
+                     grace=1.0, sigterm_wait=5.0)
+    results = {v["target"]: (v["result"], v["measured"]) for v in verdicts(report, args)}
+    assert results["real client p99 < 50 ms during the storms, no call failed"][0] == "MISS"
+    assert results["raw: threads and RSS back at baseline within 2 s"][0] == "PASS"
+    assert results["half: threads and RSS back at baseline within 2 s"] == (
+        "MISS", "not measured: half and later phases not run")
+    assert results["an idle connection costs < 64 KiB"][0] == "MISS"
+    assert results["SIGTERM exits within --grace + 1 s"] == (
+        "MISS", "the server had exited before (code -9)")
+    only_raw = verdicts(report, Namespace(**{**vars(args), "phases": ["raw"]}))
+    assert not [v for v in only_raw if "half" in v["target"] or "idle" in v["target"]]
 
 
 @pytest.mark.timeout(60)
