@@ -2,11 +2,10 @@
 with real workers, 5,000 real sockets opened and closed at once, a real client timed meanwhile.
 
 The targets (p99 < 50 ms, threads and RSS back within 2 s, an idle connection < 64 KiB, SIGTERM
-exit within --grace + 1 s) are missed by the thread-per-connection server (a
-`multiprocessing.managers.Server`): while server.py still serves that way, those tests are
-expected to fail (xfail, strict: should one pass, the run says so). Once it serves from an
-event loop, they are plain tests. The storm's handshake is checked against the stdlib's own
-server side, and refusals beyond MAX_CONNECTIONS are counted with a small limit.
+exit within --grace + 1 s) were all missed by the thread-per-connection server of v0.1 (see
+docs/stress.md for its figures); the event loop (eventloop.py) meets them. The storm's
+handshake is checked against the stdlib's own server side, and refusals beyond MAX_CONNECTIONS
+are counted with a small limit.
 """
 
 import json
@@ -15,29 +14,17 @@ import subprocess
 import sys
 import threading
 from argparse import Namespace
-from multiprocessing import connection, managers
+from multiprocessing import connection
 
 import pytest
 from stress.storm_net import close_all, open_storm
 from stress.storm_report import percentiles, verdicts
 
-from django_tasks_shared import server
 from helpers import short_socket_path, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONNECTIONS = 5000
 GRACE = 1.0
-
-
-def _thread_per_connection():
-    """True while server.py serves with its managers.Server accept loop (a thread each)."""
-    cls = getattr(server, "StoreServer", None)
-    return isinstance(cls, type) and issubclass(cls, managers.Server) and "accepter" in vars(cls)
-
-
-missed_by_todays_server = pytest.mark.xfail(
-    _thread_per_connection(), strict=True, raises=AssertionError,
-    reason="issue 9: the thread-per-connection server misses this storm target")
 
 
 def run_storm(tmp_path, *args, timeout=140):
@@ -176,7 +163,6 @@ def test_storm_opens_5000_connections_at_once(storm):
 
 
 @pytest.mark.timeout(150)
-@missed_by_todays_server
 def test_storm_real_client_p99_under_50ms(storm):
     before, during = storm["probe"]["before"], storm["probe"]["during"]
     assert before["n"] >= 50 and during["n"] >= 50, storm["probe"]
@@ -185,7 +171,6 @@ def test_storm_real_client_p99_under_50ms(storm):
 
 
 @pytest.mark.timeout(150)
-@missed_by_todays_server
 def test_storm_threads_and_rss_back_at_baseline_within_2s(storm):
     for name in ("raw", "half"):
         [v] = verdict(storm, f"{name}: threads and RSS back")
@@ -193,7 +178,6 @@ def test_storm_threads_and_rss_back_at_baseline_within_2s(storm):
 
 
 @pytest.mark.timeout(150)
-@missed_by_todays_server
 def test_storm_half_authenticated_all_accepted_and_idle_cost_under_64kib(storm):
     for name in ("half", "idle"):
         assert name in storm, storm.get("skipped")
@@ -207,7 +191,6 @@ def test_storm_half_authenticated_all_accepted_and_idle_cost_under_64kib(storm):
 
 
 @pytest.mark.timeout(150)
-@missed_by_todays_server
 def test_storm_sigterm_exits_within_grace_plus_1s(storm):
     exit_s = storm["sigterm_exit_s"]
     assert exit_s is not None and exit_s <= GRACE + 1, exit_s

@@ -53,7 +53,8 @@ class _Watcher:
 
 
 class Dispatcher:
-    """Needs of the loop: store, calls, exposed, _timers, _seq, _claimers, _dirty, _close."""
+    """Needs of the loop: store, calls, exposed, _timers, _seq, _claimers, _dirty, _close,
+    promote."""
 
     def _request(self, peer, data):
         try:
@@ -64,11 +65,13 @@ class Dispatcher:
             return
         if ident is None:
             msg = self._public(method, args, kwds)
-        elif method == "finish_and_claim":
-            return self._claim(peer, *args, **kwds)
-        elif method == "wait":
-            return self._wait(peer, *args, **kwds)
         else:
+            if not peer.hot:
+                self.promote(peer)  # a client at work: served every turn from now on
+            if method == "finish_and_claim":
+                return self._claim(peer, *args, **kwds)
+            if method == "wait":
+                return self._wait(peer, *args, **kwds)
             function = self.calls.get(method)
             if function is None:
                 msg = self._fallback(method, ident)

@@ -1,19 +1,20 @@
-"""The server's network core: ONE thread, an epoll selector, every connection (the way Redis
-serves its clients), long-polls parked as callbacks instead of holding a thread.
+"""The server's network core: ONE thread, epoll, every connection (the way Redis serves its
+clients), long-polls parked as callbacks instead of holding a thread.
 
     listener ──accept()──> Peer: challenge sent; MAX_CONNECTIONS reached -> "#REFUSED#" + close
                            CONNECT_TIMEOUT without authenticating -> dropped
-    readable peer ──frames──> handshake step | request (ident, method, args, kwds)
-        ident "store":  TaskStore method ──> reply queued
-                        wait / finish_and_claim with nothing to hand out ──> Parked (timer heap;
-                        the claims also in FIFO `claimers`)
-        ident None:     the manager's public calls (create, incref, decref, dummy,
-                        accept_connection, get_methods) so stock proxies work too
+    epoll "main":  listener, wake eventfd, the "cold" epoll, and every hot peer
+    epoll "cold":  new peers (handshaking, or idle since): at most COLD_PER_TURN of their events
+                   a turn, so a storm of connects / handshakes / closes costs the clients that
+                   work (hot: they made a store call) at most one short slice of a turn
+    readable peer ──frames──> handshake step | request (dispatch.py)
+        store call: TaskStore method ──> reply queued; wait / a worker's claim with nothing to
+                    hand out ──> parked (timer heap, claims in FIFO order)
     another thread (supervisor, scheduler) or this one changes the store:
         task finished ──watcher.set()──> woken deque ─┐  a task ready / workers must stop
         ──store.on_work──> claims retried ────────────┤  (eventfd write when from another thread)
-    end of every iteration: store.commit()  (STATE_DIR: ONE journal write / fsync for every reply
-                            of the iteration: group commit), then replies written
+    end of every turn: store.commit()  (STATE_DIR: ONE journal write / fsync for every reply of
+                       the turn: group commit), then the replies written
 
 A request runs to its end before the next: store methods are O(1) or short, and pickling is
 capped by MAX_PAYLOAD, so no client waits long behind another (see docs/architecture.md).
@@ -23,7 +24,7 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import socket
 import threading
 import time
@@ -38,8 +39,12 @@ from .wire import MessageTooLarge
 logger = logging.getLogger("django_tasks_shared.server")
 
 READ_SIZE = 65536
-ACCEPTS_PER_TURN = 128  # then serve the clients already in: a storm must not starve them
-STOP_FLUSH = 1.0  # seconds to write the last replies when stopping
+ACCEPTS_PER_TURN = 32  # new connections taken per turn (then the clients already in)
+COLD_PER_TURN = 32     # events of cold peers (handshakes, idle ones closing) served per turn
+MAX_EVENTS = 512       # per epoll_wait: beyond it the kernel round-robins the ready peers
+STOP_FLUSH = 1.0       # seconds to write the last replies when stopping
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
 
 
 def listen(address, backlog=512):
@@ -73,15 +78,16 @@ class EventLoop(Dispatcher):
         self.message_limit = message_limit if message_limit is not None else 1 << 62
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
-        self.selector = selectors.EpollSelector()
         self.peers = {}                 # fd -> Peer
+        self._main = select.epoll()
+        self._cold = select.epoll()
         self._handshaking = deque()     # peers in accept order (deadlines come in order)
         self._timers = []               # heap of (deadline, seq, Parked)
         self._seq = itertools.count()
         self._claimers = deque()        # parked claims, first parked first served
         self._woken = deque()           # parked waits whose task finished (any thread appends)
         self._work = False              # retry parked claims (a task ready, a worker to stop)
-        self._dirty = []                # peers with replies queued in this iteration
+        self._dirty = []                # peers with replies queued in this turn
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_pending = False
         self._accept_paused_until = 0.0
@@ -90,8 +96,9 @@ class EventLoop(Dispatcher):
         self._stopping = False
         self._ident = None
         self.stopped = threading.Event()
-        self.selector.register(listener, selectors.EVENT_READ, self._accept)
-        self.selector.register(self._wake_fd, selectors.EVENT_READ, self._on_wake)
+        self._main.register(listener.fileno(), IN)
+        self._main.register(self._wake_fd, IN)
+        self._main.register(self._cold.fileno(), IN)
         store.on_work = self._on_work
 
     # ---- from any thread ------------------------------------------------------------------
@@ -118,17 +125,24 @@ class EventLoop(Dispatcher):
 
     def run(self):
         self._ident = threading.get_ident()
-        select = self.selector.select
+        poll, cold_poll = self._main.poll, self._cold.poll
+        cold_fd, listen_fd = self._cold.fileno(), self.listener.fileno()
+        peers, on_peer = self.peers, self._on_peer
         try:
             while not self._stopping:
-                for key, mask in select(self._timeout()):
-                    try:
-                        key.data(key.fileobj, mask)
-                    except Exception:  # a bug must cost one connection, not the server
-                        logger.exception("failed serving a connection; it is closed")
-                        peer = self.peers.get(key.fd)
-                        if peer is not None:
-                            self._close(peer)
+                for fd, events in poll(self._timeout(), MAX_EVENTS):
+                    peer = peers.get(fd)
+                    if peer is not None:
+                        on_peer(peer, events)
+                    elif fd == cold_fd:
+                        for fd2, events2 in cold_poll(0, COLD_PER_TURN):
+                            peer = peers.get(fd2)
+                            if peer is not None:
+                                on_peer(peer, events2)
+                    elif fd == listen_fd:
+                        self._accept()
+                    elif fd == self._wake_fd:
+                        self._on_wake()
                 self._after_events()
         finally:
             self._close_all()
@@ -137,6 +151,9 @@ class EventLoop(Dispatcher):
     def _timeout(self):
         if self._woken or self._work:
             return 0
+        if not (self._timers or self._handshaking or self._claimers or
+                self._accept_paused_until):
+            return 1.0
         now = time.monotonic()
         timeout = 1.0
         if self._timers:
@@ -152,7 +169,6 @@ class EventLoop(Dispatcher):
         return max(timeout, 0)
 
     def _after_events(self):
-        now = time.monotonic()
         if self._claimers and not self._work:
             due = self.store.next_due()
             self._work = due is not None and due <= time.time()
@@ -163,6 +179,12 @@ class EventLoop(Dispatcher):
             parked = self._woken.popleft()
             if not parked.done:
                 self._unpark(parked, self.store.get(parked.task))
+        if self._timers or self._handshaking or self._accept_paused_until:
+            self._deadlines(time.monotonic())
+        if self._dirty:
+            self._reply()
+
+    def _deadlines(self, now):
         timers = self._timers
         while timers and timers[0][0] <= now:
             parked = heapq.heappop(timers)[2]
@@ -176,12 +198,10 @@ class EventLoop(Dispatcher):
                 self._close(peer)  # CONNECT_TIMEOUT passed without authenticating
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
-        if self._dirty:
-            self._reply()
+            self._main.register(self.listener.fileno(), IN)
 
     def _reply(self):
-        """Commit the journal once for every reply of this iteration, then write them."""
+        """Commit the journal once for every reply of this turn, then write them."""
         dirty, self._dirty = self._dirty, []
         try:
             self.store.commit()
@@ -205,11 +225,10 @@ class EventLoop(Dispatcher):
             except OSError:
                 self._close(peer)
                 continue
-            peer.writing = True
-            self.selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                 self._on_peer)
+            peer.writing = True  # the rest when the socket drains
+            self._epoll(peer).modify(peer.fd, IN | OUT)
 
-    def _on_wake(self, fileobj, mask):
+    def _on_wake(self):
         self._wake_pending = False  # before the read: a wake after it writes the fd again
         try:
             os.eventfd_read(self._wake_fd)
@@ -218,7 +237,17 @@ class EventLoop(Dispatcher):
 
     # ---- connections ----------------------------------------------------------------------
 
-    def _accept(self, listener, mask):
+    def _epoll(self, peer):
+        return self._main if peer.hot else self._cold
+
+    def promote(self, peer):
+        """A peer that made a store call is hot: served every turn, never behind a storm."""
+        self._cold.unregister(peer.fd)
+        peer.hot = True
+        self._main.register(peer.fd, IN | OUT if peer.writing else IN)
+
+    def _accept(self):
+        listener = self.listener
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 sock, _ = listener.accept()
@@ -226,7 +255,7 @@ class EventLoop(Dispatcher):
                 return
             except OSError as exc:  # EMFILE/ENFILE: pause rather than spin (level-triggered)
                 logger.warning("accept() failed: %s; pausing new connections 50 ms", exc)
-                self.selector.unregister(listener)
+                self._main.unregister(listener.fileno())
                 self._accept_paused_until = time.monotonic() + 0.05
                 return
             if self.max_connections is not None and len(self.peers) >= self.max_connections:
@@ -240,7 +269,7 @@ class EventLoop(Dispatcher):
             self.peers[peer.fd] = peer
             self.store.meta["connections"] = len(self.peers)  # for health (one dict store)
             self._handshaking.append(peer)
-            self.selector.register(sock, selectors.EVENT_READ, self._on_peer)
+            self._cold.register(peer.fd, IN)
             peer.queue_raw(handshake.challenge())
             self._dirty.append(peer)
 
@@ -262,30 +291,29 @@ class EventLoop(Dispatcher):
                            self._refused, self.max_connections)
             self._refused, self._refusal_logged = 0, now
 
-    def _on_peer(self, sock, mask):
-        peer = self.peers.get(sock.fileno())
-        if peer is None:
-            return
-        if mask & selectors.EVENT_WRITE:
-            try:
-                done = peer.flush()
-            except OSError:
-                self._close(peer)
-                return
-            if done:
+    def _on_peer(self, peer, events):
+        try:
+            if events & OUT:
+                if not peer.flush():
+                    return
                 if peer.close_after_flush:
                     self._close(peer)
                     return
                 peer.writing = False
-                self.selector.modify(sock, selectors.EVENT_READ, self._on_peer)
-        if not mask & selectors.EVENT_READ:
-            return
+                self._epoll(peer).modify(peer.fd, IN)
+            if events & ~OUT:  # readable, or hung up / in error: read() tells which
+                self._read(peer)
+        except OSError:
+            self._close(peer)
+        except Exception:  # a bug must cost one connection, not the server
+            logger.exception("failed serving a connection; it is closed")
+            self._close(peer)
+
+    def _read(self, peer):
         try:
             data = os.read(peer.fd, max(READ_SIZE, min(peer.need - len(peer.inbuf), 1 << 22)))
         except BlockingIOError:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close(peer)  # the client went away
             return
@@ -330,8 +358,8 @@ class EventLoop(Dispatcher):
             if parked.watcher is not None:
                 self.store.unwatch(parked.task, parked.watcher)
         try:
-            self.selector.unregister(peer.sock)
-        except (KeyError, ValueError):
+            self._epoll(peer).unregister(peer.fd)
+        except (OSError, ValueError):
             pass
         peer.sock.close()
 
@@ -347,7 +375,8 @@ class EventLoop(Dispatcher):
                     pass
             self._close(peer)
         self.listener.close()
-        self.selector.close()
+        self._main.close()
+        self._cold.close()
         self.store.on_work = None
         # The eventfd stays open: a supervisor thread may still be inside wake(), and a closed
         # number could be reused by then (its 8 bytes would land in someone else's file).

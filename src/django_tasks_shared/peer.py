@@ -69,7 +69,7 @@ class Handshake:
 
 class Peer:
     __slots__ = ("sock", "fd", "inbuf", "need", "out", "writing", "handshake", "deadline",
-                 "parked", "held", "closed", "close_after_flush")
+                 "parked", "held", "closed", "close_after_flush", "hot")
 
     def __init__(self, sock, handshake, deadline):
         self.sock = sock
@@ -84,6 +84,7 @@ class Peer:
         self.held = []         # frames that came while parked (pipelining is not done)
         self.closed = False
         self.close_after_flush = False
+        self.hot = False       # in the loop's main epoll (it made a store call), else "cold"
 
     def frames(self, data, limit):
         """The complete frames in the bytes read so far plus `data` (a list), keeping the rest.
