@@ -6,9 +6,9 @@
             socket, 2 workers), enqueues --tasks no-op tasks through Django's API and waits for
             them with wait_all, --repeat times; psutil CPU of the server and of the workers
             before/after -> CPU per task; SIGTERM; prints the server's profile
-    child:  cProfile enabled in the thread(s) that serve clients: the event loop's thread, or,
-            on a server from before it (one thread per connection), every connection thread
-            (merged) -> a pstats file, written when the server stops
+    child:  cProfile over the whole server process (every thread: the event loop's, or on a
+            server from before it one per connection, and the supervisor's) -> a pstats file,
+            written when the server stops
 
 Runs on both server designs, so the same command gives the "before" on an older checkout.
 Not a test: prints figures, exits 0 unless something crashes; every process it starts is
@@ -23,45 +23,22 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = "stress.bench_settings"
 
 
-def _profile_serving(stats_path):
-    """Patch the serving entry point of whichever design this checkout has."""
-    profiles = []
-    lock = threading.Lock()
-
-    def wrap(function):
-        def profiled(*args, **kwargs):
-            profile = cProfile.Profile()
-            with lock:
-                profiles.append(profile)
-            profile.enable()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                profile.disable()
-        return profiled
-
-    try:
-        from django_tasks_shared import eventloop
-        eventloop.EventLoop.run = wrap(eventloop.EventLoop.run)
-    except ImportError:
-        from django_tasks_shared import server
-        server.StoreServer.serve_client = wrap(server.StoreServer.serve_client)
+def _profile_process(stats_path):
+    """One profiler for the whole server process. Since Python 3.12 cProfile rides on
+    sys.monitoring, which sees every thread and allows one active profiler: the profile covers
+    the serving thread(s) and the supervisor alike, whichever server design this checkout has."""
+    profile = cProfile.Profile()
+    profile.enable()
 
     def dump():
-        with lock:
-            done = [p for p in profiles]
-        if done:
-            stats = pstats.Stats(done[0])
-            for profile in done[1:]:
-                stats.add(profile)
-            stats.dump_stats(stats_path)
+        profile.disable()
+        profile.dump_stats(stats_path)
     return dump
 
 
@@ -70,17 +47,20 @@ def serve_child(stats_path):
     django.setup()
     from django.core.management import call_command
 
-    dump = _profile_serving(stats_path) if stats_path else (lambda: None)
+    dump = _profile_process(stats_path) if stats_path else (lambda: None)
     try:
         call_command("tasks_server", "--grace", "2")
     finally:
-        time.sleep(0.3)  # the serving threads' profiles end as their connections close
         dump()
 
 
 def _cpu(proc):
     times = proc.cpu_times()
     return times.user + times.system
+
+
+def _sys(proc):
+    return proc.cpu_times().system
 
 
 def run(tasks, repeat, top, profile=True):
@@ -90,7 +70,8 @@ def run(tasks, repeat, top, profile=True):
     address = os.path.join(workdir, "tasks.sock")
     stats_path = os.path.join(workdir, "server.pstats")
     env = dict(os.environ, DJANGO_SETTINGS_MODULE=SETTINGS, BENCH_TASKS_ADDRESS=address,
-               BENCH_SECRET_KEY=secrets.token_hex(16), PYTHONPATH=ROOT)
+               BENCH_SECRET_KEY=secrets.token_hex(16),
+               PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), ROOT])))
     command = [sys.executable, "-m", "stress.profile_server", "--serve"]
     if profile:
         command += ["--stats", stats_path]
@@ -120,15 +101,18 @@ def run(tasks, repeat, top, profile=True):
         workers = [psutil.Process(w["pid"]) for w in health["workers"]]
         wait_all([noop.enqueue() for _ in range(200)], timeout=30)  # warm-up
         for n in range(repeat):
-            before = (_cpu(server), sum(_cpu(w) for w in workers), time.process_time())
+            before = (_cpu(server), sum(_cpu(w) for w in workers), time.process_time(),
+                      _sys(server), sum(_sys(w) for w in workers))
             started = time.perf_counter()
             results = [noop.enqueue() for _ in range(tasks)]
             wait_all(results, timeout=120)
             wall = time.perf_counter() - started
-            after = (_cpu(server), sum(_cpu(w) for w in workers), time.process_time())
+            after = (_cpu(server), sum(_cpu(w) for w in workers), time.process_time(),
+                     _sys(server), sum(_sys(w) for w in workers))
             per = [(a - b) / tasks * 1e6 for a, b in zip(after, before, strict=True)]
             print(f"repeat {n + 1}: {tasks / wall:,.0f} tasks/s; CPU per task: server "
-                  f"{per[0]:.0f} us, workers {per[1]:.0f} us, enqueuing process {per[2]:.0f} us")
+                  f"{per[0]:.0f} us (kernel {per[3]:.0f}), workers {per[1]:.0f} us (kernel "
+                  f"{per[4]:.0f}), enqueuing process {per[2]:.0f} us")
     finally:
         child.terminate()
         try:
@@ -137,8 +121,8 @@ def run(tasks, repeat, top, profile=True):
             child.kill()
             child.wait(5)
     if os.path.exists(stats_path):
-        print(f"\nserver profile (serving threads only; {repeat * tasks + 200} tasks, "
-              f"cumulative order):")
+        print(f"\nserver profile (all its threads; {repeat * tasks + 200} tasks, "
+              f"internal time order):")
         stats = pstats.Stats(stats_path)
         stats.sort_stats("tottime").print_stats(top)
 
