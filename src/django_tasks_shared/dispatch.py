@@ -153,7 +153,10 @@ class Dispatcher:
             return  # a claimed task whose worker vanished ends WorkerLost (supervisor)
         peer.parked = None
         peer.queue(("#RETURN", value))
-        self._dirty.append(peer)
+        if parked.worker is not None and value is not None:
+            self._dirty.insert(0, peer)  # a task handed out: wake its worker before anyone else
+        else:
+            self._dirty.append(peer)
         held, peer.held = peer.held, []
         for data in held:
             if peer.parked is not None:
