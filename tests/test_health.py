@@ -186,9 +186,9 @@ def test_healthy_then_degraded_report_json_watch_and_wrong_authkey():
                            f"testproject.tasks.sleep {running.id[:12]}",
                            "of MAX_CONNECTIONS 4096"):
                 assert needle in out, needle
-            # the 2 workers' threads, the test's client, the tasks_health process at least
+            # the busy worker's thread, the test's client and the tasks_health process at least
             held = int(out.split("connections ", 1)[1].split()[0])
-            assert held >= 4, out
+            assert held >= 3, out
             assert "ID" in out and "RSS" in out and "CPU %" in out and "STARTED" in out
 
             as_json = run_health(srv.address, "--json")
