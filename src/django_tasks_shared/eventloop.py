@@ -229,11 +229,15 @@ class EventLoop(Dispatcher):
             self._epoll(peer).modify(peer.fd, IN | OUT)
 
     def _on_wake(self):
-        self._wake_pending = False  # before the read: a wake after it writes the fd again
         try:
             os.eventfd_read(self._wake_fd)
         except BlockingIOError:
             pass
+        # After the read, not before: a wake() that found the flag still set skipped its write,
+        # but what it announced (_work, _woken) was set before it, and this turn handles it next.
+        # Cleared before the read, a write made in between would be consumed here with the flag
+        # left set, and every later wake() would skip its write.
+        self._wake_pending = False
 
     # ---- connections ----------------------------------------------------------------------
 
