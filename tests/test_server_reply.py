@@ -80,3 +80,34 @@ def test_pipelined_requests_are_answered_in_order_behind_a_long_poll(loop_server
         assert conn.recv() == ("#RETURN", os.getpid())
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_work_from_other_threads_reaches_parked_claims_and_waits_promptly(loop_server):
+    """Tasks enqueued by another thread of the server (the scheduler, the supervisor's retries)
+    wake the loop: a parked claim gets its task and a parked wait its record at once, every
+    time (a lost wake-up would show as a claim answered only at its 5 s timeout)."""
+    loop, store, client, address, authkey = loop_server
+    store.register_worker("w1", os.getpid())
+    worker = _connect(address, authkey, 10.0)
+    waiter = _connect(address, authkey, 10.0)
+    try:
+        outcome = None
+        for n in range(300):
+            worker.send((STORE_IDENT, "finish_and_claim", ("w1", outcome, 5.0), {}))
+            time.sleep(0.001 * (n % 3))  # parked, or not yet: both orders
+            threading.Thread(target=store.enqueue, args=(
+                new_record(id=f"t{n}", task="x.y", args=[], kwargs={}),)).start()
+            started = time.monotonic()
+            kind, record = worker.recv()
+            assert kind == "#RETURN" and record["id"] == f"t{n}", record
+            waiter.send((STORE_IDENT, "wait", (f"t{n}", 5.0), {}))
+            finished = {"id": f"t{n}", "status": "SUCCESSFUL", "finished_at": time.time(),
+                        "return_value": n}
+            threading.Thread(target=store.claim_now, args=("w1", finished)).start()
+            kind, done = waiter.recv()
+            assert done["status"] == "SUCCESSFUL" and done["return_value"] == n
+            assert time.monotonic() - started < 1.0, n
+    finally:
+        worker.close()
+        waiter.close()
