@@ -1,9 +1,9 @@
-"""Benchmark: django-tasks-shared vs django-tasks-local 2.0 vs a raw ProcessPoolExecutor.
+"""Benchmark: django-tasks-shared vs django-tasks-local 2.0 vs a raw ProcessPoolExecutor vs Huey.
 
     python -m stress.bench [--quick] [--repeat N] [--pick best|median] [--json FILE] [--server]
-                           [--no-state | --state-only]
+                           [--no-state | --state-only] [--no-huey]
 
-Everything runs in ONE run on this machine, the three systems back to back inside each repeat
+Everything runs in ONE run on this machine, the four systems back to back inside each repeat
 (the order rotates between repeats), each with 2 worker processes:
 
     shared  django_tasks_shared.ProcessPoolBackend, WORKERS=2, unix socket; by default the
@@ -11,12 +11,19 @@ Everything runs in ONE run on this machine, the three systems back to back insid
             starts `django-admin tasks_server` on a private socket instead
     local   django_tasks_local.ProcessPoolBackend, MAX_WORKERS=2 (no sharing between processes)
     raw     concurrent.futures.ProcessPoolExecutor(2), plain functions, no Django
+    huey    Huey with a private redis-server (stress/bench_huey.py: both started and stopped by
+            pid here; skipped, saying how to install them, when redis-server or huey is missing)
 
     W1  2,000 no-op tasks: enqueue all, then wait for all -> tasks/s, and the CPU per task spent
         in the enqueuing process (time.process_time delta / tasks) and in the other processes.
         Waiting for all: ours django_tasks_shared.wait_all (a few round trips per
         batch; also shown: one blocking wait() per result), local polls refresh() per result,
-        raw calls Future.result() per future
+        raw calls Future.result() per future, Huey a blocking Result.get() per result.
+        CPU per task: server (the embedded server's pid from health(); redis-server for Huey)
+        and worker processes (health()'s workers; the pool's or the consumer's children), each
+        read from the process's CPU clock to the ns (stress/bench_cpu.py)
+    W1 portable (stress/bench_portable.py): W1 again, waited the way code for ANY backend
+        waits: refresh() over the pending results every 1 ms (Huey: is_ready(); raw: done())
     W2  200 single tasks one after another: enqueue -> observed finished, p50/p99; polled with
         TaskResult.refresh() (Future.done() for raw), and blocking (django_tasks_shared.wait;
         Future.result() for raw; django-tasks-local has no blocking wait)
@@ -24,35 +31,39 @@ Everything runs in ONE run on this machine, the three systems back to back insid
         the task CPU measured inside the task (time.thread_time)
     W4  one get_result of a finished result from a process that did not enqueue it, p50/p99
         (a separate OS process; django-tasks-local cannot see other processes' results at all)
+    W5  (stress/bench_w5.py, ours only) 64 client processes enqueuing and waiting at once
+        against 1 client doing the same total -> tasks/s of each and the ratio
 
     W1 with a STATE_DIR (stress/bench_durable.py): W1 again on three more embedded servers,
         STATE_DIR with FSYNC "everysec", "always", "never", paired per repeat with an in-memory
         W1 run next to them -> ratios (issue 7 target: everysec >= 0.85x in-memory)
 
-Prints a table, ratios (ours / local, ours / raw) and PASS/MISS per target of issue 2. Not a
-test: exits 0 whatever the figures, unless something crashes. Every process it starts is stopped
-by pid at the end.
+Prints a table, ratios (ours / local, ours / raw, ours / huey), PASS/MISS per target of issue 2
+(stress/bench_report.py) and per target of issue 9, judged per repeat with "met k/N"
+(stress/bench_targets.py). Not a test: exits 0 whatever the figures, unless something crashes.
+Every process it starts is stopped by pid at the end.
 """
 
 import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 
+from . import bench_portable, bench_report, bench_w5
+from .bench_cpu import cpu_of
+
 SETTINGS = "stress.bench_settings"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINISHED = ("SUCCESSFUL", "FAILED")
 
-FULL = {"w1": 2000, "w2": 200, "w3": 40, "w4": 1000, "w4_ids": 200}
-QUICK = {"w1": 500, "w2": 60, "w3": 12, "w4": 300, "w4_ids": 60}
+FULL = {"w1": 2000, "w2": 200, "w3": 40, "w4": 1000, "w4_ids": 200, "w5": 2048}
+QUICK = {"w1": 500, "w2": 60, "w3": 12, "w4": 300, "w4_ids": 60, "w5": 640}
 
 # metric -> (label, unit scale, format, better: "high" | "low")
 METRICS = [
@@ -63,6 +74,9 @@ METRICS = [
     ("w1_client_cpu_us", "W1 CPU/task in enqueuing process, us", "{:,.0f}", "low"),
     ("w1_server_cpu_us", "W1 CPU/task in server process, us", "{:,.0f}", "low"),
     ("w1_worker_cpu_us", "W1 CPU/task in worker processes, us", "{:,.0f}", "low"),
+    ("w1_portable_tps", "W1 portable (refresh() every 1 ms), tasks/s", "{:,.0f}", "high"),
+    ("w1_portable_client_cpu_us", "W1 portable CPU/task enqueuing process, us", "{:,.0f}",
+     "low"),
     ("w2_poll_p50_ms", "W2 latency polled p50, ms", "{:.3f}", "low"),
     ("w2_poll_p99_ms", "W2 latency polled p99, ms", "{:.3f}", "low"),
     ("w2_wait_p50_ms", "W2 latency blocking wait p50, ms", "{:.3f}", "low"),
@@ -75,6 +89,11 @@ METRICS = [
     ("w4_p50_us", "W4 get_result other process p50, us", "{:,.0f}", "low"),
     ("w4_p99_us", "W4 get_result other process p99, us", "{:,.0f}", "low"),
     ("w4_ping_p50_us", "W4 bare round trip (ping) p50, us", "{:,.0f}", "low"),
+    ("w5_1_tps", "W5 1 client process, tasks/s", "{:,.0f}", "high"),
+    ("w5_many_tps", "W5 64 client processes at once, tasks/s", "{:,.0f}", "high"),
+    ("w5_ratio", "W5 64 clients / 1 client", "{:.2f}x", "high"),
+    ("w5_1_server_cpu_us", "W5 server CPU/task, 1 client, us", "{:,.0f}", "low"),
+    ("w5_many_server_cpu_us", "W5 server CPU/task, 64 clients, us", "{:,.0f}", "low"),
 ]
 NOT_SHARED = "n/a (not shared)"
 
@@ -87,18 +106,6 @@ def percentile(values, p):
     lo = int(k)
     hi = min(lo + 1, len(values) - 1)
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def cpu_of(pids):
-    """Total user+system CPU seconds of the given pids (those still alive)."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +160,9 @@ class Shared:
     def wait_each(self, results):
         for r in results:
             self.wait(r, 60)
+
+    def is_done(self, r):
+        return bench_portable.refresh_done(r)
 
     def poll(self, r):
         while r.status.value not in FINISHED:
@@ -258,6 +268,9 @@ class Raw:
     def wait_all(self, futures):
         for f in futures:
             f.result(60)
+
+    def is_done(self, f):
+        return f.done()
 
     def poll(self, f):
         while not f.done():
@@ -381,10 +394,10 @@ def w3(system, n, iterations):
 _children = []
 
 
-def run_child(spec):
+def run_child(spec, flag="--w4-child"):
     env = dict(os.environ, DJANGO_SETTINGS_MODULE=SETTINGS,
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    popen = subprocess.Popen([sys.executable, "-m", "stress.bench", "--w4-child"], cwd=ROOT,
+    popen = subprocess.Popen([sys.executable, "-m", "stress.bench", flag], cwd=ROOT,
                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     _children.append(popen)
     try:
@@ -394,7 +407,7 @@ def run_child(spec):
             popen.kill()
             popen.wait()
     if popen.returncode != 0:
-        raise RuntimeError(f"W4 child exited with {popen.returncode}")
+        raise RuntimeError(f"{flag} child exited with {popen.returncode}")
     return json.loads(out)
 
 
@@ -406,6 +419,10 @@ def w4_child():
     from django.tasks.exceptions import TaskResultDoesNotExist
 
     spec = json.loads(sys.stdin.read())
+    if spec.get("huey"):
+        from . import bench_huey
+
+        return json.dump(bench_huey.w4_child(spec), sys.stdout)
     backend = task_backends[spec["alias"]]
     found = 0
     for task_id in spec["ids"]:
@@ -447,6 +464,7 @@ def run(args):
     args.load_before = os.getloadavg()
     busy0 = machine_busy()
     wall0 = time.perf_counter()
+    sock_dir = None
     if args.server:
         sock_dir = tempfile.mkdtemp(prefix="dts-bench-")
         os.environ["BENCH_TASKS_ADDRESS"] = os.path.join(sock_dir, "tasks.sock")
@@ -466,6 +484,16 @@ def run(args):
     iterations = bench_tasks.calibrate_burn(0.050)
     classes = [] if args.state_only else [Shared, Local, Raw]
     systems = [cls(args, counts) for cls in classes]
+    args.skipped = {}
+    if classes and not args.no_huey:
+        from . import bench_huey
+
+        why = bench_huey.available()
+        if why:
+            args.skipped["huey"] = why
+            print(f"  huey skipped: {why}", file=sys.stderr, flush=True)
+        else:
+            systems.append(bench_huey.Huey(args, counts, ROOT))
     samples = {s.name: [] for s in systems}
     durable = bench_durable.make_systems(Shared, args, counts) if state_root else []
     state_samples = {}
@@ -480,25 +508,34 @@ def run(args):
                     file=sys.stderr, flush=True)
             if not systems:
                 continue
-            order = systems[rep % 3:] + systems[:rep % 3]
-            for s in order:
+            k = rep % len(systems)
+            for s in systems[k:] + systems[:k]:
                 t0 = time.perf_counter()
                 figures = {}
                 figures.update(w1(s, counts["w1"]))
+                figures.update(bench_portable.w1_portable(s, counts["w1"]))
                 figures.update(w2(s, counts["w2"]))
                 figures.update(w3(s, counts["w3"], iterations))
                 figures.update(s.w4(counts["w4_ids"], counts["w4"]))
+                w5_note = ""
+                if s.name == "shared":
+                    t5 = time.perf_counter()
+                    figures.update(bench_w5.w5(s, counts["w5"], rep, run_child, cpu_of))
+                    w5_note = (f", W5 {figures['w5_ratio']:.2f}x "
+                               f"({time.perf_counter() - t5:.1f} s)")
                 samples[s.name].append(figures)
                 print(f"  repeat {rep + 1}/{args.repeat} {s.name:<6} done in "
-                      f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s",
+                      f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s, "
+                      f"portable {figures['w1_portable_tps']:,.0f}/s{w5_note}",
                       file=sys.stderr, flush=True)
     finally:
         for s in systems:
             with contextlib.suppress(Exception):
                 s.stop()
         stop_everything(server)
-        if state_root:
-            shutil.rmtree(state_root, ignore_errors=True)
+        for directory in (state_root, sock_dir):  # the --server socket's dir too (was left)
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
     busy1 = machine_busy()
     wall = time.perf_counter() - wall0
     others = (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])
@@ -561,113 +598,10 @@ def stop_everything(server=None):
             popen.wait(timeout=1)
 
 
-def pick(values, better, how):
-    numbers = [v for v in values if isinstance(v, (int, float))]
-    if not numbers:
-        return values[0]
-    if how == "median" or better is None:
-        return statistics.median(numbers)
-    return max(numbers) if better == "high" else min(numbers)
-
-
-def fmt(value, spec):
-    return spec.format(value) if isinstance(value, (int, float)) else str(value)
-
-
-def ratio(a, b):
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
-        return f"{a / b:.2f}x"
-    return "-"
-
-
-def report(args, systems, samples, iterations, counts, state_samples):
-    state = None
-    if state_samples:
-        from . import bench_durable
-
-        state = bench_durable.summarize(state_samples)
-        state_lines = bench_durable.report_lines(state, counts["w1"])
-    if not systems:  # --state-only
-        print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
-              f"{args.load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; OTHER "
-              f"processes used {args.others_cpu_pct:.0f} % of the machine's CPU")
-        print("\n".join(state_lines))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"python": platform.python_version(), "counts": counts,
-                           "repeat": args.repeat, "others_cpu_pct": args.others_cpu_pct,
-                           "state": state}, f, indent=2)
-        return
-    how = args.pick
-    picked = {s.name: {key: pick([f[key] for f in samples[s.name]], better, how)
-                       for key, _, _, better in METRICS} for s in systems}
-    for s in systems:  # W3 wall and ideal from the repeat whose "over ideal" is shown
-        for sample in samples[s.name]:
-            if sample["w3_over_pct"] == picked[s.name]["w3_over_pct"]:
-                picked[s.name]["w3_wall_s"] = sample["w3_wall_s"]
-                picked[s.name]["w3_ideal_s"] = sample["w3_ideal_s"]
-                picked[s.name]["w3_others_cores"] = sample["w3_others_cores"]
-                picked[s.name]["w3_over_left_pct"] = sample["w3_over_left_pct"]
-    lines = []
-    p = lines.append
-    p("")
-    p(f"django-tasks-shared benchmark: Python {platform.python_version()}, {os.cpu_count()} "
-      f"CPUs, load average {args.load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
-      f"OTHER processes used {args.others_cpu_pct:.0f} % of the machine's CPU during the run "
-      f"(noise: compare the ratios)")
-    p(f"counts: W1 {counts['w1']} tasks, W2 {counts['w2']} tasks per mode, W3 {counts['w3']} "
-      f"tasks x {iterations:,} iterations (~50 ms), W4 {counts['w4']} lookups of "
-      f"{counts['w4_ids']} ids; {args.repeat} repeat(s), {how} of repeats per figure "
-      f"(best = highest throughput / lowest time); polling sleeps {args.poll * 1e6:.0f} us "
-      f"between refresh() calls")
-    for s in systems:
-        p(f"  {s.name:<6} = {s.label}")
-    p("")
-    head = f"{'metric':<40} {'shared':>12} {'local':>17} {'raw':>17} {'ours/local':>11} " \
-           f"{'ours/raw':>9}"
-    p(head)
-    p("-" * len(head))
-    for key, label, spec, _ in METRICS:
-        a, b, c = (picked[n][key] for n in ("shared", "local", "raw"))
-        p(f"{label:<40} {fmt(a, spec):>12} {fmt(b, spec):>17} {fmt(c, spec):>17} "
-          f"{ratio(a, b):>11} {ratio(a, c):>9}")
-    ours, local, raw = picked["shared"], picked["local"], picked["raw"]
-    targets = [
-        ("W1 >= 1.2x django-tasks-local", ours["w1_tps"] / local["w1_tps"], ">=", 1.2, "x"),
-        ("W1 >= 0.6x raw executor", ours["w1_tps"] / raw["w1_tps"], ">=", 0.6, "x"),
-        ("W2 p50 polled < 1.5 ms", ours["w2_poll_p50_ms"], "<", 1.5, " ms"),
-        ("W2 p50 blocking wait < 1 ms", ours["w2_wait_p50_ms"], "<", 1.0, " ms"),
-        ("W3 within 15 % of ideal", ours["w3_over_pct"], "<=", 15.0, " %"),
-        ("W4 p50 < 120 us", ours["w4_p50_us"], "<", 120.0, " us"),
-    ]
-    p("")
-    p("targets (issue 2)")
-    verdicts = []
-    for label, value, op, limit, unit in targets:
-        ok = value >= limit if op == ">=" else value < limit if op == "<" else value <= limit
-        verdicts.append({"target": label, "value": value, "pass": ok})
-        p(f"  {'PASS' if ok else 'MISS'}  {label:<32} measured {value:.2f}{unit}")
-    if state is not None:
-        lines += state_lines
-    print("\n".join(lines))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "counts": counts, "burn_iterations": iterations, "pick": how,
-                       "repeat": args.repeat, "poll_interval_s": args.poll,
-                       "mode": "tasks_server" if args.server else "embedded",
-                       "others_cpu_pct": args.others_cpu_pct,
-                       "load_before": args.load_before, "load_after": os.getloadavg(),
-                       "systems": {s.name: s.label for s in systems},
-                       "samples": samples, "picked": picked, "targets": verdicts,
-                       "state": state}, f, indent=2)
-        print(f"\nwrote {args.json}")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m stress.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller counts (< 30 s)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (under a minute)")
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times")
     parser.add_argument("--pick", choices=("best", "median"), default="best",
                         help="which of the repeats each figure shows (default best)")
@@ -681,17 +615,22 @@ def main(argv=None):
                         help="skip W1 with a STATE_DIR (FSYNC everysec, always, never)")
     parser.add_argument("--state-only", action="store_true",
                         help="run only W1 in memory and with a STATE_DIR, paired per repeat")
+    parser.add_argument("--no-huey", action="store_true",
+                        help="skip the Huey + redis-server system")
     parser.add_argument("--w4-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--w5-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.w4_child:
         return w4_child()
+    if args.w5_child:
+        return bench_w5.launcher()
     warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (the baselines)
     os.chdir(ROOT)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     if args.no_state and args.state_only:
         parser.error("--no-state and --state-only contradict each other; give one")
-    report(args, *run(args))
+    bench_report.report(args, METRICS, *run(args))
     return 0
 
 

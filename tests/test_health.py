@@ -183,8 +183,12 @@ def test_healthy_then_degraded_report_json_watch_and_wrong_authkey():
             for needle in (f"pid {server_pid}", srv.address, "version 0.1.0", "MAX_QUEUE 4",
                            "default: 0 ready, 0 deferred", "emails: 0 ready, 0 deferred",
                            "running   1", "enqueued 1", "workers   2 of 2",
-                           f"testproject.tasks.sleep {running.id[:12]}"):
+                           f"testproject.tasks.sleep {running.id[:12]}",
+                           "of MAX_CONNECTIONS 4096"):
                 assert needle in out, needle
+            # the busy worker's thread, the test's client and the tasks_health process at least
+            held = int(out.split("connections ", 1)[1].split()[0])
+            assert held >= 3, out
             assert "ID" in out and "RSS" in out and "CPU %" in out and "STARTED" in out
 
             as_json = run_health(srv.address, "--json")

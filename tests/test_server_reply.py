@@ -1,57 +1,113 @@
-"""A stopping server never answers a new connection at all rather than answer wrongly (found
-by the stress harness with --state-dir: a `get` of an existing task said "does not exist"
-while the server wrote its final snapshot)."""
+"""The event loop's protocol edges, on a real socket in this process: a stopping server never
+answers a request wrongly (found by the stress harness with --state-dir: a `get` of an existing
+task said "does not exist" while the server wrote its final snapshot), a wrong authkey is told
+so, and requests pipelined on one connection are answered in order, also behind a long-poll."""
 
 import os
 import secrets
 import threading
+import time
 
 import pytest
 
-from django_tasks_shared import server as server_module
-from django_tasks_shared.client import StoreClient, _connect
-from django_tasks_shared.exceptions import ServerUnavailable
-from django_tasks_shared.store import TaskStore
-from django_tasks_shared.wire import read_message
+from django_tasks_shared.client import STORE_IDENT, StoreClient, _connect
+from django_tasks_shared.eventloop import EventLoop, listen
+from django_tasks_shared.exceptions import ServerAuthenticationError, ServerUnavailable
+from django_tasks_shared.server import EXPOSED
+from django_tasks_shared.store import TaskStore, new_record
+from django_tasks_shared.wire import read_message, write_message
 from helpers import temp_dir
 
 
 @pytest.fixture
-def stopping_server():
-    """A StoreServer on a real socket in this process; the test sets its stop event."""
+def loop_server():
+    """An EventLoop serving a TaskStore on a unix socket, in a thread of this process."""
     address = os.path.join(temp_dir(), "s.sock")
     authkey = secrets.token_bytes(32)
-    old_store = server_module._store
-    server_module._store = store = TaskStore()
+    store = TaskStore()
     store.set_meta(pid=os.getpid())
-    manager = server_module.StoreManager(address=address, authkey=authkey)
-    server = server_module.StoreServer(manager._registry, manager._address, manager._authkey,
-                                       manager._serializer)
-    server.id_to_obj[server_module.STORE_IDENT] = (store, frozenset(server_module.EXPOSED), None)
-    server.stop_event = threading.Event()
-    threading.Thread(target=server.accepter, daemon=True).start()
+    loop = EventLoop(store, listen(address), authkey, EXPOSED, handshake_timeout=2.0)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
     try:
-        yield server, StoreClient(address, authkey, timeout=2.0), address, authkey
+        yield loop, store, StoreClient(address, authkey, timeout=2.0), address, authkey
     finally:
-        # The accepter thread stays blocked in accept() (a daemon); closing the listener under
-        # it would make it retry every 10 ms for the rest of the session. The socket file goes
-        # now (the listener's finalizer, run once), not at exit after its directory is gone.
-        server.listener._listener._unlink()
-        server_module._store = old_store
+        loop.stop()
+        assert loop.stopped.wait(5)
+        if os.path.exists(address):
+            os.unlink(address)
 
 
-def test_a_stopping_server_drops_new_connections_instead_of_answering_none(stopping_server):
-    server, client, address, authkey = stopping_server
+@pytest.mark.timeout(30)
+def test_a_stopped_server_refuses_instead_of_answering(loop_server):
+    loop, store, client, address, authkey = loop_server
     assert client.call("ping") == os.getpid()
-    client.close()
-    server.stop_event.set()  # as during the final snapshot
-    conn = _connect(address, authkey, 2.0)  # the handshake still succeeds...
+    kept = _connect(address, authkey, 2.0)  # authenticated before the stop
+    loop.stop()
+    assert loop.stopped.wait(5)
     try:
-        # ...but nothing may follow it: before the fix the server sent ('#RETURN', None) here,
-        # which a client read as the reply to its first call (get -> "does not exist").
+        # A request on a connection kept from before: no reply at all, never a wrong one.
         with pytest.raises((EOFError, OSError)):
-            read_message(conn.fileno())
+            write_message(kept.fileno(), (STORE_IDENT, "get", ("some-id",), {}))
+            read_message(kept.fileno())
     finally:
-        conn.close()
+        kept.close()
     with pytest.raises(ServerUnavailable):
         client.call("get", "some-id")
+
+
+@pytest.mark.timeout(30)
+def test_a_wrong_authkey_is_rejected_by_name(loop_server):
+    loop, store, client, address, authkey = loop_server
+    with pytest.raises(ServerAuthenticationError, match="rejected the authkey"):
+        StoreClient(address, secrets.token_bytes(32), timeout=2.0).call("ping")
+    assert client.call("ping") == os.getpid()  # the loop serves on
+
+
+@pytest.mark.timeout(30)
+def test_pipelined_requests_are_answered_in_order_behind_a_long_poll(loop_server):
+    loop, store, client, address, authkey = loop_server
+    store.enqueue(new_record(id="t1", task="x.y", args=[], kwargs={}))
+    conn = _connect(address, authkey, 2.0)
+    try:
+        started = time.monotonic()
+        # Two requests back to back: the wait parks for 0.3 s; the ping must not overtake it.
+        # (Connection.recv reads exactly one message; wire.read_message may read ahead.)
+        conn.send((STORE_IDENT, "wait", ("t1", 0.3), {}))
+        conn.send((STORE_IDENT, "ping", (), {}))
+        assert conn.recv() == ("#RETURN", store.get("t1"))
+        assert time.monotonic() - started >= 0.25
+        assert conn.recv() == ("#RETURN", os.getpid())
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_work_from_other_threads_reaches_parked_claims_and_waits_promptly(loop_server):
+    """Tasks enqueued by another thread of the server (the scheduler, the supervisor's retries)
+    wake the loop: a parked claim gets its task and a parked wait its record at once, every
+    time (a lost wake-up would show as a claim answered only at its 5 s timeout)."""
+    loop, store, client, address, authkey = loop_server
+    store.register_worker("w1", os.getpid())
+    worker = _connect(address, authkey, 10.0)
+    waiter = _connect(address, authkey, 10.0)
+    try:
+        outcome = None
+        for n in range(300):
+            worker.send((STORE_IDENT, "finish_and_claim", ("w1", outcome, 5.0), {}))
+            time.sleep(0.001 * (n % 3))  # parked, or not yet: both orders
+            threading.Thread(target=store.enqueue, args=(
+                new_record(id=f"t{n}", task="x.y", args=[], kwargs={}),)).start()
+            started = time.monotonic()
+            kind, record = worker.recv()
+            assert kind == "#RETURN" and record["id"] == f"t{n}", record
+            waiter.send((STORE_IDENT, "wait", (f"t{n}", 5.0), {}))
+            finished = {"id": f"t{n}", "status": "SUCCESSFUL", "finished_at": time.time(),
+                        "return_value": n}
+            threading.Thread(target=store.claim_now, args=("w1", finished)).start()
+            kind, done = waiter.recv()
+            assert done["status"] == "SUCCESSFUL" and done["return_value"] == n
+            assert time.monotonic() - started < 1.0, n
+    finally:
+        worker.close()
+        waiter.close()

@@ -175,8 +175,10 @@ def test_metrics_for_staff_and_bearer_token_and_501_without_the_extra(site, staf
                          headers={"Authorization": "Bearer s3cret"}).status_code == 401
     families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
     for name in ("tasks", "pending", "running", "workers", "worker_rss_bytes", "results_stored",
-                 "task_duration_seconds", "queue_wait_seconds", "up"):
+                 "task_duration_seconds", "queue_wait_seconds", "up", "connections"):
         assert f"django_tasks_shared_{name}" in families, name
+    # at least the scrape's own connection (a worker may still be connecting: not counted on)
+    assert families["django_tasks_shared_connections"].samples[0].value >= 1
     workers = families["django_tasks_shared_worker_rss_bytes"].samples
     assert len(workers) == 2 and all(s.value > 10_000_000 for s in workers)
     assert logged_in(staff).get("/tasks/metrics").status_code == 200

@@ -238,6 +238,9 @@ def render(doc, now=None):
                        ("max_queue", "MAX_QUEUE")):
         if (doc.get("limits") or {}).get(key) is not None:
             limits.append(f"{label} {doc['limits'][key]}")
+    if server.get("connections") is not None:
+        limits.append(f"connections {server['connections']} of MAX_CONNECTIONS "
+                      f"{server.get('max_connections')}")
     if limits:
         lines.append(f"limits    {'  '.join(limits)}")
     queues = doc.get("queues") or {}

@@ -6,6 +6,7 @@ manager, so every method below that clients call is one socket round trip.
     enqueue(record) ──> deferred heap (run_after, seq, id) ──due──┐
                     └─> ready heap (-priority, seq, id) <─────────┘
     finish_and_claim(worker, outcome) ──pop ready──> record RUNNING, owned by worker
+    (wait and finish_and_claim, blocking or parked by the event loop: store_longpoll.py)
                                       <─outcome───── SUCCESSFUL / FAILED ──> finished LRU
     get(id) / wait(id) ──> record copy (a hit refreshes LRU recency)
     supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
@@ -35,6 +36,7 @@ from .exceptions import QueueFull, ServerUnavailable
 from .persistence import JournaledStore
 from .retries import backoff, retries_supervisor_end
 from .status import FAILED, FINISHED, READY, RUNNING, STOP, SUCCESSFUL, WORKER_LOST  # noqa: F401
+from .store_longpoll import LongPollMixin
 from .store_schedules import ScheduleStateMixin
 from .store_web import WebStoreMixin
 
@@ -60,7 +62,7 @@ def new_record(
     return record
 
 
-class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
+class TaskStore(JournaledStore, LongPollMixin, ScheduleStateMixin, WebStoreMixin):
     def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
                  max_tasks_per_worker=None, clock=time.time):
         self.max_results = max_results
@@ -77,7 +79,6 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
         self._finished = OrderedDict()  # id -> None, least recently used first
         self._expiry = deque()          # (finished_at, id) in finishing order, for RESULT_TTL
         self._running = {}              # id -> worker id
-        self._waiters = {}              # id -> Event set when the task finishes
         self._pending_by_queue = {}     # queue -> [ready, deferred]
         self._workers = {}              # worker id -> info dict (see register_worker)
         self._draining = False
@@ -95,6 +96,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
              "expired", "rejected_full", "worker_restarts", "retried", "memory_exceeded",
              "cancelled"), 0)
         self._init_web()  # cancel bookkeeping, histograms, history (store_web.py)
+        self._init_longpoll()  # wait/claim waiters, the event loop's hook (store_longpoll.py)
 
     # ---- client operations (exposed over the manager) -------------------------------------
 
@@ -112,48 +114,6 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
     def get_many(self, task_ids):
         with self._lock:
             return [None if (r := self._lookup(i)) is None else dict(r) for i in task_ids]
-
-    def wait(self, task_id, timeout):
-        """Block until the task is finished or `timeout` passes; returns the record or None."""
-        with self._lock:
-            record = self._lookup(task_id)
-            if record is None or record["status"] in FINISHED:
-                return None if record is None else dict(record)
-            event = self._waiters.setdefault(task_id, threading.Event())
-        event.wait(timeout)
-        return self.get(task_id)
-
-    def finish_and_claim(self, worker_id, outcome, timeout):
-        """Report the outcome of the worker thread's last task (or None), then block up to
-        `timeout` seconds for the next one. Returns a record, None (nothing to do yet) or STOP."""
-        deadline = self._clock() + timeout
-        with self._lock:
-            worker = self._workers.get(worker_id)
-            if outcome is not None:
-                self._finish(outcome, worker_id)
-            if worker is None or self._draining or worker["retiring"]:
-                return STOP
-            if worker["state"] == "starting":
-                worker["state"] = "idle"
-                worker["ready_at"] = self._clock()
-            limit = self.max_tasks_per_worker
-            while True:
-                if limit is not None and worker["claimed"] >= limit:
-                    worker["retiring"] = True
-                    worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
-                    return STOP
-                now = self._clock()
-                record = self._pop_ready(now)
-                if record is not None:
-                    return self._start(record, worker_id, worker, now)
-                remaining = deadline - now
-                if remaining <= 0:
-                    return None
-                if self._deferred:
-                    remaining = min(remaining, max(self._deferred[0][0] - now, 0.001))
-                self._work.wait(remaining)
-                if self._draining or worker["retiring"] or worker_id not in self._workers:
-                    return STOP
 
     def save_metadata(self, task_id, fields, replace=False):
         """Merge `fields` into a RUNNING task's metadata (or replace it with them); False when
@@ -254,7 +214,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
             if worker is not None and not worker["retiring"]:
                 worker["retiring"] = True
                 worker["retire_reason"] = reason
-                self._work.notify_all()
+                self._notify_work(everyone=True)
 
     def worker_exited(self, worker_id, exception_path, message):
         """Forget the worker; its running tasks end FAILED with `exception_path`."""
@@ -265,7 +225,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
                 for task_id in list(worker["current"]):
                     self._fail(task_id, exception_path, message)
                     failed.append(task_id)
-            self._work.notify_all()
+            self._notify_work(everyone=True)
             return worker, failed
 
     def fail_task(self, task_id, exception_path, message):
@@ -285,7 +245,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
         """Hand out no more tasks: every claim now returns STOP."""
         with self._lock:
             self._draining = True
-            self._work.notify_all()
+            self._notify_work(everyone=True)
 
     def running_count(self):
         with self._lock:
@@ -344,7 +304,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
         else:
             heapq.heappush(self._ready, (-record["priority"], seq, record["id"]))
             counts[0] += 1
-        self._work.notify()  # a waiting worker takes it (or shortens its wait to the due time)
+        self._notify_work()  # a waiting worker takes it (or shortens its wait to the due time)
 
     def _lookup(self, task_id):
         record = self._records.get(task_id)
@@ -466,9 +426,7 @@ class TaskStore(JournaledStore, ScheduleStateMixin, WebStoreMixin):
             self._records.pop(old_id, None)
             self._log_forget(old_id)
             self.counters["evicted"] += 1
-        event = self._waiters.pop(task_id, None)
-        if event is not None:
-            event.set()
+        self._tell_finished(task_id)
 
     def _forget(self, task_id):
         self._finished.pop(task_id, None)

@@ -72,7 +72,7 @@ class WebStoreMixin:
                 # Until the supervisor's signal lands, the worker must not claim another task.
                 worker["retiring"] = True
                 worker["retire_reason"] = f"stopped: task {task_id} was cancelled"
-                self._work.notify_all()
+                self._notify_work(everyone=True)
             self._kills.append((worker_id, task_id, text))
         if self.on_kill is not None:
             self.on_kill()

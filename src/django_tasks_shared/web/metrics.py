@@ -57,6 +57,11 @@ def _families(snapshot):
         if worker.get("rss_bytes") is not None:
             rss.add_metric([worker["id"]], worker["rss_bytes"])
     yield rss
+    connections = (snapshot.get("server") or {}).get("connections")
+    if connections is not None:
+        yield GaugeMetricFamily(f"{PREFIX}_connections",
+                                "Client connections the task server holds (all processes)",
+                                value=connections)
     yield GaugeMetricFamily(f"{PREFIX}_results_stored", "Finished results held by the server",
                             value=(snapshot.get("results") or {}).get("stored") or 0)
     histograms = snapshot.get("histograms") or {}

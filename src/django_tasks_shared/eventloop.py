@@ -1,0 +1,387 @@
+"""The server's network core: ONE thread, epoll, every connection (the way Redis serves its
+clients), long-polls parked as callbacks instead of holding a thread.
+
+    listener ──accept()──> Peer: challenge sent; MAX_CONNECTIONS reached -> "#REFUSED#" + close
+                           CONNECT_TIMEOUT without authenticating -> dropped
+    epoll "main":  listener, wake eventfd, the "cold" epoll, and every hot peer
+    epoll "cold":  new peers (handshaking, or idle since): at most COLD_PER_TURN of their events
+                   a turn, so a storm of connects / handshakes / closes costs the clients that
+                   work (hot: they made a store call) at most one short slice of a turn
+    readable peer ──frames──> handshake step | request (dispatch.py)
+        store call: TaskStore method ──> reply queued; wait / a worker's claim with nothing to
+                    hand out ──> parked (timer heap, claims in FIFO order)
+    another thread (supervisor, scheduler) or this one changes the store:
+        task finished ──watcher.set()──> woken deque ─┐  a task ready / workers must stop
+        ──store.on_work──> claims retried ────────────┤  (eventfd write when from another thread)
+    end of every turn: store.commit()  (STATE_DIR: ONE journal write / fsync for every reply of
+                       the turn: group commit), then the replies written
+
+A request runs to its end before the next: store methods are O(1) or short, and pickling is
+capped by MAX_PAYLOAD, so no client waits long behind another (see docs/architecture.md).
+"""
+
+import heapq
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+
+from .client import REFUSED
+from .dispatch import Dispatcher
+from .exceptions import ServerUnavailable
+from .peer import Handshake, Peer
+from .wire import MessageTooLarge
+
+logger = logging.getLogger("django_tasks_shared.server")
+
+READ_SIZE = 65536
+ACCEPTS_PER_TURN = 32  # new connections taken per turn (then the clients already in)
+COLD_PER_TURN = 32     # events of cold peers (handshakes, idle ones closing) served per turn
+MAX_EVENTS = 512       # per epoll_wait: beyond it the kernel round-robins the ready peers
+STOP_FLUSH = 1.0       # seconds to write the last replies when stopping
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+
+
+def listen(address, backlog=512):
+    """The listening socket: a unix path (0600 whatever the umask) or a TCP address."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(address)
+        finally:
+            os.umask(old_umask)
+    else:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    sock.listen(backlog)  # a restart of every web worker is a connect herd
+    sock.setblocking(False)
+    return sock
+
+
+class EventLoop(Dispatcher):
+    def __init__(self, store, listener, authkey, exposed, *, message_limit=None,
+                 max_connections=None, handshake_timeout=5.0):
+        self.store = store
+        self.listener = listener
+        self.tcp = listener.family != socket.AF_UNIX
+        self.authkey = bytes(authkey)
+        self.exposed = tuple(exposed)
+        self.calls = {name: getattr(store, name) for name in exposed}
+        self.message_limit = message_limit if message_limit is not None else 1 << 62
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.peers = {}                 # fd -> Peer
+        self._main = select.epoll()
+        self._cold = select.epoll()
+        self._handshaking = deque()     # peers in accept order (deadlines come in order)
+        self._timers = []               # heap of (deadline, seq, Parked)
+        self._seq = itertools.count()
+        self._claimers = deque()        # parked claims, first parked first served
+        self._woken = deque()           # parked waits whose task finished (any thread appends)
+        self._work = False              # retry parked claims (a task ready, a worker to stop)
+        self._dirty = []                # peers with replies queued in this turn
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_pending = False
+        self._accept_paused_until = 0.0
+        self._refused = 0
+        self._refusal_logged = 0.0
+        self._stopping = False
+        self._ident = None
+        self.stopped = threading.Event()
+        self._main.register(listener.fileno(), IN)
+        self._main.register(self._wake_fd, IN)
+        self._main.register(self._cold.fileno(), IN)
+        store.on_work = self._on_work
+
+    # ---- from any thread ------------------------------------------------------------------
+
+    def wake(self):
+        if threading.get_ident() == self._ident:
+            return  # the loop itself: it looks at the woken deque before it sleeps again
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
+
+    def stop(self):
+        """Stop serving: the last replies go out (up to STOP_FLUSH), every connection closes."""
+        if not self._stopping:
+            self._stopping = True
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
+
+    def _on_work(self):
+        self._work = True
+        self.wake()
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self):
+        self._ident = threading.get_ident()
+        poll, cold_poll = self._main.poll, self._cold.poll
+        cold_fd, listen_fd = self._cold.fileno(), self.listener.fileno()
+        peers, on_peer = self.peers, self._on_peer
+        try:
+            while not self._stopping:
+                for fd, events in poll(self._timeout(), MAX_EVENTS):
+                    peer = peers.get(fd)
+                    if peer is not None:
+                        on_peer(peer, events)
+                    elif fd == cold_fd:
+                        for fd2, events2 in cold_poll(0, COLD_PER_TURN):
+                            peer = peers.get(fd2)
+                            if peer is not None:
+                                on_peer(peer, events2)
+                    elif fd == listen_fd:
+                        self._accept()
+                    elif fd == self._wake_fd:
+                        self._on_wake()
+                self._after_events()
+        finally:
+            self._close_all()
+            self.stopped.set()
+
+    def _timeout(self):
+        if self._woken or self._work:
+            return 0
+        if not (self._timers or self._handshaking or self._claimers or
+                self._accept_paused_until):
+            return 1.0
+        now = time.monotonic()
+        timeout = 1.0
+        if self._timers:
+            timeout = min(timeout, self._timers[0][0] - now)
+        if self._handshaking:
+            timeout = min(timeout, self._handshaking[0].deadline - now)
+        if self._claimers:
+            due = self.store.next_due()
+            if due is not None:
+                timeout = min(timeout, due - time.time())
+        if self._accept_paused_until:
+            timeout = min(timeout, self._accept_paused_until - now)
+        return max(timeout, 0)
+
+    def _after_events(self):
+        if self._claimers and not self._work:
+            due = self.store.next_due()
+            self._work = due is not None and due <= time.time()
+        if self._work:
+            self._work = False
+            self._serve_claimers()
+        while self._woken:
+            parked = self._woken.popleft()
+            if not parked.done:
+                self._unpark(parked, self.store.get(parked.task))
+        if self._timers or self._handshaking or self._accept_paused_until:
+            self._deadlines(time.monotonic())
+        if self._dirty:
+            self._reply()
+
+    def _deadlines(self, now):
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            parked = heapq.heappop(timers)[2]
+            if not parked.done:
+                self._expire(parked)
+        handshaking = self._handshaking
+        while handshaking and (handshaking[0].deadline <= now or handshaking[0].closed or
+                               handshaking[0].handshake is None):
+            peer = handshaking.popleft()
+            if not peer.closed and peer.handshake is not None:
+                self._close(peer)  # CONNECT_TIMEOUT passed without authenticating
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._main.register(self.listener.fileno(), IN)
+
+    def _reply(self):
+        """Commit the journal once for every reply of this turn, then write them."""
+        dirty, self._dirty = self._dirty, []
+        try:
+            self.store.commit()
+        except OSError as exc:
+            logger.error("journal write failed: %s", exc)
+            error = ("#ERROR", ServerUnavailable(
+                f"the task server could not write its journal ({exc}); the change may not "
+                f"survive a crash. Check the disk of STATE_DIR."))
+            for peer in dict.fromkeys(dirty):
+                if peer.handshake is None:  # a challenge being sent is not a reply
+                    peer.out = []
+                    peer.queue(error)
+        for peer in dirty:
+            if peer.closed or peer.writing:
+                continue
+            try:
+                if peer.flush():
+                    if peer.close_after_flush:
+                        self._close(peer)
+                    continue
+            except OSError:
+                self._close(peer)
+                continue
+            peer.writing = True  # the rest when the socket drains
+            self._epoll(peer).modify(peer.fd, IN | OUT)
+
+    def _on_wake(self):
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        # After the read, not before: a wake() that found the flag still set skipped its write,
+        # but what it announced (_work, _woken) was set before it, and this turn handles it next.
+        # Cleared before the read, a write made in between would be consumed here with the flag
+        # left set, and every later wake() would skip its write.
+        self._wake_pending = False
+
+    # ---- connections ----------------------------------------------------------------------
+
+    def _epoll(self, peer):
+        return self._main if peer.hot else self._cold
+
+    def promote(self, peer):
+        """A peer that made a store call is hot: served every turn, never behind a storm."""
+        self._cold.unregister(peer.fd)
+        peer.hot = True
+        self._main.register(peer.fd, IN | OUT if peer.writing else IN)
+
+    def _accept(self):
+        listener = self.listener
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # EMFILE/ENFILE: pause rather than spin (level-triggered)
+                logger.warning("accept() failed: %s; pausing new connections 50 ms", exc)
+                self._main.unregister(listener.fileno())
+                self._accept_paused_until = time.monotonic() + 0.05
+                return
+            if self.max_connections is not None and len(self.peers) >= self.max_connections:
+                self._refuse(sock)
+                continue
+            sock.setblocking(False)
+            if self.tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            handshake = Handshake(self.authkey)
+            peer = Peer(sock, handshake, time.monotonic() + self.handshake_timeout)
+            self.peers[peer.fd] = peer
+            self.store.meta["connections"] = len(self.peers)  # for health (one dict store)
+            self._handshaking.append(peer)
+            self._cold.register(peer.fd, IN)
+            peer.queue_raw(handshake.challenge())
+            self._dirty.append(peer)
+
+    def _refuse(self, sock):
+        """Answer where the client expects the challenge, so it can say why; never block."""
+        try:
+            sock.setblocking(False)
+            reason = (f"{REFUSED} the task server holds MAX_CONNECTIONS="
+                      f"{self.max_connections} connections").encode()
+            sock.send(len(reason).to_bytes(4, "big") + reason)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 10:  # a storm must not flood the log
+            logger.warning("refused %d connection(s): MAX_CONNECTIONS=%d reached",
+                           self._refused, self.max_connections)
+            self._refused, self._refusal_logged = 0, now
+
+    def _on_peer(self, peer, events):
+        try:
+            if events & OUT:
+                if not peer.flush():
+                    return
+                if peer.close_after_flush:
+                    self._close(peer)
+                    return
+                peer.writing = False
+                self._epoll(peer).modify(peer.fd, IN)
+            if events & ~OUT:  # readable, or hung up / in error: read() tells which
+                self._read(peer)
+        except OSError:
+            self._close(peer)
+        except Exception:  # a bug must cost one connection, not the server
+            logger.exception("failed serving a connection; it is closed")
+            self._close(peer)
+
+    def _read(self, peer):
+        try:
+            data = os.read(peer.fd, max(READ_SIZE, min(peer.need - len(peer.inbuf), 1 << 22)))
+        except BlockingIOError:
+            return
+        if not data:
+            self._close(peer)  # the client went away
+            return
+        try:
+            frames = peer.frames(data, 256 if peer.handshake is not None else self.message_limit)
+        except MessageTooLarge as exc:
+            logger.warning("dropped a client connection: %s (MAX_PAYLOAD)", exc)
+            self._close(peer)
+            return
+        for data in frames:
+            if peer.closed:
+                return
+            if peer.parked is not None:
+                peer.held.append(data)  # one request at a time per connection
+            elif peer.handshake is not None:
+                self._handshake_step(peer, data)
+            else:
+                self._request(peer, data)
+
+    def _handshake_step(self, peer, data):
+        reply, state = peer.handshake.step(data)
+        if reply is not None:
+            peer.queue_raw(reply)
+            self._dirty.append(peer)
+        if state == "done":
+            peer.handshake = None
+        elif state == "failed":
+            if reply is None:
+                self._close(peer)
+            else:
+                peer.close_after_flush = True
+
+    def _close(self, peer):
+        if peer.closed:
+            return
+        peer.closed = True
+        self.peers.pop(peer.fd, None)
+        self.store.meta["connections"] = len(self.peers)
+        parked = peer.parked
+        if parked is not None:
+            parked.done = True
+            if parked.watcher is not None:
+                self.store.unwatch(parked.task, parked.watcher)
+        try:
+            self._epoll(peer).unregister(peer.fd)
+        except (OSError, ValueError):
+            pass
+        peer.sock.close()
+
+    def _close_all(self):
+        deadline = time.monotonic() + STOP_FLUSH
+        for peer in list(self.peers.values()):
+            if peer.out and not peer.closed:
+                peer.sock.setblocking(True)
+                peer.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    peer.sock.sendall(b"".join(bytes(chunk) for chunk in peer.out))
+                except OSError:
+                    pass
+            self._close(peer)
+        self.listener.close()
+        self._main.close()
+        self._cold.close()
+        self.store.on_work = None
+        # The eventfd stays open: a supervisor thread may still be inside wake(), and a closed
+        # number could be reused by then (its 8 bytes would land in someone else's file).
+        self._wake_pending = True  # so that wake() writes nothing from now on
