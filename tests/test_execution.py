@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
 
 import psutil
@@ -36,9 +37,13 @@ def claimed(task, *args, **kwargs):
 
 
 def run(record, max_payload=MAX, client=None):
+    """execute() in a thread of its own, as in a worker: Django's connections are per thread, and
+    this test process's main thread may hold one from another test (pytest-django would refuse
+    the check execute() makes on it)."""
     from django_tasks_shared.backend import ProcessPoolBackend
 
-    return execute(record, ProcessPoolBackend, max_payload, client)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(execute, record, ProcessPoolBackend, max_payload, client).result(30)
 
 
 class Small(IntEnum):
