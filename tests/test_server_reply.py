@@ -111,3 +111,31 @@ def test_work_from_other_threads_reaches_parked_claims_and_waits_promptly(loop_s
     finally:
         worker.close()
         waiter.close()
+
+
+@pytest.mark.timeout(30)
+def test_idle_connections_go_back_to_cold_and_come_back_when_they_call(loop_server):
+    """A connection idle for a sweep or two leaves the main epoll (a deploy closing every idle
+    web connection at once is then served 32 a turn); its next call brings it back. A parked
+    long-poll is never demoted."""
+    loop, store, client, address, authkey = loop_server
+    loop.idle_sweep = 0.1
+    loop._next_sweep = 0  # the next turn sweeps, then every 0.1 s
+    assert client.call("ping") == os.getpid()
+    store.enqueue(new_record(id="t1", task="x.y", args=[], kwargs={}))
+    parked = _connect(address, authkey, 5.0)
+    try:
+        parked.send((STORE_IDENT, "wait", ("t1", 3.0), {}))
+
+        def hot_peers():
+            return sorted(p.hot for p in list(loop.peers.values()))
+
+        deadline = time.monotonic() + 2
+        while hot_peers() != [False, True] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hot_peers() == [False, True]  # the idle client went cold, the parked one not
+        assert client.call("ping") == os.getpid()  # served from cold, promoted again
+        assert hot_peers() == [True, True]
+        assert parked.recv()[0] == "#RETURN"  # the wait times out normally
+    finally:
+        parked.close()

@@ -66,8 +66,9 @@ class Dispatcher:
         if ident is None:
             msg = self._public(method, args, kwds)
         else:
+            peer.active = True
             if not peer.hot:
-                self.promote(peer)  # a client at work: served every turn from now on
+                self.promote(peer)  # a client at work: served every turn while it works
             if method == "finish_and_claim":
                 return self._claim(peer, *args, **kwds)
             if method == "wait":

@@ -4,9 +4,10 @@ clients), long-polls parked as callbacks instead of holding a thread.
     listener ──accept()──> Peer: challenge sent; MAX_CONNECTIONS reached -> "#REFUSED#" + close
                            CONNECT_TIMEOUT without authenticating -> dropped
     epoll "main":  listener, wake eventfd, the "cold" epoll, and every hot peer
-    epoll "cold":  new peers (handshaking, or idle since): at most COLD_PER_TURN of their events
-                   a turn, so a storm of connects / handshakes / closes costs the clients that
-                   work (hot: they made a store call) at most one short slice of a turn
+    epoll "cold":  new peers (handshaking, or no store call yet) and hot ones idle for 1-2 s
+                   (_sweep): at most COLD_PER_TURN of their events a turn, so a storm of
+                   connects / handshakes / closes costs the clients at work (hot: a store call
+                   in the last second or two) at most one short slice of a turn
     readable peer ──frames──> handshake step | request (dispatch.py)
         store call: TaskStore method ──> reply queued; wait / a worker's claim with nothing to
                     hand out ──> parked (timer heap, claims in FIFO order)
@@ -42,6 +43,7 @@ READ_SIZE = 65536
 ACCEPTS_PER_TURN = 32  # new connections taken per turn (then the clients already in)
 COLD_PER_TURN = 32     # events of cold peers (handshakes, idle ones closing) served per turn
 MAX_EVENTS = 512       # per epoll_wait: beyond it the kernel round-robins the ready peers
+IDLE_SWEEP = 1.0       # seconds: a hot peer without a request for 1-2 s goes back to cold
 STOP_FLUSH = 1.0       # seconds to write the last replies when stopping
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -79,6 +81,9 @@ class EventLoop(Dispatcher):
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.peers = {}                 # fd -> Peer
+        self._hot = set()               # peers in the main epoll (see promote / _sweep)
+        self.idle_sweep = IDLE_SWEEP
+        self._next_sweep = time.monotonic() + IDLE_SWEEP
         self._main = select.epoll()
         self._cold = select.epoll()
         self._handshaking = deque()     # peers in accept order (deadlines come in order)
@@ -179,10 +184,28 @@ class EventLoop(Dispatcher):
             parked = self._woken.popleft()
             if not parked.done:
                 self._unpark(parked, self.store.get(parked.task))
+        now = time.monotonic()
         if self._timers or self._handshaking or self._accept_paused_until:
-            self._deadlines(time.monotonic())
+            self._deadlines(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.idle_sweep
+            self._sweep()
         if self._dirty:
             self._reply()
+
+    def _sweep(self):
+        """Hot peers idle since the last sweep go back to the cold epoll. A deploy that restarts
+        every web process closes their (idle) connections at once: served as cold events, 32 a
+        turn, that burst cannot delay the clients at work. A parked peer stays hot (its reply
+        comes from the loop, and the worker or waiter behind it is at work)."""
+        for peer in list(self._hot):
+            if peer.active:
+                peer.active = False
+            elif peer.parked is None:
+                self._hot.discard(peer)
+                self._main.unregister(peer.fd)
+                peer.hot = False
+                self._cold.register(peer.fd, IN | OUT if peer.writing else IN)
 
     def _deadlines(self, now):
         timers = self._timers
@@ -248,6 +271,7 @@ class EventLoop(Dispatcher):
         """A peer that made a store call is hot: served every turn, never behind a storm."""
         self._cold.unregister(peer.fd)
         peer.hot = True
+        self._hot.add(peer)
         self._main.register(peer.fd, IN | OUT if peer.writing else IN)
 
     def _accept(self):
@@ -355,6 +379,7 @@ class EventLoop(Dispatcher):
             return
         peer.closed = True
         self.peers.pop(peer.fd, None)
+        self._hot.discard(peer)
         self.store.meta["connections"] = len(self.peers)
         parked = peer.parked
         if parked is not None:

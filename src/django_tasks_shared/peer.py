@@ -69,7 +69,7 @@ class Handshake:
 
 class Peer:
     __slots__ = ("sock", "fd", "inbuf", "need", "out", "writing", "handshake", "deadline",
-                 "parked", "held", "closed", "close_after_flush", "hot")
+                 "parked", "held", "closed", "close_after_flush", "hot", "active")
 
     def __init__(self, sock, handshake, deadline):
         self.sock = sock
@@ -85,6 +85,7 @@ class Peer:
         self.closed = False
         self.close_after_flush = False
         self.hot = False       # in the loop's main epoll (it made a store call), else "cold"
+        self.active = False    # a store call since the loop's last idle sweep
 
     def frames(self, data, limit):
         """The complete frames in the bytes read so far plus `data` (a list), keeping the rest.
