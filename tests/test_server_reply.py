@@ -1,7 +1,9 @@
-"""The event loop's protocol edges, on a real socket in this process: a stopping server never
-answers a request wrongly (found by the stress harness with --state-dir: a `get` of an existing
-task said "does not exist" while the server wrote its final snapshot), a wrong authkey is told
-so, and requests pipelined on one connection are answered in order, also behind a long-poll."""
+"""The event loop's protocol edges, on a real socket in this process, each test with epoll and
+with the portable poller (selectors and a pipe, as on macOS): a stopping server never answers a
+request wrongly (found by the stress harness with --state-dir: a `get` of an existing task said
+"does not exist" while the server wrote its final snapshot), a wrong authkey is told so,
+requests pipelined on one connection are answered in order, also behind a long-poll, wake-ups
+from other threads are never lost, and idle connections go cold and come back."""
 
 import os
 import secrets
@@ -19,14 +21,16 @@ from django_tasks_shared.wire import read_message, write_message
 from helpers import temp_dir
 
 
-@pytest.fixture
-def loop_server():
-    """An EventLoop serving a TaskStore on a unix socket, in a thread of this process."""
+@pytest.fixture(params=["epoll", "portable"])
+def loop_server(request):
+    """An EventLoop serving a TaskStore on a unix socket, in a thread of this process: with
+    Linux's epoll and eventfd, and with the selectors + pipe fallback of other POSIX systems."""
     address = os.path.join(temp_dir(), "s.sock")
     authkey = secrets.token_bytes(32)
     store = TaskStore()
     store.set_meta(pid=os.getpid())
-    loop = EventLoop(store, listen(address), authkey, EXPOSED, handshake_timeout=2.0)
+    loop = EventLoop(store, listen(address), authkey, EXPOSED, handshake_timeout=2.0,
+                     portable=request.param == "portable")
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:

@@ -1,19 +1,20 @@
-"""The server's network core: ONE thread, epoll, every connection (the way Redis serves its
-clients), long-polls parked as callbacks instead of holding a thread.
+"""The server's network core: ONE thread, one poller, every connection (the way Redis serves
+its clients), long-polls parked as callbacks instead of holding a thread.
 
     listener ──accept()──> Peer: challenge sent; MAX_CONNECTIONS reached -> "#REFUSED#" + close
                            CONNECT_TIMEOUT without authenticating -> dropped
-    epoll "main":  listener, wake eventfd, the "cold" epoll, and every hot peer
-    epoll "cold":  new peers (handshaking, or no store call yet) and hot ones idle for 1-2 s
-                   (_sweep): at most COLD_PER_TURN of their events a turn, so a storm of
-                   connects / handshakes / closes costs the clients at work (hot: a store call
-                   in the last second or two) at most one short slice of a turn
+    poller (poller.py: epoll on Linux, selectors elsewhere), two sets of fds:
+      hot:   the listener, the wake-up fd, every peer that made a store call lately
+      cold:  new peers (handshaking, or no store call yet) and hot ones idle for 1-2 s
+             (_sweep): at most COLD_PER_TURN of their events a turn, so a storm of
+             connects / handshakes / closes costs the clients at work (hot: a store call
+             in the last second or two) at most one short slice of a turn
     readable peer ──frames──> handshake step | request (dispatch.py)
         store call: TaskStore method ──> reply queued; wait / a worker's claim with nothing to
                     hand out ──> parked (timer heap, claims in FIFO order)
     another thread (supervisor, scheduler) or this one changes the store:
         task finished ──watcher.set()──> woken deque ─┐  a task ready / workers must stop
-        ──store.on_work──> claims retried ────────────┤  (eventfd write when from another thread)
+        ──store.on_work──> claims retried ────────────┤  (Wakeup.signal() from another thread)
     end of every turn: store.commit()  (STATE_DIR: ONE journal write / fsync for every reply of
                        the turn: group commit), then the replies written
 
@@ -25,7 +26,6 @@ import heapq
 import itertools
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -35,18 +35,15 @@ from .client import REFUSED
 from .dispatch import Dispatcher
 from .exceptions import ServerUnavailable
 from .peer import Handshake, Peer
+from .poller import IN, OUT, Wakeup, make_poller
 from .wire import MessageTooLarge
 
 logger = logging.getLogger("django_tasks_shared.server")
 
 READ_SIZE = 65536
 ACCEPTS_PER_TURN = 32  # new connections taken per turn (then the clients already in)
-COLD_PER_TURN = 32     # events of cold peers (handshakes, idle ones closing) served per turn
-MAX_EVENTS = 512       # per epoll_wait: beyond it the kernel round-robins the ready peers
 IDLE_SWEEP = 1.0       # seconds: a hot peer without a request for 1-2 s goes back to cold
 STOP_FLUSH = 1.0       # seconds to write the last replies when stopping
-IN = select.EPOLLIN
-OUT = select.EPOLLOUT
 
 
 def listen(address, backlog=512):
@@ -70,7 +67,7 @@ def listen(address, backlog=512):
 
 class EventLoop(Dispatcher):
     def __init__(self, store, listener, authkey, exposed, *, message_limit=None,
-                 max_connections=None, handshake_timeout=5.0):
+                 max_connections=None, handshake_timeout=5.0, portable=False):
         self.store = store
         self.listener = listener
         self.tcp = listener.family != socket.AF_UNIX
@@ -84,8 +81,7 @@ class EventLoop(Dispatcher):
         self._hot = set()               # peers in the main epoll (see promote / _sweep)
         self.idle_sweep = IDLE_SWEEP
         self._next_sweep = time.monotonic() + IDLE_SWEEP
-        self._main = select.epoll()
-        self._cold = select.epoll()
+        self._poller = make_poller(portable)  # epoll on Linux, else selectors (poller.py)
         self._handshaking = deque()     # peers in accept order (deadlines come in order)
         self._timers = []               # heap of (deadline, seq, Parked)
         self._seq = itertools.count()
@@ -93,7 +89,7 @@ class EventLoop(Dispatcher):
         self._woken = deque()           # parked waits whose task finished (any thread appends)
         self._work = False              # retry parked claims (a task ready, a worker to stop)
         self._dirty = []                # peers with replies queued in this turn
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wakeup = Wakeup(portable)
         self._wake_pending = False
         self._accept_paused_until = 0.0
         self._refused = 0
@@ -101,9 +97,8 @@ class EventLoop(Dispatcher):
         self._stopping = False
         self._ident = None
         self.stopped = threading.Event()
-        self._main.register(listener.fileno(), IN)
-        self._main.register(self._wake_fd, IN)
-        self._main.register(self._cold.fileno(), IN)
+        self._poller.register(listener.fileno(), True)
+        self._poller.register(self._wakeup.fd, True)
         store.on_work = self._on_work
 
     # ---- from any thread ------------------------------------------------------------------
@@ -113,14 +108,14 @@ class EventLoop(Dispatcher):
             return  # the loop itself: it looks at the woken deque before it sleeps again
         if not self._wake_pending:
             self._wake_pending = True
-            os.eventfd_write(self._wake_fd, 1)
+            self._wakeup.signal()
 
     def stop(self):
         """Stop serving: the last replies go out (up to STOP_FLUSH), every connection closes."""
         if not self._stopping:
             self._stopping = True
             self._wake_pending = True
-            os.eventfd_write(self._wake_fd, 1)
+            self._wakeup.signal()
 
     def _on_work(self):
         self._work = True
@@ -130,23 +125,18 @@ class EventLoop(Dispatcher):
 
     def run(self):
         self._ident = threading.get_ident()
-        poll, cold_poll = self._main.poll, self._cold.poll
-        cold_fd, listen_fd = self._cold.fileno(), self.listener.fileno()
+        turn = self._poller.turn
+        listen_fd, wake_fd = self.listener.fileno(), self._wakeup.fd
         peers, on_peer = self.peers, self._on_peer
         try:
             while not self._stopping:
-                for fd, events in poll(self._timeout(), MAX_EVENTS):
+                for fd, events in turn(self._timeout()):
                     peer = peers.get(fd)
                     if peer is not None:
                         on_peer(peer, events)
-                    elif fd == cold_fd:
-                        for fd2, events2 in cold_poll(0, COLD_PER_TURN):
-                            peer = peers.get(fd2)
-                            if peer is not None:
-                                on_peer(peer, events2)
                     elif fd == listen_fd:
                         self._accept()
-                    elif fd == self._wake_fd:
+                    elif fd == wake_fd:
                         self._on_wake()
                 self._after_events()
         finally:
@@ -203,9 +193,9 @@ class EventLoop(Dispatcher):
                 peer.active = False
             elif peer.parked is None:
                 self._hot.discard(peer)
-                self._main.unregister(peer.fd)
+                self._poller.unregister(peer.fd, True)
                 peer.hot = False
-                self._cold.register(peer.fd, IN | OUT if peer.writing else IN)
+                self._poller.register(peer.fd, False, IN | OUT if peer.writing else IN)
 
     def _deadlines(self, now):
         timers = self._timers
@@ -221,7 +211,7 @@ class EventLoop(Dispatcher):
                 self._close(peer)  # CONNECT_TIMEOUT passed without authenticating
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._main.register(self.listener.fileno(), IN)
+            self._poller.register(self.listener.fileno(), True)
 
     def _reply(self):
         """Commit the journal once for every reply of this turn, then write them."""
@@ -249,13 +239,10 @@ class EventLoop(Dispatcher):
                 self._close(peer)
                 continue
             peer.writing = True  # the rest when the socket drains
-            self._epoll(peer).modify(peer.fd, IN | OUT)
+            self._poller.modify(peer.fd, peer.hot, IN | OUT)
 
     def _on_wake(self):
-        try:
-            os.eventfd_read(self._wake_fd)
-        except BlockingIOError:
-            pass
+        self._wakeup.drain()
         # After the read, not before: a wake() that found the flag still set skipped its write,
         # but what it announced (_work, _woken) was set before it, and this turn handles it next.
         # Cleared before the read, a write made in between would be consumed here with the flag
@@ -264,15 +251,12 @@ class EventLoop(Dispatcher):
 
     # ---- connections ----------------------------------------------------------------------
 
-    def _epoll(self, peer):
-        return self._main if peer.hot else self._cold
-
     def promote(self, peer):
         """A peer that made a store call is hot: served every turn, never behind a storm."""
-        self._cold.unregister(peer.fd)
+        self._poller.unregister(peer.fd, False)
         peer.hot = True
         self._hot.add(peer)
-        self._main.register(peer.fd, IN | OUT if peer.writing else IN)
+        self._poller.register(peer.fd, True, IN | OUT if peer.writing else IN)
 
     def _accept(self):
         listener = self.listener
@@ -283,7 +267,7 @@ class EventLoop(Dispatcher):
                 return
             except OSError as exc:  # EMFILE/ENFILE: pause rather than spin (level-triggered)
                 logger.warning("accept() failed: %s; pausing new connections 50 ms", exc)
-                self._main.unregister(listener.fileno())
+                self._poller.unregister(listener.fileno(), True)
                 self._accept_paused_until = time.monotonic() + 0.05
                 return
             if self.max_connections is not None and len(self.peers) >= self.max_connections:
@@ -297,7 +281,7 @@ class EventLoop(Dispatcher):
             self.peers[peer.fd] = peer
             self.store.meta["connections"] = len(self.peers)  # for health (one dict store)
             self._handshaking.append(peer)
-            self._cold.register(peer.fd, IN)
+            self._poller.register(peer.fd, False)
             peer.queue_raw(handshake.challenge())
             self._dirty.append(peer)
 
@@ -328,7 +312,7 @@ class EventLoop(Dispatcher):
                     self._close(peer)
                     return
                 peer.writing = False
-                self._epoll(peer).modify(peer.fd, IN)
+                self._poller.modify(peer.fd, peer.hot, IN)
             if events & ~OUT:  # readable, or hung up / in error: read() tells which
                 self._read(peer)
         except OSError:
@@ -387,7 +371,7 @@ class EventLoop(Dispatcher):
             if parked.watcher is not None:
                 self.store.unwatch(parked.task, parked.watcher)
         try:
-            self._epoll(peer).unregister(peer.fd)
+            self._poller.unregister(peer.fd, peer.hot)
         except (OSError, ValueError):
             pass
         peer.sock.close()
@@ -404,9 +388,8 @@ class EventLoop(Dispatcher):
                     pass
             self._close(peer)
         self.listener.close()
-        self._main.close()
-        self._cold.close()
+        self._poller.close()
         self.store.on_work = None
-        # The eventfd stays open: a supervisor thread may still be inside wake(), and a closed
+        # The wake-up fd stays open: a supervisor thread may still be inside wake(), and a closed
         # number could be reused by then (its 8 bytes would land in someone else's file).
         self._wake_pending = True  # so that wake() writes nothing from now on
