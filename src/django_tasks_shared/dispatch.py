@@ -54,7 +54,15 @@ class _Watcher:
 
 class Dispatcher:
     """Needs of the loop: store, calls, exposed, _timers, _seq, _claimers, _dirty, _close,
-    promote."""
+    _set_hot."""
+
+    def _send(self, peer, msg, first=False):
+        """Queue a reply: written at the end of the turn, after the journal commit."""
+        peer.queue(msg)
+        if first:
+            self._dirty.insert(0, peer)
+        else:
+            self._dirty.append(peer)
 
     def _request(self, peer, data):
         try:
@@ -68,7 +76,7 @@ class Dispatcher:
         else:
             peer.active = True
             if not peer.hot:
-                self.promote(peer)  # a client at work: served every turn while it works
+                self._set_hot(peer, True)  # a client at work: served every turn while it works
             if method == "finish_and_claim":
                 return self._claim(peer, *args, **kwds)
             if method == "wait":
@@ -81,8 +89,7 @@ class Dispatcher:
                     msg = ("#RETURN", function(*args, **kwds))
                 except Exception as exc:
                     msg = ("#ERROR", exc)
-        peer.queue(msg)
-        self._dirty.append(peer)
+        self._send(peer, msg)
 
     def _public(self, method, args, kwds):
         """The manager's own calls: what a stock `BaseManager.connect()` and proxy use."""
@@ -107,16 +114,14 @@ class Dispatcher:
             parked = self._park(peer, Parked(peer, worker_id, None, time.monotonic() + timeout))
             self._claimers.append(parked)
             return
-        peer.queue(("#RETURN", got))
-        self._dirty.append(peer)
+        self._send(peer, ("#RETURN", got))
 
     def _wait(self, peer, task_id, timeout):
         parked = Parked(peer, None, task_id, time.monotonic() + timeout)
         watcher = _Watcher(self, parked)
         done, record = self.store.watch(task_id, watcher)
         if done:
-            peer.queue(("#RETURN", record))
-            self._dirty.append(peer)
+            self._send(peer, ("#RETURN", record))
             return
         parked.watcher = watcher
         self._park(peer, parked)
@@ -153,11 +158,8 @@ class Dispatcher:
         if peer.closed:
             return  # a claimed task whose worker vanished ends WorkerLost (supervisor)
         peer.parked = None
-        peer.queue(("#RETURN", value))
-        if parked.worker is not None and value is not None:
-            self._dirty.insert(0, peer)  # a task handed out: wake its worker before anyone else
-        else:
-            self._dirty.append(peer)
+        # a task handed out goes first in the turn: its worker is on the task's critical path
+        self._send(peer, ("#RETURN", value), first=parked.worker is not None and value is not None)
         held, peer.held = peer.held, []
         for data in held:
             if peer.parked is not None:

@@ -78,7 +78,7 @@ class EventLoop(Dispatcher):
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.peers = {}                 # fd -> Peer
-        self._hot = set()               # peers in the main epoll (see promote / _sweep)
+        self._hot = set()               # peers in the hot set (see _set_hot / _sweep)
         self.idle_sweep = IDLE_SWEEP
         self._next_sweep = time.monotonic() + IDLE_SWEEP
         self._poller = make_poller(portable)  # epoll on Linux, else selectors (poller.py)
@@ -192,10 +192,7 @@ class EventLoop(Dispatcher):
             if peer.active:
                 peer.active = False
             elif peer.parked is None:
-                self._hot.discard(peer)
-                self._poller.unregister(peer.fd, True)
-                peer.hot = False
-                self._poller.register(peer.fd, False, IN | OUT if peer.writing else IN)
+                self._set_hot(peer, False)
 
     def _deadlines(self, now):
         timers = self._timers
@@ -251,12 +248,16 @@ class EventLoop(Dispatcher):
 
     # ---- connections ----------------------------------------------------------------------
 
-    def promote(self, peer):
-        """A peer that made a store call is hot: served every turn, never behind a storm."""
-        self._poller.unregister(peer.fd, False)
-        peer.hot = True
-        self._hot.add(peer)
-        self._poller.register(peer.fd, True, IN | OUT if peer.writing else IN)
+    def _set_hot(self, peer, hot):
+        """Move a peer between the hot set (a store call lately: served every turn, never
+        behind a storm) and the cold one (see _sweep)."""
+        self._poller.unregister(peer.fd, peer.hot)
+        peer.hot = hot
+        if hot:
+            self._hot.add(peer)
+        else:
+            self._hot.discard(peer)
+        self._poller.register(peer.fd, hot, IN | OUT if peer.writing else IN)
 
     def _accept(self):
         listener = self.listener
