@@ -1,6 +1,6 @@
 """The thin client: one authenticated connection per (process, thread, address), with timeouts.
 
-    StoreClient.call("get", id) ──pickle──> socket ──> server thread for this connection
+    StoreClient.call("get", id) ──pickle──> socket ──> the server's event loop (eventloop.py)
                                                        -> TaskStore.get(id) (the pinned "store")
                    <── ("#RETURN", value) | ("#ERROR", exc) ──
 

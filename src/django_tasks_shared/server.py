@@ -1,7 +1,7 @@
 """The server process: one TaskStore served over a `multiprocessing.managers` BaseManager.
 
     clients (web, shells, workers) ──unix socket / TCP──> event loop thread (eventloop.py):
-                                                          every connection, one epoll selector
+                                                          every connection, one poller
                                                           └─ TaskStore method (pinned "store");
                                                              wait / claims parked, not blocking
                                                           └─ store.commit() once per turn:
