@@ -336,7 +336,7 @@ def _w1(system, n, wait_all):
 @contextlib.contextmanager
 def count_round_trips():
     """Counts StoreClient.call in this process (each call is one socket round trip)."""
-    from django_tasks_shared.client import StoreClient
+    from django_tasks_shared.client.connection import StoreClient
 
     trips = [0]
     original = StoreClient.call
@@ -544,7 +544,7 @@ def run(args):
 
 
 def start_tasks_server():
-    from django_tasks_shared.client import StoreClient
+    from django_tasks_shared.client.connection import StoreClient
     from django_tasks_shared.exceptions import ServerUnavailable
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
@@ -570,7 +570,7 @@ def stop_everything(server=None):
     then anything left among our descendants."""
     import psutil
 
-    from django_tasks_shared import launcher
+    from django_tasks_shared.client import launcher
 
     me = psutil.Process()
     descendants = me.children(recursive=True)

@@ -186,7 +186,7 @@ def _stop(children):
     """Stop the clients and the embedded server we own, by pid; then any leftover descendant."""
     import psutil
 
-    from django_tasks_shared import launcher
+    from django_tasks_shared.client import launcher
 
     me = psutil.Process()
     descendants = me.children(recursive=True)

@@ -8,7 +8,7 @@ import argparse
 import os
 import random
 
-from django_tasks_shared.config import FSYNC_MODES
+from django_tasks_shared.protocol.config import FSYNC_MODES
 
 QUICK = {"tasks": 400, "clients": 3, "workers": 3, "kill_every": 1.0, "restarts": 2,
          "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both"}

@@ -283,7 +283,7 @@ def main(argv=None):
     django.setup()
     from django.tasks import task_backends
 
-    from django_tasks_shared import launcher
+    from django_tasks_shared.client import launcher
     from django_tasks_shared.exceptions import ServerUnavailable
 
     from . import harness_check, harness_client, harness_report

@@ -46,10 +46,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_records(n):
-    """Records as a worker receives them (store._start: RUNNING, started, one worker id)."""
+    """Records as a worker receives them (TaskStore._start: RUNNING, started, one worker id)."""
     import secrets
 
-    from django_tasks_shared.store import RUNNING, new_record
+    from django_tasks_shared.protocol.records import new_record
+    from django_tasks_shared.protocol.status import RUNNING
 
     now = time.time()
     records = []
@@ -65,8 +66,8 @@ def make_records(n):
 def bare(n):
     from django.tasks import task_backends
 
-    from django_tasks_shared.client import StoreClient
-    from django_tasks_shared.execution import execute
+    from django_tasks_shared.client.connection import StoreClient
+    from django_tasks_shared.worker.execution import execute
 
     backend = task_backends["default"]
     client = StoreClient(os.path.join(ROOT, "no-server.sock"), b"k" * 32)
@@ -80,8 +81,8 @@ def in_process(n, repeat, top, batch=1000):
     hence the best batch is shown beside the median)."""
     from django.tasks import task_backends
 
-    from django_tasks_shared.client import StoreClient
-    from django_tasks_shared.execution import execute
+    from django_tasks_shared.client.connection import StoreClient
+    from django_tasks_shared.worker.execution import execute
 
     backend = task_backends["default"]
     sender, max_payload = type(backend), backend.config.max_payload

@@ -125,7 +125,7 @@ def read_line(popen, timeout):
 
 
 def ping(address, authkey, timeout=1.0):
-    from django_tasks_shared.client import StoreClient
+    from django_tasks_shared.client.connection import StoreClient
     from django_tasks_shared.exceptions import ServerUnavailable
 
     client = StoreClient(address, authkey, timeout=timeout)
@@ -158,7 +158,7 @@ class StormRun:
         args = self.args
         options = {"AUTOSTART": False}
         if args.address:
-            from django_tasks_shared.config import derive_authkey, parse_address
+            from django_tasks_shared.client.options import derive_authkey, parse_address
 
             self.address = parse_address(args.address)
             if args.authkey:

@@ -12,8 +12,8 @@ import time
 import psutil
 from django.test import override_settings
 
-from django_tasks_shared.client import StoreClient
-from django_tasks_shared.config import derive_authkey, parse_address
+from django_tasks_shared.client.connection import StoreClient
+from django_tasks_shared.client.options import derive_authkey, parse_address
 from django_tasks_shared.exceptions import ServerUnavailable
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

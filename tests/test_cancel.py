@@ -12,7 +12,8 @@ from django.tasks import TaskResultStatus
 import django_tasks_shared
 from django_tasks_shared import wait
 from django_tasks_shared.exceptions import TaskCancelled, WorkerLost
-from django_tasks_shared.store import STOP, TaskStore
+from django_tasks_shared.protocol.status import STOP
+from django_tasks_shared.store import TaskStore
 from helpers import ServerProcess, running_server, temp_dir, wait_until
 from test_store import Clock, claim, make_store, rec
 from test_supervision import finished, health, ready_workers, worker_running
@@ -31,8 +32,8 @@ def test_cancel_pending_ready_and_deferred_ends_failed_and_never_runs():
     store.enqueue(rec("later", run_after=clock() + 60))
     assert store.health()["queues"] == {"default": {"ready": 2, "deferred": 1}}
 
-    assert store.cancel("a") is True
-    assert store.cancel("later") is True
+    assert store.cancels.cancel("a") is True
+    assert store.cancels.cancel("later") is True
     record = store.get("a")
     assert record["status"] == "FAILED" and record["worker_ids"] == []
     assert record["errors"] == [{"exception_class_path": CANCELLED,
@@ -49,7 +50,7 @@ def test_cancel_pending_ready_and_deferred_ends_failed_and_never_runs():
     assert [claim(store)["id"] for _ in range(3)] == ["b", "c", "d"]
     assert claim(store) is None
     assert store.health()["pending"] == 0
-    assert store._dropped == set()  # every dropped heap entry was skipped and forgotten
+    assert store.queue.dropped == set()  # every dropped heap entry was skipped and forgotten
 
 
 def test_cancel_of_a_deferred_task_that_became_due_but_was_not_promoted_yet():
@@ -57,7 +58,7 @@ def test_cancel_of_a_deferred_task_that_became_due_but_was_not_promoted_yet():
     store = make_store(clock)
     store.enqueue(rec("soon", run_after=clock() + 5))
     clock.advance(10)  # due, still in the deferred heap (nothing claimed since)
-    assert store.cancel("soon") is True
+    assert store.cancels.cancel("soon") is True
     assert store.health()["queues"] == {"default": {"ready": 0, "deferred": 0}}
     assert claim(store) is None
 
@@ -68,29 +69,29 @@ def test_cancel_finished_or_unknown_returns_false_and_changes_nothing():
     task = claim(store)
     claim(store, outcome={"id": task["id"], "status": "SUCCESSFUL", "return_value": 3})
     before = store.get("a")
-    assert store.cancel("a") is False
-    assert store.cancel("nope") is False
+    assert store.cancels.cancel("a") is False
+    assert store.cancels.cancel("nope") is False
     assert store.get("a") == before
     assert store.counters["cancelled"] == 0
-    assert store.take_kills() == []
+    assert store.cancels.take_kills() == []
 
 
 def test_cancel_running_fails_at_once_worker_takes_nothing_more_and_late_report_is_ignored():
     store = make_store(workers=("w1", "w2"))
     woken = []
-    store.on_kill = lambda: woken.append(True)
+    store.cancels.on_kill = lambda: woken.append(True)
     store.enqueue(rec("run"))
     store.enqueue(rec("next"))
     assert claim(store, "w1")["id"] == "run"
 
-    assert store.cancel("run") is True
+    assert store.cancels.cancel("run") is True
     assert woken == [True]  # the supervisor is woken, not left to its next tick
     record = store.get("run")
     assert record["status"] == "FAILED"
     assert record["errors"][-1]["exception_class_path"] == CANCELLED
     assert "(pid 12345) was stopped" in record["errors"][-1]["traceback"]
-    assert store.take_kills() == [("w1", "run", record["errors"][-1]["traceback"])]
-    assert store.take_kills() == []
+    assert store.cancels.take_kills() == [("w1", "run", record["errors"][-1]["traceback"])]
+    assert store.cancels.take_kills() == []
     # The task ends anyway before the signal lands: its outcome is ignored, and its worker gets
     # STOP instead of the next task (which stays for another worker).
     assert claim(store, "w1", outcome={"id": "run", "status": "SUCCESSFUL"}) == STOP
@@ -105,9 +106,9 @@ def test_finish_then_cancel_and_time_limit_then_cancel_give_one_outcome():
     store.enqueue(rec("b"))
     claim(store)
     claim(store, outcome={"id": "a", "status": "SUCCESSFUL"})  # a done, b claimed
-    assert store.cancel("a") is False
+    assert store.cancels.cancel("a") is False
     assert store.fail_task("b", "x.TimeLimitExceeded", "too long") is True
-    assert store.cancel("b") is False
+    assert store.cancels.cancel("b") is False
     assert [e["exception_class_path"] for e in store.get("b")["errors"]] == ["x.TimeLimitExceeded"]
 
 
@@ -115,11 +116,11 @@ def test_cancel_wakes_a_waiter():
     store = TaskStore()
     store.enqueue(rec("a"))
     got = []
-    waiter = threading.Thread(target=lambda: got.append(store.wait("a", 10)))
+    waiter = threading.Thread(target=lambda: got.append(store.polls.wait("a", 10)))
     waiter.start()
     time.sleep(0.05)
     started = time.monotonic()
-    store.cancel("a")
+    store.cancels.cancel("a")
     waiter.join(5)
     assert got and got[0]["status"] == "FAILED"
     assert time.monotonic() - started < 1
@@ -135,7 +136,7 @@ def test_cancels_racing_claims_and_finishes_give_exactly_one_outcome_each():
     def work(worker_id):
         outcome = None
         while True:
-            task = store.finish_and_claim(worker_id, outcome, 0)
+            task = store.polls.finish_and_claim(worker_id, outcome, 0)
             if task is None or task == STOP:
                 if task == STOP:  # its running task was cancelled: a fresh worker takes over
                     worker_id = worker_id + "'"
@@ -147,7 +148,7 @@ def test_cancels_racing_claims_and_finishes_give_exactly_one_outcome_each():
 
     def cancel_all():
         for task_id in reversed(ids):  # meets the workers somewhere in the middle
-            if store.cancel(task_id):
+            if store.cancels.cancel(task_id):
                 cancelled.append(task_id)
         stop.set()
 
@@ -170,9 +171,9 @@ def test_cancels_racing_claims_and_finishes_give_exactly_one_outcome_each():
     assert outcomes["FAILED"] == len(cancelled) == counters["cancelled"] == counters["failed"]
     assert outcomes["SUCCESSFUL"] == counters["succeeded"] == 3000 - len(cancelled)
     assert 0 < len(cancelled) < 3000
-    assert store.health()["pending"] == 0 and store._dropped == set()
+    assert store.health()["pending"] == 0 and store.queue.dropped == set()
     print(f"\n[measure] race: {len(cancelled)} cancelled, of them "
-          f"{len(store.take_kills())} while running")
+          f"{len(store.cancels.take_kills())} while running")
 
 
 # ---- end to end --------------------------------------------------------------------------------

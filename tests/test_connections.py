@@ -7,8 +7,8 @@ import time
 import psutil
 import pytest
 
-from django_tasks_shared.client import StoreClient
-from django_tasks_shared.config import derive_authkey, parse_address
+from django_tasks_shared.client.connection import StoreClient
+from django_tasks_shared.client.options import derive_authkey, parse_address
 from django_tasks_shared.exceptions import ServerUnavailable
 from helpers import SECRET_KEY, ServerProcess, wait_until
 
@@ -103,7 +103,7 @@ def test_a_connection_that_never_authenticates_is_dropped_after_connect_timeout(
 def test_a_stock_multiprocessing_proxy_still_works():
     """The server speaks the stock manager protocol: `StoreManager(...).connect(); m.store()`
     with a stock proxy (create, incref, calls, decref) works next to the thin clients."""
-    from django_tasks_shared.server import StoreManager
+    from django_tasks_shared.client.connection import StoreManager
 
     srv = ServerProcess(options={"WORKERS": 1})
     try:

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from django_tasks_shared.config import derive_authkey
+from django_tasks_shared.client.options import derive_authkey
 from helpers import ServerProcess, child_env, ping, short_socket_path, temp_dir, wait_until
 
 # Each child: enqueue COUNT tasks, publish their ids, wait for everybody's, look every id up

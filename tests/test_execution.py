@@ -17,10 +17,11 @@ from django.tasks.base import TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 
 from django_tasks_shared import current_result_id, set_progress, wait
-from django_tasks_shared.client import StoreClient
-from django_tasks_shared.execution import _json_bound, execute
-from django_tasks_shared.metadata import _reporter
-from django_tasks_shared.store import RUNNING, new_record
+from django_tasks_shared.client.connection import StoreClient
+from django_tasks_shared.protocol.records import new_record
+from django_tasks_shared.protocol.status import RUNNING
+from django_tasks_shared.worker.execution import _json_bound, execute
+from django_tasks_shared.worker.progress import _reporter
 from helpers import running_server, temp_dir
 from testproject import tasks
 
@@ -40,7 +41,7 @@ def run(record, max_payload=MAX, client=None):
     """execute() in a thread of its own, as in a worker: Django's connections are per thread, and
     this test process's main thread may hold one from another test (pytest-django would refuse
     the check execute() makes on it)."""
-    from django_tasks_shared.backend import ProcessPoolBackend
+    from django_tasks_shared.client.backend import ProcessPoolBackend
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(execute, record, ProcessPoolBackend, max_payload, client).result(30)

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from django_tasks_shared import health
+from django_tasks_shared import __version__, health
 from helpers import MANAGE, ServerProcess, child_env, ping, short_socket_path, temp_dir, wait_until
 from testproject import tasks
 
@@ -154,8 +154,8 @@ def test_attempt_progress_and_new_counters_in_the_report():
     assert doc["workers"][0]["current_task"]["progress"]["done"] == 40
     text = health.render(doc)
     for needle in ("MAX_TASK_MEMORY 300 MiB", "retried 4", "over memory 1",
-                   "app.tasks.import_rows AAAAAAAAAAAA 3.0s (attempt 2) [done=40 total=100 note="
-                   + "x" * 14 + "...]"):  # progress cut to 40 characters
+                   "app.tasks.import_rows AAAAAAAAAAAA 3.0s (attempt 2) [done=40, total=100, note="
+                   + "x" * 14 + "…]"):  # progress cut to 40 characters
         assert needle in text, needle
     assert health.progress_text({"a": 1}) == "a=1" and health.progress_text(None) == ""
 
@@ -178,9 +178,11 @@ def test_healthy_then_degraded_report_json_watch_and_wrong_authkey():
             assert human.returncode == 0, human.stdout + human.stderr
             out = human.stdout
             print("\n" + out)
-            assert out.startswith("django-tasks-shared 0.1.0 - backend 'default': HEALTHY")
+            assert out.startswith(
+                f"django-tasks-shared {__version__} - backend 'default': HEALTHY")
             server_pid = srv.client().call("ping")
-            for needle in (f"pid {server_pid}", srv.address, "version 0.1.0", "MAX_QUEUE 4",
+            for needle in (f"pid {server_pid}", srv.address, f"version {__version__}",
+                           "MAX_QUEUE 4",
                            "default: 0 ready, 0 deferred", "emails: 0 ready, 0 deferred",
                            "running   1", "enqueued 1", "workers   2 of 2",
                            f"testproject.tasks.sleep {running.id[:12]}",

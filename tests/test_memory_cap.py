@@ -10,7 +10,7 @@ import pytest
 from django.tasks import TaskResultStatus
 
 from django_tasks_shared import wait
-from django_tasks_shared.config import ConfigError
+from django_tasks_shared.client.options import ConfigError
 from django_tasks_shared.exceptions import MemoryLimitExceeded, WorkerLost
 from helpers import running_server, temp_dir, wait_until
 from test_retries import build

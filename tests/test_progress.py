@@ -45,7 +45,7 @@ def test_progress_is_read_from_another_process_while_the_task_runs():
         assert current and current[0]["id"] == result.id
         assert current[0]["progress"]["total"] == 20_060
         human = health_command(srv.address).stdout
-        assert "total=20060 phase=slow" in human, human
+        assert "total=20060, phase=slow" in human, human
 
         wait(result, timeout=20)
         assert result.status == TaskResultStatus.SUCCESSFUL

@@ -9,9 +9,9 @@ import pytest
 from django.tasks import TaskResultStatus
 
 from django_tasks_shared import retry, wait
-from django_tasks_shared.config import ConfigError, build_config
+from django_tasks_shared.client.options import ConfigError, build_config
 from django_tasks_shared.exceptions import WorkerLost
-from django_tasks_shared.retries import backoff
+from django_tasks_shared.protocol.retry_policy import backoff
 from helpers import SECRET_KEY, ServerProcess, running_server, temp_dir, wait_until
 from test_durability import kill_server_and_orphans
 from testproject import tasks
@@ -165,8 +165,8 @@ def test_retry_leaves_the_function_callable_and_the_task_importable():
 def test_scheduled_runs_carry_the_tasks_retry_policy():
     """The server enqueues SCHEDULE runs without importing the task: the policy is resolved
     where Django runs (server start-up) and travels in the schedule entry."""
-    from django_tasks_shared.scheduler import Scheduler
-    from django_tasks_shared.schedules import resolve_config
+    from django_tasks_shared.schedules.resolve import resolve_config
+    from django_tasks_shared.schedules.scheduler import Scheduler
     from django_tasks_shared.store import TaskStore
 
     config = build({"ADDRESS": "/tmp/x.sock", "RETRY": {"max_attempts": 4, "delay": 5},

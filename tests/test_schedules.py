@@ -11,9 +11,11 @@ import pytest
 from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTaskBackend
 
-from django_tasks_shared import health, schedules
-from django_tasks_shared.config import Config, ConfigError, build_config
-from django_tasks_shared.scheduler import Scheduler, durable_key
+from django_tasks_shared import health
+from django_tasks_shared.client.options import ConfigError, build_config
+from django_tasks_shared.protocol.config import Config
+from django_tasks_shared.schedules import entries as schedules
+from django_tasks_shared.schedules.scheduler import Scheduler, durable_key
 from django_tasks_shared.store import TaskStore
 from helpers import (
     MANAGE,

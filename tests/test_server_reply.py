@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-from django_tasks_shared.client import STORE_IDENT, StoreClient, _connect
-from django_tasks_shared.eventloop import EventLoop, listen
+from django_tasks_shared.client.connection import StoreClient, _connect
 from django_tasks_shared.exceptions import ServerAuthenticationError, ServerUnavailable
-from django_tasks_shared.server import EXPOSED
-from django_tasks_shared.store import TaskStore, new_record
-from django_tasks_shared.wire import read_message, write_message
+from django_tasks_shared.protocol.methods import STORE_IDENT
+from django_tasks_shared.protocol.records import new_record
+from django_tasks_shared.protocol.wire import read_message, write_message
+from django_tasks_shared.server.eventloop import EventLoop, listen
+from django_tasks_shared.store import TaskStore
 from helpers import temp_dir
 
 
@@ -29,7 +30,7 @@ def loop_server(request):
     authkey = secrets.token_bytes(32)
     store = TaskStore()
     store.set_meta(pid=os.getpid())
-    loop = EventLoop(store, listen(address), authkey, EXPOSED, handshake_timeout=2.0,
+    loop = EventLoop(store, listen(address), authkey, handshake_timeout=2.0,
                      portable=request.param == "portable")
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
@@ -108,7 +109,7 @@ def test_work_from_other_threads_reaches_parked_claims_and_waits_promptly(loop_s
             waiter.send((STORE_IDENT, "wait", (f"t{n}", 5.0), {}))
             finished = {"id": f"t{n}", "status": "SUCCESSFUL", "finished_at": time.time(),
                         "return_value": n}
-            threading.Thread(target=store.claim_now, args=("w1", finished)).start()
+            threading.Thread(target=store.polls.claim_now, args=("w1", finished)).start()
             kind, done = waiter.recv()
             assert done["status"] == "SUCCESSFUL" and done["return_value"] == n
             assert time.monotonic() - started < 1.0, n

@@ -12,9 +12,12 @@ import time
 
 import pytest
 
-from django_tasks_shared import journal as fmt
-from django_tasks_shared.statedir import StateDir, StateDirInUse, StateError
-from django_tasks_shared.store import STOP, TaskStore, new_record
+from django_tasks_shared.durable import format as fmt
+from django_tasks_shared.durable.format import StateError
+from django_tasks_shared.durable.statedir import StateDir, StateDirInUse
+from django_tasks_shared.protocol.records import new_record
+from django_tasks_shared.protocol.status import STOP
+from django_tasks_shared.store import TaskStore
 from helpers import temp_dir
 
 FACTS = {"pid": 4242, "version": "test"}
@@ -46,10 +49,10 @@ def crash(state):
 
 
 def finish(store, task_id, value=None, worker="w"):
-    record = store.finish_and_claim(worker, None, 0)
+    record = store.polls.finish_and_claim(worker, None, 0)
     assert record["id"] == task_id, (record, task_id)
     store.retire_worker(worker, "test")
-    assert store.finish_and_claim(worker, {"id": task_id, "status": "SUCCESSFUL",
+    assert store.polls.finish_and_claim(worker, {"id": task_id, "status": "SUCCESSFUL",
                                            "return_value": value}, 0) == STOP
     store.worker_exited(worker, "x.WorkerLost", "")
     store.register_worker(worker, pid=1)
@@ -59,7 +62,7 @@ def finish(store, task_id, value=None, worker="w"):
 def drain_order(store):
     store.register_worker("drain", pid=1)
     order = []
-    while (record := store.finish_and_claim("drain", None, 0)) is not None:
+    while (record := store.polls.finish_and_claim("drain", None, 0)) is not None:
         order.append(record["id"])
     return order
 
@@ -75,7 +78,7 @@ def test_graceful_snapshot_keeps_order_records_and_lru():
         store.enqueue(rec(task_id, priority=100))
         finish(store, task_id, value={"v": task_id})
     store.get("r1")  # r1 becomes the most recently used result: r2 is evicted first
-    before = {i: dict(r) for i, r in store._records.items()}  # (a get() would touch the LRU)
+    before = {i: dict(r) for i, r in store.records.items()}  # (a get() would touch the LRU)
     counters = dict(store.counters)
     state.close()
     assert sorted(os.listdir(directory)) == ["lock", "snapshot-00000002.state"]
@@ -85,7 +88,7 @@ def test_graceful_snapshot_keeps_order_records_and_lru():
     store2, state2 = open_store(directory, max_results=3)
     try:
         assert state2.restored == {"pending": 6, "results": 3, "interrupted": 0}
-        assert store2._records == before  # ids, timestamps, values unchanged
+        assert store2.records == before  # ids, timestamps, values unchanged
         assert store2.counters["enqueued"] == counters["enqueued"] == 9
         assert drain_order(store2) == ["b", "d", "a", "c", "e"]  # priority, then FIFO
         store2.enqueue(rec("r4", priority=100))
@@ -102,7 +105,7 @@ def test_crash_replays_the_journal_and_ends_running_tasks_worker_lost():
     for i in range(5):
         store.enqueue(rec(f"t{i}"))
     finish(store, "t0", value=7)
-    running = store.finish_and_claim("w", None, 0)
+    running = store.polls.finish_and_claim("w", None, 0)
     assert running["id"] == "t1"
     store.commit()
     crash(state)
@@ -137,7 +140,7 @@ def _journal_bytes(directory):
     finish(store, "b", value="done")
     store.enqueue(rec("c", run_after=time.time() + 600))
     store.durable["schedule:x"] = {"last": 1.5}
-    store._log_durable("schedule:x")
+    store.journal.durable("schedule:x")
     store.commit()
     crash(state)
     [name] = [n for n in os.listdir(directory) if n.startswith("journal-")]
@@ -254,8 +257,8 @@ def test_fuzzy_snapshot_during_changes_replays_to_the_live_state():
     for i in range(3000):
         store.enqueue(rec(f"t{i}", priority=i % 3))
     for _ in range(1000):
-        finish(store, store._ready[0][2])
-    ids = list(store._records)
+        finish(store, store.queue.ready[0][2])
+    ids = list(store.records)
     stop = threading.Event()
 
     def churn():
@@ -264,9 +267,9 @@ def test_fuzzy_snapshot_during_changes_replays_to_the_live_state():
         while not stop.is_set():
             n += 1
             store.enqueue(rec(f"new{n}", priority=rng.randrange(3)))
-            record = store.finish_and_claim("w", None, 0)
+            record = store.polls.finish_and_claim("w", None, 0)
             if record is not None:
-                store.finish_and_claim("w", {"id": record["id"], "status": "SUCCESSFUL",
+                store.polls.finish_and_claim("w", {"id": record["id"], "status": "SUCCESSFUL",
                                              "return_value": n}, 0)
             store.get(rng.choice(ids))
             store.commit()
@@ -279,7 +282,7 @@ def test_fuzzy_snapshot_during_changes_replays_to_the_live_state():
         stop.set()
         thread.join()
     store.commit()
-    live = {i: dict(r) for i, r in store._records.items()}
+    live = {i: dict(r) for i, r in store.records.items()}
     crash(state)
     restored = StateDir(directory).read()
     assert {i: r for i, r in restored.records.items()} == live
@@ -300,7 +303,7 @@ def test_start_with_100k_pending_and_100k_results_under_2_seconds():
         done.update(status="SUCCESSFUL", enqueued_at=now, started_at=now, finished_at=now,
                     return_value={"n": i}, worker_ids=["w"], seq=100_000 + i)
         records[done["id"]] = done
-    store.load(records, {}, {})
+    store.restore(records, {}, {})
     state = StateDir(directory)
     state.lock()
     state._store, state._facts = store, FACTS
@@ -311,7 +314,7 @@ def test_start_with_100k_pending_and_100k_results_under_2_seconds():
     # heap holds what every earlier test left (that alone moved the figure by 0.5 s).
     script = (
         "import json, sys, time\n"
-        "from django_tasks_shared.statedir import StateDir\n"
+        "from django_tasks_shared.durable.statedir import StateDir\n"
         "from django_tasks_shared.store import TaskStore\n"
         "started, cpu = time.monotonic(), time.thread_time()\n"
         "store = TaskStore(max_results=100_000)\n"
@@ -339,14 +342,14 @@ def test_start_with_100k_pending_and_100k_results_under_2_seconds():
 def test_compaction_with_100k_records_keeps_client_p99_under_50ms():
     directory = temp_dir()
     store, state = open_store(directory, journal_limit=1 << 30, max_results=100_000)
-    with store._lock:  # build 100,000 finished results fast, as a restore would
+    with store.lock:  # build 100,000 finished results fast, as a restore would
         now = time.time()
         for i in range(100_000):
             done = rec(f"r{i:06d}", args=[i, "x" * 40])
             done.update(status="SUCCESSFUL", enqueued_at=now, started_at=now, finished_at=now,
                         return_value=i, seq=i)
-            store._records[done["id"]] = done
-            store._finished[done["id"]] = None
+            store.records[done["id"]] = done
+            store.finished.lru[done["id"]] = None
     latencies = []
     stop = threading.Event()
 

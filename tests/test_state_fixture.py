@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
+from django_tasks_shared.durable.statedir import StateDir
 from django_tasks_shared.exceptions import WorkerLost
-from django_tasks_shared.statedir import StateDir
 from django_tasks_shared.store import TaskStore
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "state_v010")
@@ -51,7 +51,7 @@ def test_state_dir_of_0_1_0_restores(name, tmp_path):
                     assert got.get(key) == value, (task_id, key)
                 else:
                     assert got[key] == value, (task_id, key)
-        assert store.durable_value("schedule:nightly") == expected[name + "_durable"][
+        assert store.schedules.durable_value("schedule:nightly") == expected[name + "_durable"][
             "schedule:nightly"]
         counters = store.health()["counters"]
         for key, value in expected[name + "_counters"].items():
@@ -59,10 +59,10 @@ def test_state_dir_of_0_1_0_restores(name, tmp_path):
         # the queue order survives: 3 (its back-off ran out long ago) then 9 are due, in FIFO
         # order; 7 waits its 60 s back-off and 5 its run_after in 2030
         store.register_worker("w", 1)
-        first = store.claim_now("w", None)
-        second = store.claim_now("w", {"id": first["id"], "status": "SUCCESSFUL",
+        first = store.polls.claim_now("w", None)
+        second = store.polls.claim_now("w", {"id": first["id"], "status": "SUCCESSFUL",
                                        "finished_at": None})
-        third = store.claim_now("w", {"id": second["id"], "status": "SUCCESSFUL",
+        third = store.polls.claim_now("w", {"id": second["id"], "status": "SUCCESSFUL",
                                       "finished_at": None})
         assert [first["id"], second["id"]] == [f"{3:032x}", f"{9:032x}"]
         assert not isinstance(third, dict)  # nothing else is due

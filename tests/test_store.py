@@ -6,7 +6,9 @@ import time
 import pytest
 
 from django_tasks_shared.exceptions import QueueFull, ServerUnavailable
-from django_tasks_shared.store import STOP, TaskStore, new_record
+from django_tasks_shared.protocol.records import new_record
+from django_tasks_shared.protocol.status import STOP
+from django_tasks_shared.store import TaskStore
 
 
 class Clock:
@@ -35,7 +37,7 @@ def make_store(clock=None, workers=("w1",), **kwargs):
 
 
 def claim(store, worker_id="w1", outcome=None, timeout=0):
-    return store.finish_and_claim(worker_id, outcome, timeout)
+    return store.polls.finish_and_claim(worker_id, outcome, timeout)
 
 
 def ok(task_id, value=None):
@@ -51,7 +53,7 @@ def run_to_success(store, task_id, value=None):
     record = claim(store, worker_id)
     assert record["id"] == task_id
     store.retire_worker(worker_id, "test")
-    assert store.finish_and_claim(worker_id, ok(task_id, value), 0) == STOP
+    assert store.polls.finish_and_claim(worker_id, ok(task_id, value), 0) == STOP
 
 
 @pytest.mark.timeout(10)
@@ -143,7 +145,7 @@ def test_records_are_json_dicts_with_timestamps_and_worker_ids():
     assert record["started_at"] == record["last_attempted_at"] == clock.now
     assert record["worker_ids"] == ["w1"]
     clock.advance(1)
-    store.finish_and_claim("w1", {"id": "a", "status": "SUCCESSFUL", "return_value": 3,
+    store.polls.finish_and_claim("w1", {"id": "a", "status": "SUCCESSFUL", "return_value": 3,
                                   "finished_at": clock.now}, 0)
     final = store.get("a")
     json.dumps(final)
@@ -185,7 +187,7 @@ def test_lru_never_evicts_pending_or_running():
     assert [store.get(f"done-{i}") is not None for i in range(6)] == [False] * 4 + [True] * 2
     assert store.health()["results"]["stored"] == 2
     # once it finishes, the former running task enters the LRU as its newest entry
-    store.finish_and_claim("w2", ok("running", 1), 0)
+    store.polls.finish_and_claim("w2", ok("running", 1), 0)
     assert store.get("running")["return_value"] == 1
     assert store.get("done-4") is None
     assert store.get("done-5") is not None
@@ -315,24 +317,24 @@ def test_wait_returns_when_finished():
 
     def waiter():
         start = time.monotonic()
-        got["record"] = store.wait("a", 8)
+        got["record"] = store.polls.wait("a", 8)
         got["elapsed"] = time.monotonic() - start
 
     thread = threading.Thread(target=waiter)
     thread.start()
     time.sleep(0.2)
     claim(store)
-    store.finish_and_claim("w1", ok("a", 7), 0)
+    store.polls.finish_and_claim("w1", ok("a", 7), 0)
     thread.join(9)
     assert got["record"]["status"] == "SUCCESSFUL"
     assert got["record"]["return_value"] == 7
     assert got["elapsed"] < 4
     # finished already: immediate; unknown: None; unfinished: returns the record at timeout
-    assert store.wait("a", 5)["return_value"] == 7
-    assert store.wait("nope", 5) is None
+    assert store.polls.wait("a", 5)["return_value"] == 7
+    assert store.polls.wait("nope", 5) is None
     store.enqueue(rec("b"))
     start = time.monotonic()
-    assert store.wait("b", 0.2)["status"] == "READY"
+    assert store.polls.wait("b", 0.2)["status"] == "READY"
     assert time.monotonic() - start < 3
 
 
@@ -433,7 +435,7 @@ def test_concurrent_enqueue_and_claim_loses_nothing():
     def consume(worker_id):
         outcome = None
         while True:
-            record = store.finish_and_claim(worker_id, outcome, 0.05)
+            record = store.polls.finish_and_claim(worker_id, outcome, 0.05)
             outcome = None
             if record is None:
                 if done.is_set():

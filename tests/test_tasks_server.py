@@ -8,8 +8,8 @@ import time
 import psutil
 import pytest
 
-from django_tasks_shared.client import StoreClient
-from django_tasks_shared.config import derive_authkey
+from django_tasks_shared.client.connection import StoreClient
+from django_tasks_shared.client.options import derive_authkey
 from helpers import SECRET_KEY, ServerProcess, ping, wait_until
 from testproject import tasks
 

@@ -8,8 +8,8 @@ from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTaskBackend
 
 from django_tasks_shared import wait
-from django_tasks_shared.client import StoreClient
-from django_tasks_shared.config import derive_authkey
+from django_tasks_shared.client.connection import StoreClient
+from django_tasks_shared.client.options import derive_authkey
 from helpers import SECRET_KEY, ServerProcess, tasks_settings
 from testproject import tasks
 

@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from django_tasks_shared.history import Histogram, History
+from django_tasks_shared.store.stats import Histogram, History
 from django_tasks_shared.web import metrics, present
 from test_store import Clock, claim, make_store, rec
 
@@ -74,27 +74,28 @@ def test_results_newest_first_filtered_and_paginated():
         run(store, f"t{i}", status="FAILED" if i % 3 == 0 else "SUCCESSFUL",
             queue="emails" if i % 2 else "default")
     store.enqueue(rec("waiting"))  # not finished: never listed
-    page = store.results(limit=3)
+    page = store.listing.results(limit=3)
     assert [r["id"] for r in page["rows"]] == ["t6", "t5", "t4"] and page["more"] is True
-    page = store.results(offset=3, limit=3)
+    page = store.listing.results(offset=3, limit=3)
     assert [r["id"] for r in page["rows"]] == ["t3", "t2", "t1"] and page["more"] is True
-    assert [r["id"] for r in store.results(offset=6, limit=3)["rows"]] == ["t0"]
-    assert [r["id"] for r in store.results(status="FAILED")["rows"]] == ["t6", "t3", "t0"]
-    assert [r["id"] for r in store.results(queue="emails")["rows"]] == ["t5", "t3", "t1"]
-    assert store.results(task="tasks.add")["rows"] and not store.results(task="nope")["rows"]
-    row = store.results(status="FAILED", limit=1)["rows"][0]
+    assert [r["id"] for r in store.listing.results(offset=6, limit=3)["rows"]] == ["t0"]
+    assert [r["id"] for r in store.listing.results(status="FAILED")["rows"]] == ["t6", "t3", "t0"]
+    assert [r["id"] for r in store.listing.results(queue="emails")["rows"]] == ["t5", "t3", "t1"]
+    assert store.listing.results(task="tasks.add")["rows"]
+    assert not store.listing.results(task="nope")["rows"]
+    row = store.listing.results(status="FAILED", limit=1)["rows"][0]
     assert row["error"] == "ValueError" and row["worker"] == "w1" and row["duration"] == 0.0
     store.get("t0")  # an LRU hit changes recency, not the listing order
-    assert store.results()["rows"][-1]["id"] == "t0"
+    assert store.listing.results()["rows"][-1]["id"] == "t0"
 
 
 def test_results_follow_eviction_and_the_finish_order_stays_bounded():
     store = make_store(max_results=10)
     for i in range(100):
         run(store, f"t{i}")
-    rows = store.results(limit=200)["rows"]
+    rows = store.listing.results(limit=200)["rows"]
     assert [r["id"] for r in rows] == [f"t{i}" for i in range(99, 89, -1)]
-    assert all(len(order) <= 2 * 10 + 64 + 1 for order in store._orders.values())
+    assert all(len(order) <= 2 * 10 + 64 + 1 for order in store.listing.orders.values())
 
 
 def test_results_page_is_fast_with_10000_stored_results():
@@ -107,7 +108,7 @@ def test_results_page_is_fast_with_10000_stored_results():
                          ("task name matching nothing (scans all)", {"task": "nope"})):
         started = time.perf_counter()
         for _ in range(20):
-            store.results(**kwargs)
+            store.listing.results(**kwargs)
         timings[name] = (time.perf_counter() - started) / 20 * 1000
     print("\n[measure] results() with 10,000 stored: " +
           ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
@@ -136,7 +137,7 @@ def test_metrics_text_parses_with_every_promised_series():
     run(store, "bad", status="FAILED", clock=clock, took=3.0)
     store.enqueue(rec("queued", queue="emails"))
     store.enqueue(rec("gone"))
-    store.cancel("gone")
+    store.cancels.cancel("gone")
     body, content_type = metrics.render(store.health())
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -177,20 +178,20 @@ def test_rebuild_finish_order_after_a_restore_lists_by_finished_at():
     for i in range(3):
         clock.advance(1)
         run(store, f"t{i}")
-    for order in store._orders.values():
+    for order in store.listing.orders.values():
         order.clear()  # as after records were loaded from disk
     store.get("t0")  # LRU order now t1, t2, t0: the listing must still follow finished_at
-    store.rebuild_finish_order()
-    assert [r["id"] for r in store.results()["rows"]] == ["t2", "t1", "t0"]
+    store.listing.rebuild()
+    assert [r["id"] for r in store.listing.results()["rows"]] == ["t2", "t1", "t0"]
 
 
 def test_a_status_with_no_result_walks_nothing():
     store = make_store()
     for i in range(5):
         run(store, f"t{i}")
-    assert store._orders["FAILED"] == deque()
-    assert store.results(status="FAILED")["rows"] == []
-    assert len(store.results(status="SUCCESSFUL")["rows"]) == 5
+    assert store.listing.orders["FAILED"] == deque()
+    assert store.listing.results(status="FAILED")["rows"] == []
+    assert len(store.listing.results(status="SUCCESSFUL")["rows"]) == 5
 
 
 def test_overview_context_lists_running_tasks_longest_first_and_every_configured_queue():
@@ -203,7 +204,7 @@ def test_overview_context_lists_running_tasks_longest_first_and_every_configured
     store.enqueue(rec("short"))
     claim(store, "w2")
     clock.advance(9)
-    context = present.overview_context(store.overview())
+    context = present.overview_context(store.listing.overview())
     assert [(t["id"], t["running_for"]) for t in context["running"]] == [
         ("long", "1m24s"), ("short", "9.0s")]
     assert [q["name"] for q in context["queues"]] == ["default", "emails"]
@@ -215,7 +216,7 @@ def test_overview_shows_the_attempt_and_progress_of_running_tasks():
     store.enqueue(rec("busy"))
     claim(store, "w1")
     assert store.save_metadata("busy", {"done": 40, "of": 100, "_internal": 1})
-    [running] = present.overview_context(store.overview())["running"]
+    [running] = present.overview_context(store.listing.overview())["running"]
     assert running["attempt"] == 1
     assert running["progress"] == "done=40, of=100"  # keys starting with _ are the backend's
     assert present.progress_text({"note": "x" * 200}).endswith("…")

@@ -133,7 +133,7 @@ def test_without_authentication_middleware_the_page_says_what_it_needs(site):
 
 
 def test_enqueue_again_of_a_task_the_web_process_cannot_import_says_so(site, staff):
-    from django_tasks_shared.store import new_record
+    from django_tasks_shared.protocol.records import new_record
 
     record = new_record(id="f" * 32, task="nowhere.tasks.gone", args=[1], kwargs={})
     site.client().call("enqueue", record)

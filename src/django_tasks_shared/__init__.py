@@ -1,30 +1,28 @@
-"""django-tasks-shared: a Django 6 Tasks backend with one shared, in-memory queue and result store.
+"""django-tasks-shared: a Django 6 Tasks backend with one shared queue and result store, served
+by one server process to every process of a deployment.
 
-The backends import Django; the server process imports only store/server/supervisor, so the
-public names here are loaded lazily.
+The layout follows the processes (docs/architecture.md has the map): protocol/ (shared by all),
+client/ (every Django process), server/ + store/ + durable/ + supervision/ (the server process),
+worker/ (the worker processes), schedules/, health/, web/, management/. The public names below
+are loaded lazily, so that the server process, which imports none of them, stays light.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
-__all__ = ["ProcessPoolBackend", "ThreadPoolBackend", "cancel", "current_result_id", "progress",
-           "retry", "set_progress", "wait", "wait_all"]
+_PUBLIC = {
+    "ProcessPoolBackend": "client.backend", "ThreadPoolBackend": "client.backend",
+    "cancel": "client.waiting", "wait": "client.waiting", "wait_all": "client.waiting",
+    "retry": "client.retry", "progress": "client.progress",
+    "set_progress": "worker.progress", "current_result_id": "worker.execution",
+}
+
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name):
-    if name in ("ProcessPoolBackend", "ThreadPoolBackend", "cancel", "wait", "wait_all"):
-        from . import backend
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_tasks_shared' has no attribute {name!r}")
+    from importlib import import_module
 
-        return getattr(backend, name)
-    if name == "retry":
-        from .retries import retry
-
-        return retry
-    if name in ("set_progress", "progress"):
-        from . import metadata
-
-        return getattr(metadata, name)
-    if name == "current_result_id":
-        from .execution import current_result_id
-
-        return current_result_id
-    raise AttributeError(f"module 'django_tasks_shared' has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)

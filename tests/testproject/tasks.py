@@ -181,7 +181,7 @@ def crunch(slow_steps, pause, fast_steps):
     for i in range(slow_steps):
         set_progress(done=i + 1, total=slow_steps + fast_steps, phase="slow")
         time.sleep(pause)
-    from django_tasks_shared.metadata import _reporter
+    from django_tasks_shared.worker.progress import _reporter
 
     sends = _reporter.get().sends
     started = time.perf_counter()

@@ -9,7 +9,9 @@ import json
 import time
 from datetime import UTC, datetime
 
-from ..health import duration, evaluate, size
+from ..health.formatting import duration, progress_text, size, took
+from ..health.status import evaluate
+from ..protocol.status import FINISHED, READY, RUNNING
 
 SPARK_W, SPARK_H = 120, 24
 CHART_W, CHART_H = 600, 120
@@ -54,15 +56,6 @@ def _clock(ts, tz=UTC):
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def took(seconds):
-    """A task's run time: ms below a second (most tasks), then as the health report has it."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms" if seconds < 0.01 else f"{seconds * 1000:.0f} ms"
-    return duration(seconds)
 
 
 def overview_context(snapshot, tz=UTC):
@@ -125,8 +118,8 @@ def task_context(record, tz=UTC, now=None):
     ran = None if started is None else took((finished or now) - started)
     return {
         "record": record, "status": record["status"],
-        "finished": record["status"] in ("SUCCESSFUL", "FAILED"),
-        "can_cancel": record["status"] in ("READY", "RUNNING"),
+        "finished": record["status"] in FINISHED,
+        "can_cancel": record["status"] in (READY, RUNNING),
         "args": _json(record["args"]), "kwargs": _json(record["kwargs"]),
         "return_value": _json(record["return_value"]),
         "errors": [{"exception": e["exception_class_path"], "traceback": e["traceback"]}
@@ -139,12 +132,3 @@ def task_context(record, tz=UTC, now=None):
                   ("ran for" if finished else "running for", ran or "-")],
         "attempts": len(record["worker_ids"]),
     }
-
-
-def progress_text(metadata):
-    """set_progress() fields of a running task as one short line ("" when it set none)."""
-    if not metadata:
-        return ""
-    text = ", ".join(f"{key}={value}" for key, value in metadata.items()
-                     if not str(key).startswith("_"))
-    return text if len(text) <= 80 else text[:79] + "…"

@@ -35,16 +35,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from ..backend import SharedBackend
-from ..client import describe
+from ..client.backend import SharedBackend
 from ..exceptions import QueueFull, ServerUnavailable
+from ..protocol.config import describe
+from ..protocol.status import FAILED, SUCCESSFUL
 from . import access, present
 from . import metrics as prom
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static",
                           "django_tasks_shared")
 ASSETS = ("dashboard.js", "dashboard.css")
-STATUSES = ("SUCCESSFUL", "FAILED")
+STATUSES = (SUCCESSFUL, FAILED)  # the filter buttons, in this order
 PAGE = 25
 REFRESH_MS = 2000
 

@@ -3,7 +3,7 @@
 from django.core.management.base import CommandError
 from django.tasks import task_backends
 
-from django_tasks_shared.backend import SharedBackend
+from django_tasks_shared.client.backend import SharedBackend
 
 
 def shared_backend(alias):

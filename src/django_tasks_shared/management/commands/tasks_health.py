@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
 from django_tasks_shared import health
-from django_tasks_shared.client import StoreClient
+from django_tasks_shared.client.connection import StoreClient
 from django_tasks_shared.management.commands._backend import shared_backend
 
 # Socket timeout of the probe: with Django's start-up, `unreachable` is reported within 5 s.

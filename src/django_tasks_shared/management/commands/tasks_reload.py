@@ -13,7 +13,7 @@ import time
 from django.core.management.base import BaseCommand
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
-from django_tasks_shared.client import StoreClient
+from django_tasks_shared.client.connection import StoreClient
 from django_tasks_shared.exceptions import ServerUnavailable
 from django_tasks_shared.management.commands._backend import shared_backend
 

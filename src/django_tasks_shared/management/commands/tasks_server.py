@@ -6,10 +6,12 @@ import logging
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 
+from django_tasks_shared.durable.format import StateError
+from django_tasks_shared.durable.statedir import StateDirInUse
 from django_tasks_shared.management.commands._backend import shared_backend
-from django_tasks_shared.schedules import ScheduleError, resolve_config
-from django_tasks_shared.server import AlreadyRunning, serve
-from django_tasks_shared.statedir import StateDirInUse, StateError
+from django_tasks_shared.schedules.entries import ScheduleError
+from django_tasks_shared.schedules.resolve import resolve_config
+from django_tasks_shared.server.process import AlreadyRunning, serve
 
 
 class Command(BaseCommand):

@@ -1,0 +1,199 @@
+"""The Django task backends: every operation is one round trip to the shared server.
+
+    Task.enqueue -> validate -> JSON check -> record (+ retry policy: @retry over
+                    OPTIONS["RETRY"]) -> client.call("enqueue") -> TaskResult
+    get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
+    wait(id)     -> client.call("wait") -> blocks in the server until finished or timeout
+                    (the module-level wait / wait_all / cancel: waiting.py)
+
+Django builds a backend instance per thread, so __init__ only reads a cached Config and the
+module-level StoreClient of its alias (one connection per process and thread, fork-aware).
+"""
+
+import ipaddress
+import json
+import secrets
+import time
+
+from django.conf import settings
+from django.core import checks
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils.json import normalize_json
+
+from ..exceptions import PayloadTooLarge, ServerAuthenticationError, ServerUnavailable
+from ..protocol.records import new_record
+from ..protocol.status import FINISHED
+from ..schedules.entries import ScheduleError
+from ..schedules.resolve import resolve_tasks
+from . import launcher
+from .connection import StoreClient
+from .options import ConfigError, build_config
+from .results import to_task_result, to_timestamp
+from .retry import effective_policy
+
+_configs = {}   # (alias, kind, options repr, queues, secret) -> Config
+_clients = {}   # (alias, address, authkey, timeout) -> StoreClient
+WAIT_SLICE = 2.0  # a server-side wait stays well inside the socket timeout
+
+
+def get_config(alias, params, kind):
+    queues = tuple(sorted(params.get("QUEUES") or ["default"]))
+    options = params.get("OPTIONS") or {}
+    key = (alias, kind, repr(sorted(options.items(), key=lambda kv: str(kv[0]))), queues,
+           settings.SECRET_KEY, settings.SETTINGS_MODULE, settings.TIME_ZONE)
+    config = _configs.get(key)
+    if config is None:
+        try:
+            config = build_config(alias, options, kind=kind, queues=queues,
+                                  secret_key=settings.SECRET_KEY,
+                                  settings_module=settings.SETTINGS_MODULE,
+                                  time_zone=settings.TIME_ZONE)
+        except ConfigError as exc:
+            raise InvalidTaskBackend(f"TASKS[{alias!r}]: {exc}") from None
+        _configs[key] = config
+    return config
+
+
+def get_client(config):
+    # The authkey is in the key: changed settings must not reuse a connection made with another.
+    key = (config.alias, config.address, config.authkey, config.connect_timeout)
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = StoreClient(
+            config.address, config.authkey, timeout=config.connect_timeout)
+    return client
+
+
+class SharedBackend(BaseTaskBackend):
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+    supports_metadata = True  # Django's coming metadata API; set_progress() on 6.x
+    kind = "process"
+
+    def __init__(self, alias, params):
+        super().__init__(alias, params)
+        self.config = get_config(alias, params, self.kind)
+        self.client = get_client(self.config)
+
+    def call(self, method, *args):
+        """One round trip; in embedded/AUTOSTART mode a missing server is started first."""
+        try:
+            return self.client.call(method, *args)
+        except ServerAuthenticationError:
+            raise
+        except ServerUnavailable:
+            if not self.config.can_start:
+                raise
+        try:
+            launcher.ensure_server(self.config)
+        except ScheduleError as exc:  # a schedule's task does not import: the server can't start
+            raise InvalidTaskBackend(f"TASKS[{self.alias!r}]: the task server was not started: "
+                                     f"{exc}") from None
+        return self.client.call(method, *args)
+
+    def enqueue(self, task, args, kwargs):
+        self.validate_task(task)
+        args, kwargs = _json_arguments(task, args, kwargs, self.config.max_payload)
+        record = new_record(
+            id=secrets.token_hex(16), task=task.module_path, args=args, kwargs=kwargs,
+            priority=task.priority, queue=task.queue_name, run_after=to_timestamp(task.run_after),
+            takes_context=task.takes_context, backend=self.alias,
+            retry=effective_policy(task.func, self.config.retry))
+        if getattr(task, "metadata", None):  # Task.using(metadata=...) of a later Django
+            record["metadata"] = normalize_json(dict(task.metadata))
+        record["enqueued_at"] = self.call("enqueue", record)
+        result = to_task_result(record, task)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def get_result(self, result_id):
+        record = self.call("get", result_id)
+        if record is None:
+            raise TaskResultDoesNotExist(result_id)
+        return to_task_result(record)
+
+    def wait(self, result_id, timeout):
+        """The record once finished (or as it stands when `timeout` runs out)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            # Each server-side wait stays well inside the socket timeout.
+            slice_ = min(WAIT_SLICE, self.config.connect_timeout / 2)
+            record = self.call("wait", result_id, max(0.0, min(remaining, slice_)))
+            if record is None:
+                raise TaskResultDoesNotExist(result_id)
+            if record["status"] in FINISHED or remaining <= slice_:
+                return record
+
+    def save_metadata(self, task_result, raw_metadata):
+        """Django's coming backend hook: replace a running task's metadata (one round trip)."""
+        return self.call("save_metadata", task_result.id, normalize_json(dict(raw_metadata)),
+                         True)
+
+    def health(self):
+        """The server's health snapshot; never starts a server."""
+        return self.client.call("health")
+
+    def check(self, **kwargs):
+        messages = []
+        address = self.config.address
+        if isinstance(address, tuple) and not _is_loopback(address[0]):
+            messages.append(checks.Warning(
+                f"TASKS[{self.alias!r}] ADDRESS {self.config.address_text} is not loopback: "
+                "anyone who can reach it and knows the authkey can run code in the server.",
+                hint="Prefer a unix socket path, or bind to 127.0.0.1 behind a firewall.",
+                id="django_tasks_shared.W001"))
+        if self.config.schedules:
+            _, errors = resolve_tasks(self.config.schedules, self.config.queues)
+            messages += [checks.Error(
+                f"TASKS[{self.alias!r}] {error}",
+                hint="The task server enqueues each SCHEDULE entry by its dotted path.",
+                id="django_tasks_shared.E001") for error in errors]
+        return messages
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def _json_arguments(task, args, kwargs, max_payload=None):
+    """Arguments exactly as a worker will see them, or a TypeError naming the culprit (or
+    PayloadTooLarge over MAX_PAYLOAD bytes of JSON)."""
+    try:
+        args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+        size = len(json.dumps([args, kwargs]))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"arguments of task {task.module_path!r} must be JSON-serializable ({exc}); nothing "
+            f"was enqueued. Pass plain data (ids, strings, numbers, lists, dicts), not model "
+            f"instances or objects.") from None
+    if max_payload is not None and size > max_payload:
+        raise PayloadTooLarge(
+            f"arguments of task {task.module_path!r} take {size} bytes as JSON, over "
+            f"MAX_PAYLOAD={max_payload}; nothing was enqueued. Pass a reference to the data (a "
+            f"file path, a database id) instead, or raise OPTIONS['MAX_PAYLOAD'].")
+    return args, kwargs
+
+
+class ProcessPoolBackend(SharedBackend):
+    """WORKERS processes (default: CPU count), each running THREADS threads (default 1)."""
+
+    kind = "process"
+
+
+class ThreadPoolBackend(SharedBackend):
+    """One worker process running THREADS threads (default min(32, CPUs + 4)): I/O-bound tasks."""
+
+    kind = "thread"
+
+
+__all__ = ["ProcessPoolBackend", "SharedBackend", "ThreadPoolBackend"]

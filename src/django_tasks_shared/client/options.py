@@ -1,0 +1,181 @@
+"""Backend OPTIONS -> a frozen `Config` (protocol/config.py), validated once per process, with
+the address and authkey derivation. Runs where Django settings are: web processes, shells,
+commands; the server gets the result as JSON (Config.to_spec()).
+
+    build_config(alias, OPTIONS, ...) -> unknown keys? -> pool size (WORKERS / THREADS /
+        MAX_WORKERS) -> authkey (AUTHKEY or derived from SECRET_KEY) -> address (ADDRESS, or
+        the embedded socket of this project and alias) -> STATE_DIR / FSYNC -> SCHEDULE -> Config
+"""
+
+import hashlib
+import os
+
+from ..protocol.config import FSYNC_MODES, Config
+from ..protocol.paths import runtime_dir
+from ..schedules import entries as schedules
+
+DEFAULTS = {
+    "WORKERS": None, "THREADS": None, "MAX_WORKERS": None, "MAX_RESULTS": 1000,
+    "RESULT_TTL": None, "ADDRESS": None, "AUTOSTART": False, "AUTHKEY": None,
+    "TIME_LIMIT": None, "MAX_TASKS_PER_WORKER": None, "MAX_WORKER_MEMORY": None,
+    "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
+    "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
+    "MAX_CONNECTIONS": 4096, "SCHEDULE": None, "RETRY": None, "MAX_TASK_MEMORY": None,
+}
+
+
+class ConfigError(ValueError):
+    """An OPTIONS value is wrong; the message names the key and the fix."""
+
+
+def _number(options, key, kind=int, minimum=1):
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and int(value) != value) or value < minimum:
+        raise ConfigError(f"OPTIONS[{key!r}] must be a {'whole ' if kind is int else ''}number "
+                          f">= {minimum}, got {value!r}.")
+    return kind(value)
+
+
+def parse_address(value):
+    """'host:port' -> (host, port); anything containing '/' -> an absolute socket path."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"OPTIONS['ADDRESS'] must be a socket path or 'host:port', got {value!r}.")
+    if "/" not in value and ":" in value:
+        host, _, port = value.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"OPTIONS['ADDRESS'] {value!r}: the port must be a number.")
+        if ":" in host:
+            raise ConfigError(f"OPTIONS['ADDRESS'] {value!r}: IPv6 is not supported (the "
+                              "multiprocessing listener binds IPv4); use 127.0.0.1 or a path.")
+        return (host.strip("[]") or "127.0.0.1", int(port))
+    path = os.path.abspath(value)
+    if len(path.encode()) > 107:
+        raise ConfigError(f"OPTIONS['ADDRESS'] {path!r} is longer than the 107 bytes a unix "
+                          "socket path may have; choose a shorter path.")
+    return path
+
+
+def derive_authkey(secret_key, alias):
+    from django.utils.crypto import salted_hmac
+
+    return salted_hmac("django_tasks_shared.authkey", alias, secret=secret_key,
+                       algorithm="sha256").digest()
+
+
+def build_config(alias, options, *, kind, queues, secret_key, settings_module,
+                 time_zone="UTC"):
+    """OPTIONS -> Config. `time_zone` (Django's TIME_ZONE) is the default for cron schedules."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown OPTIONS key(s) {', '.join(map(repr, unknown))} for task backend "
+            f"{alias!r}; valid keys are {', '.join(sorted(DEFAULTS))}.")
+    opts = {**DEFAULTS, **options}
+    workers, threads = _pool_size(opts, kind)
+    authkey = _authkey(opts, secret_key, alias)
+    address, embedded = _address(opts, alias, settings_module, authkey)
+    if (embedded or opts["AUTOSTART"]) and not settings_module:
+        raise ConfigError("worker processes load Django from DJANGO_SETTINGS_MODULE, which is "
+                          "not set; set it (settings.configure() is not enough for workers).")
+    try:
+        schedule = schedules.validate(opts["SCHEDULE"], queues=tuple(sorted(queues)),
+                                      default_timezone=time_zone or "UTC")
+    except schedules.ScheduleError as exc:
+        raise ConfigError(str(exc)) from None
+
+    return Config(
+        alias=alias, kind=kind, workers=workers, threads=threads,
+        max_results=_number(opts, "MAX_RESULTS"),
+        result_ttl=_number(opts, "RESULT_TTL", float, 0),
+        address=address, embedded=embedded, autostart=bool(opts["AUTOSTART"]), authkey=authkey,
+        time_limit=_number(opts, "TIME_LIMIT", float, 0),
+        max_tasks_per_worker=_number(opts, "MAX_TASKS_PER_WORKER"),
+        max_worker_memory=_number(opts, "MAX_WORKER_MEMORY"),
+        max_queue=_number(opts, "MAX_QUEUE"),
+        connect_timeout=_number(opts, "CONNECT_TIMEOUT", float, 0.1),
+        retry=_retry(opts["RETRY"]),
+        max_task_memory=_number(opts, "MAX_TASK_MEMORY"),
+        queues=tuple(sorted(queues)), settings_module=settings_module,
+        state_dir=_state_dir(opts), fsync=_fsync(opts),
+        max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
+        journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
+        max_connections=_number(opts, "MAX_CONNECTIONS"), schedules=schedule,
+    )
+
+
+def _pool_size(opts, kind):
+    """(worker processes, threads each) from WORKERS, THREADS and MAX_WORKERS."""
+    workers = _number(opts, "WORKERS")
+    threads = _number(opts, "THREADS")
+    max_workers = _number(opts, "MAX_WORKERS")
+    if kind == "process":
+        if workers is not None and max_workers is not None:
+            raise ConfigError(
+                "give WORKERS or MAX_WORKERS (its django-tasks-local name), not both.")
+        return workers or max_workers or os.cpu_count() or 1, threads or 1
+    if workers not in (None, 1):
+        raise ConfigError("ThreadPoolBackend runs one worker process; set THREADS (or "
+                          "MAX_WORKERS) for its thread count, or use ProcessPoolBackend.")
+    if threads is not None and max_workers is not None:
+        raise ConfigError("give THREADS or MAX_WORKERS (its django-tasks-local name), not both.")
+    return 1, threads or max_workers or min(32, (os.cpu_count() or 1) + 4)
+
+
+def _authkey(opts, secret_key, alias):
+    authkey = opts["AUTHKEY"]
+    if authkey is None:
+        if not secret_key:
+            raise ConfigError("set SECRET_KEY or OPTIONS['AUTHKEY']: the server's authkey is "
+                              "derived from SECRET_KEY by default.")
+        authkey = derive_authkey(secret_key, alias)
+    elif isinstance(authkey, str):
+        authkey = authkey.encode()
+    if not isinstance(authkey, bytes) or len(authkey) < 16:
+        raise ConfigError("OPTIONS['AUTHKEY'] must be at least 16 bytes (or characters); "
+                          "treat it as a secret: it grants code execution in the server.")
+    return authkey
+
+
+def _address(opts, alias, settings_module, authkey):
+    """(address, embedded): ADDRESS parsed, or the embedded socket of this project and alias."""
+    if opts["ADDRESS"] is not None:
+        return parse_address(opts["ADDRESS"]), False
+    # One embedded server per project and alias: every process of the same project finds it.
+    digest = hashlib.sha256(b"%s\0%s\0%s" % (
+        (settings_module or "").encode(), alias.encode(), authkey)).hexdigest()[:16]
+    return os.path.join(runtime_dir(), f"{digest}.sock"), True
+
+
+def _state_dir(opts):
+    state_dir = opts["STATE_DIR"]
+    if state_dir is None:
+        return None
+    if not isinstance(state_dir, (str, os.PathLike)) or not os.fspath(state_dir):
+        raise ConfigError(f"OPTIONS['STATE_DIR'] must be a directory path, got {state_dir!r}.")
+    return os.path.abspath(os.fspath(state_dir))
+
+
+def _fsync(opts):
+    if opts["FSYNC"] not in FSYNC_MODES:
+        raise ConfigError(f"OPTIONS['FSYNC'] must be one of {', '.join(map(repr, FSYNC_MODES))}"
+                          f", got {opts['FSYNC']!r}.")
+    return opts["FSYNC"]
+
+
+def _retry(value):
+    """OPTIONS["RETRY"]: a dict with @retry's keys -> the record form (class paths for `on`)."""
+    from ..protocol.retry_policy import normalize
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError("OPTIONS['RETRY'] must be a dict with keys of @retry (max_attempts, "
+                          f"delay, factor, max_delay, on), got {value!r}.")
+    try:
+        return normalize(value, "OPTIONS['RETRY']")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,491 @@
+"""TaskStore: the records, the running set and the workers, under one lock, in the server.
+
+Plain, thread-safe Python with no IPC and no Django. The server pins ONE instance, and every
+method that `calls()` names is one socket round trip for a client.
+
+    enqueue(record) ──> queue (queue.py: ready / deferred heaps)
+    claim(worker, outcome) <── longpoll.py (blocking, or parked by the event loop)
+        report: outcome ──> SUCCESSFUL / FAILED ──> finished (results.py: LRU, TTL)
+                        └─> "retry" and the policy agrees ──> back to the queue, same id
+        hand out: queue.pop ──> record RUNNING, owned by the worker
+    get(id) / get_many / wait ──> record copy (a hit refreshes LRU recency)
+    supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
+
+The core owns its state; the parts it is composed of get an explicit reference to it and use
+its lock and the methods marked "lock held":
+
+    queue     PendingQueue     which READY task runs next            (queue.py)
+    finished  FinishedResults  the finished ids kept, LRU and TTL    (results.py)
+    polls     LongPolls        wait / claim, blocking or parked      (longpoll.py)
+    cancels   Cancels          cancel(id), kill requests             (cancel.py)
+    listing   Listing          the page's results listing, overview  (listing.py)
+    schedules ScheduleState    the scheduler's runs and notes        (schedule_state.py)
+    stats     Stats            histograms and history rings          (stats.py)
+    journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
+
+Records (protocol/records.py) are JSON-compatible dicts. Inner lists are replaced, never
+mutated, so a shallow copy handed to the pickler can never change under it. Timestamps are
+`time.time()` floats taken in this process (or reported by a worker on the same host), so
+enqueued_at <= started_at <= finished_at holds across processes.
+"""
+
+import os
+import threading
+import time
+
+from ..exceptions import QueueFull, ServerUnavailable
+from ..protocol.retry_policy import backoff, retries_supervisor_end
+from ..protocol.status import (
+    END_COUNTERS,
+    FAILED,
+    FINISHED,
+    READY,
+    RUNNING,
+    STOP,
+    SUCCESSFUL,
+    WORKER_LOST,
+)
+from .cancel import Cancels
+from .journaler import Journaler
+from .listing import Listing
+from .longpoll import NOTHING, LongPolls
+from .queue import PendingQueue
+from .results import FinishedResults
+from .schedule_state import ScheduleState
+from .stats import Stats
+
+COUNTERS = ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted", "expired",
+            "rejected_full", "worker_restarts", "retried", "memory_exceeded", "cancelled")
+
+
+class TaskStore:
+    def __init__(self, *, max_results=1000, result_ttl=None, max_queue=None,
+                 max_tasks_per_worker=None, clock=time.time):
+        self.max_queue = max_queue
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.records = {}               # id -> record (pending, running and finished)
+        self.running = {}               # id -> worker id (None: restored as RUNNING)
+        self.workers = {}               # worker id -> info dict (see register_worker)
+        self.draining = False
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        # Small server state outside the records that must survive restarts (e.g. the last run
+        # of each schedule): change it under the lock, then journal.durable(key).
+        self.durable = {}
+        self.meta = {"pid": os.getpid(), "started_at": clock()}
+        self.state_health = None        # STATE_DIR facts for health (a callable), if any
+        self.on_reload = None           # the supervisor's request_reload, once it runs
+        self.queue = PendingQueue(self.records)
+        self.finished = FinishedResults(max_results, result_ttl)
+        self.polls = LongPolls(self)
+        self.cancels = Cancels(self)
+        self.listing = Listing(self)
+        self.schedules = ScheduleState(self)
+        self.stats = Stats()
+        self.journal = Journaler(self)
+
+    def calls(self):
+        """The methods a client may call, by the wire's names (protocol/methods.py)."""
+        polls = self.polls
+        return {
+            "enqueue": self.enqueue, "get": self.get, "get_many": self.get_many,
+            "wait": polls.wait, "finish_and_claim": polls.finish_and_claim,
+            "worker_failed": self.worker_failed, "ping": self.ping, "health": self.health,
+            "reload": self.reload, "save_metadata": self.save_metadata,
+            "metadata": self.metadata, "cancel": self.cancels.cancel,
+            "results": self.listing.results, "overview": self.listing.overview,
+        }
+
+    # ---- client operations -----------------------------------------------------------------
+
+    def enqueue(self, record):
+        """Store a READY record; returns its server-side `enqueued_at`. Idempotent per id."""
+        with self.lock:
+            return self.enqueue_locked(record)
+
+    def get(self, task_id):
+        """The record, or None if unknown, evicted or expired."""
+        with self.lock:
+            record = self.lookup(task_id)
+            return None if record is None else dict(record)
+
+    def get_many(self, task_ids):
+        with self.lock:
+            return [None if (r := self.lookup(i)) is None else dict(r) for i in task_ids]
+
+    def save_metadata(self, task_id, fields, replace=False):
+        """Merge `fields` into a RUNNING task's metadata (or replace it with them); False when
+        the task is unknown or not running any more (finished, or ended by the supervisor)."""
+        with self.lock:
+            record = self.records.get(task_id)
+            if record is None or record["status"] != RUNNING:
+                return False
+            record["metadata"] = dict(fields) if replace else \
+                {**(record.get("metadata") or {}), **fields}
+            self.journal.set(record, "metadata")
+            return True
+
+    def metadata(self, task_id):
+        """(status, metadata) of a task, or None if unknown, evicted or expired."""
+        with self.lock:
+            record = self.lookup(task_id)
+            return None if record is None else (record["status"], record.get("metadata") or {})
+
+    def worker_failed(self, worker_id, reason):
+        """A worker reports why it cannot start (bad settings, import error) before exiting."""
+        with self.lock:
+            if worker_id in self.workers:
+                self.workers[worker_id]["failure"] = reason
+
+    def ping(self):
+        return self.meta["pid"]
+
+    def reload(self):
+        """Replace every worker with a fresh interpreter (a deploy); see supervision/reload.py.
+        Returns {"request": id, "generation": serving now, "reloading": bool}."""
+        if self.on_reload is None:
+            raise RuntimeError("this task server cannot reload its workers")
+        return self.on_reload()
+
+    def health(self):
+        """A JSON-compatible snapshot for `tasks_health`; supervisor fields are cached stats."""
+        with self.lock:
+            self.expire()
+            now = self.clock()
+            return {
+                "server": dict(self.meta, uptime=round(now - self.meta["started_at"], 3),
+                               draining=self.draining),
+                "queues": self.queue.counts(),
+                "pending": len(self.queue),
+                "running": len(self.running),
+                "results": {"stored": len(self.finished), "max": self.finished.max_results,
+                            "ttl": self.finished.ttl, "evicted": self.counters["evicted"],
+                            "expired": self.counters["expired"]},
+                "limits": {"max_queue": self.max_queue,
+                           "max_tasks_per_worker": self.max_tasks_per_worker},
+                "counters": dict(self.counters),
+                "histograms": self.stats.histograms(),
+                "workers": [self._worker_view(worker, now) for worker in self.workers.values()],
+                "state": self.state_health() if self.state_health else None,
+                "schedules": self.schedules.report(),
+            }
+
+    def _worker_view(self, worker, now):
+        current = [
+            {"id": tid, "name": r["task"], "running_for": round(now - r["started_at"], 3),
+             "attempt": len(r["worker_ids"]), "progress": r.get("metadata") or None}
+            for tid in worker["current"] if (r := self.records.get(tid)) is not None]
+        return {k: v for k, v in worker.items() if k not in ("current", "claimed")} | {
+            "current_tasks": current, "current_task": current[0] if current else None,
+            "state": "busy" if current else worker["state"],
+            "uptime": round(now - worker["started_at"], 3)}
+
+    def history_snapshot(self):
+        with self.lock:
+            return self.stats.history.snapshot()
+
+    # ---- supervisor operations (same process, never exposed) -------------------------------
+
+    def register_worker(self, worker_id, pid, **info):
+        with self.lock:
+            self.workers[worker_id] = {
+                "id": worker_id, "pid": pid, "state": "starting", "started_at": self.clock(),
+                "ready_at": None, "tasks_done": 0, "claimed": 0, "current": {},
+                "retiring": False, "retire_reason": None, "failure": None,
+                "rss_bytes": None, "cpu_percent": None, **info}
+
+    def update_worker(self, worker_id, **fields):
+        with self.lock:
+            if worker_id in self.workers:
+                self.workers[worker_id].update(fields)
+
+    def worker_info(self, worker_id):
+        with self.lock:
+            worker = self.workers.get(worker_id)
+            return None if worker is None else dict(worker, current=dict(worker["current"]))
+
+    def retire_worker(self, worker_id, reason):
+        """Let the worker finish what it runs, then stop it (its threads get STOP)."""
+        with self.lock:
+            self.retire(worker_id, reason)
+
+    def worker_exited(self, worker_id, exception_path, message):
+        """Forget the worker; its running tasks end FAILED with `exception_path`."""
+        with self.lock:
+            worker = self.workers.pop(worker_id, None)
+            failed = []
+            if worker is not None:
+                for task_id in list(worker["current"]):
+                    self.fail(task_id, exception_path, message)
+                    failed.append(task_id)
+            self.polls.notify_work(everyone=True)
+            return worker, failed
+
+    def fail_task(self, task_id, exception_path, message):
+        """End a RUNNING task as FAILED (time limit); a late report from its worker is ignored."""
+        with self.lock:
+            return self.fail(task_id, exception_path, message)
+
+    def overdue(self, time_limit):
+        """(worker id, task id, seconds running) for every task running longer than time_limit."""
+        now = self.clock()
+        with self.lock:
+            return [(wid, tid, now - self.records[tid]["started_at"])
+                    for tid, wid in self.running.items()
+                    if now - self.records[tid]["started_at"] > time_limit]
+
+    def drain(self):
+        """Hand out no more tasks: every claim now returns STOP."""
+        with self.lock:
+            self.draining = True
+            self.polls.notify_work(everyone=True)
+
+    def running_count(self):
+        with self.lock:
+            return len(self.running)
+
+    def sweep(self):
+        """Drop finished results past RESULT_TTL (called from the supervisor tick)."""
+        with self.lock:
+            self.expire()
+
+    def set_meta(self, **fields):
+        """Server facts for health (the supervisor's status); under the lock health reads with."""
+        with self.lock:
+            self.meta.update(fields)
+
+    def count(self, name, n=1):
+        with self.lock:
+            self.counters[name] += n
+
+    def sample_history(self):
+        with self.lock:
+            c = self.counters
+            return self.stats.history.sample(
+                self.clock(), c["succeeded"] + c["failed"],
+                {wid: (w["rss_bytes"], w["cpu_percent"]) for wid, w in self.workers.items()})
+
+    def commit(self):
+        """Make the journaled changes durable before a reply goes out (see journaler.py)."""
+        self.journal.commit()
+
+    # ---- a restored state (STATE_DIR start, before serving) ----------------------------------
+
+    def restore(self, records, durable, counters):
+        """Take over a restored state: `records` with the finished ones in LRU order; pending
+        ones keep their FIFO `seq`. Returns (pending, results, running) where `running` lists
+        the records that were RUNNING when the previous server stopped: give them to
+        end_interrupted() once a journal is attached."""
+        with self.lock:
+            now = self.clock()
+            self.counters.update(counters)
+            self.durable.update(durable)
+            if self.records:
+                self.records.update(records)
+            else:  # the usual case, at start-up: take the restored dict, no copy of 200,000
+                self.records = self.queue.records = records
+            # Comprehensions rather than one loop with branches: 200,000 records restore in
+            # about half the time (start-up time is the point of this method).
+            values = records.values()
+            pending = [r for r in values if r["status"] == READY]
+            running = [r["id"] for r in values if r["status"] == RUNNING]
+            self.finished.load([i for i, r in records.items() if r["status"] in FINISHED],
+                               self.records)
+            self.queue.load(pending, now)
+            self.running.update(dict.fromkeys(running))  # owned by no worker of ours
+            self.queue.continue_after(max((r.get("seq", 0) for r in values), default=-1))
+            self.listing.rebuild()
+            return len(self.queue), len(self.finished), running
+
+    def end_interrupted(self, task_ids, text):
+        """Tasks that were RUNNING when the previous server died end FAILED (WorkerLost): they
+        may have had effects, so they are never run again (at most once), unless their retry
+        policy names WorkerLost in `on` (then they go back to the queue, see fail)."""
+        with self.lock:
+            for task_id in task_ids:
+                record = self.records[task_id]
+                again = retries_supervisor_end(record.get("retry"), WORKER_LOST,
+                                               len(record["worker_ids"]))
+                outcome = ("its retry policy names WorkerLost: it goes back to the queue" if again
+                           else "it was not run again")
+                self.fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}; {outcome}\n")
+
+    # ---- lock held: the one way each change is made (the parts use these too) ---------------
+
+    def enqueue_locked(self, record):
+        existing = self.records.get(record["id"])
+        if existing is not None:  # a retried enqueue after a dropped connection
+            return existing["enqueued_at"]
+        if self.draining:
+            raise ServerUnavailable(
+                f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
+                f"new tasks; nothing was stored. Retry once it is back.")
+        if self.max_queue is not None and len(self.queue) >= self.max_queue:
+            self.counters["rejected_full"] += 1
+            raise QueueFull(
+                f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
+                f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
+        now = self.clock()
+        record = dict(record, status=READY, enqueued_at=now)
+        self.records[record["id"]] = record
+        self._push(record, now)
+        self.journal.put(record)
+        self.counters["enqueued"] += 1
+        return now
+
+    def lookup(self, task_id):
+        """The record (not a copy), or None; a finished one is touched (LRU) or expired."""
+        record = self.records.get(task_id)
+        if record is not None and record["status"] in FINISHED:
+            if self.finished.is_expired(record, self.clock()):
+                self.forget(task_id)
+                self.counters["expired"] += 1
+                return None
+            self.finished.touch(task_id)
+        return record
+
+    def claim(self, worker_id, outcome=None):
+        """Report `outcome` (the worker thread's last task, or None), then hand out the next
+        task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait)."""
+        worker = self.workers.get(worker_id)
+        if outcome is not None:
+            self._finish(outcome, worker_id)
+        if worker is not None and worker["state"] == "starting" and not self.draining \
+                and not worker["retiring"]:  # a worker told to stop at once never was ready
+            worker["state"] = "idle"
+            worker["ready_at"] = self.clock()
+        if worker is None or self.draining or worker["retiring"]:
+            return STOP
+        limit = self.max_tasks_per_worker
+        if limit is not None and worker["claimed"] >= limit:
+            worker["retiring"] = True
+            worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
+            return STOP
+        now = self.clock()
+        record = self.queue.pop(now)
+        if record is None:
+            return NOTHING
+        return self._start(record, worker_id, worker, now)
+
+    def retire(self, worker_id, reason):
+        """The worker takes no new task (its threads get STOP once idle)."""
+        worker = self.workers.get(worker_id)
+        if worker is not None and not worker["retiring"]:
+            worker["retiring"] = True
+            worker["retire_reason"] = reason
+            self.polls.notify_work(everyone=True)
+
+    def fail(self, task_id, exception_path, message):
+        """End a RUNNING task FAILED with `exception_path` (or give it another attempt, when
+        its retry policy names that class). False if it is not running."""
+        if task_id not in self.running:
+            return False
+        worker_id = self.running[task_id]  # None for a task restored as RUNNING (see restore)
+        record = self.records[task_id]
+        now = max(self.clock(), record["started_at"])
+        errors = record["errors"] + [
+            {"exception_class_path": exception_path, "traceback": message}]
+        counter = END_COUNTERS.get(exception_path)
+        if counter:
+            self.counters[counter] += 1
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker["current"].pop(task_id, None)
+        if retries_supervisor_end(record.get("retry"), exception_path, len(record["worker_ids"])):
+            self._retry(record, errors, now)
+            return True
+        record.update(status=FAILED, finished_at=now, errors=errors)
+        self.journal.set(record, "status", "finished_at", "errors")
+        self.counters["failed"] += 1
+        self._ended(task_id, now)
+        return True
+
+    def end_pending(self, record, exception_path, message):
+        """End a READY task FAILED with `exception_path` without running it (a cancel)."""
+        now = self.clock()
+        self.queue.drop(record, now)
+        record.update(status=FAILED, finished_at=now, errors=record["errors"] + [
+            {"exception_class_path": exception_path, "traceback": message}])
+        self.journal.set(record, "status", "finished_at", "errors")
+        self.counters["failed"] += 1
+        counter = END_COUNTERS.get(exception_path)
+        if counter:
+            self.counters[counter] += 1
+        self._ended(record["id"], now)
+
+    def forget(self, task_id):
+        self.finished.remove(task_id)
+        self.records.pop(task_id, None)
+        self.journal.forget(task_id)
+
+    def expire(self):
+        """Drop the finished results past RESULT_TTL."""
+        for task_id in self.finished.expired(self.clock(), self.records):
+            self.forget(task_id)
+            self.counters["expired"] += 1
+
+    # ---- internals (lock held) --------------------------------------------------------------
+
+    def _push(self, record, now):
+        self.queue.push(record, now)
+        self.polls.notify_work()  # a waiting worker takes it (or shortens its wait to the due time)
+
+    def _start(self, record, worker_id, worker, now):
+        record["status"] = RUNNING
+        record["started_at"] = record["last_attempted_at"] = now
+        record["worker_ids"] = record["worker_ids"] + [worker_id]
+        self.journal.set(record, "status", "started_at", "last_attempted_at", "worker_ids")
+        self.running[record["id"]] = worker_id
+        self.stats.started(record, now)
+        worker["current"][record["id"]] = now
+        worker["claimed"] += 1
+        return dict(record)
+
+    def _finish(self, outcome, worker_id):
+        task_id = outcome["id"]
+        if self.running.get(task_id) != worker_id:
+            return  # already ended by the supervisor (time limit, worker lost)
+        record = self.records[task_id]
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker["current"].pop(task_id, None)
+            worker["tasks_done"] += 1
+        status = outcome["status"]
+        errors = record["errors"] + list(outcome.get("errors") or ())
+        progress = ()
+        if outcome.get("metadata"):  # the task's last progress, coalesced into its outcome
+            record["metadata"] = {**(record.get("metadata") or {}), **outcome["metadata"]}
+            progress = ("metadata",)
+        if status == FAILED and outcome.get("retry") and record.get("retry"):
+            self._retry(record, errors, self.clock(), progress)  # the worker matched `on`
+            return
+        finished_at = max(outcome.get("finished_at") or self.clock(), record["started_at"])
+        record.update(status=status, finished_at=finished_at,
+                      return_value=outcome.get("return_value"), errors=errors)
+        self.journal.set(record, "status", "finished_at", "return_value", "errors", *progress)
+        self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
+        self._ended(task_id, finished_at)
+
+    def _retry(self, record, errors, now, changed=()):
+        """The attempt failed and the policy gives another: READY again under the same id, due
+        after the back-off; `errors` keeps this attempt's error, waiters keep waiting."""
+        del self.running[record["id"]]
+        record.update(status=READY, errors=errors,
+                      run_after=now + backoff(record["retry"], len(record["worker_ids"])))
+        self._push(record, now)
+        self.journal.set(record, "status", "errors", "run_after", "seq", *changed)
+        self.counters["retried"] += 1
+
+    def _ended(self, task_id, finished_at):
+        """A task finished (any way): into the results, the listing and the statistics; waiters
+        told; results past MAX_RESULTS evicted."""
+        self.running.pop(task_id, None)  # not there for a task ended while pending
+        record = self.records[task_id]
+        self.stats.finished(record)
+        self.listing.note(record)
+        for old_id in self.finished.add(task_id, finished_at):
+            self.records.pop(old_id, None)
+            self.journal.forget(old_id)
+            self.counters["evicted"] += 1
+        self.polls.finished(task_id)

@@ -1,0 +1,68 @@
+"""The finished results the store keeps: at most MAX_RESULTS, least recently used out first, and
+none older than RESULT_TTL.
+
+    TaskStore: a task ended ──add(id, finished_at)──> LRU (OrderedDict) [+ expiry deque, TTL]
+                                                      └──> ids evicted past MAX_RESULTS
+               get(id) of a finished task ──touch(id)──> most recently used
+               health / listing / sweep ──expired(now, records)──> ids past RESULT_TTL
+
+Ids only: the records stay in the store's dict, which the caller cleans. No lock of its own:
+TaskStore calls it with the store lock held.
+"""
+
+from collections import OrderedDict, deque
+
+
+class FinishedResults:
+    def __init__(self, max_results, ttl=None):
+        self.max_results = max_results
+        self.ttl = ttl
+        self.lru = OrderedDict()        # id -> None, least recently used first
+        self.expiry = deque()           # (finished_at, id) in finishing order, for RESULT_TTL
+
+    def __len__(self):
+        return len(self.lru)
+
+    def __contains__(self, task_id):
+        return task_id in self.lru
+
+    def __iter__(self):
+        return iter(self.lru)
+
+    def add(self, task_id, finished_at):
+        """A task ended: returns the ids evicted to stay within max_results."""
+        self.lru[task_id] = None
+        if self.ttl is not None:
+            self.expiry.append((finished_at, task_id))
+        evicted = []
+        while len(self.lru) > self.max_results:
+            evicted.append(self.lru.popitem(last=False)[0])
+        return evicted
+
+    def touch(self, task_id):
+        self.lru.move_to_end(task_id)
+
+    def remove(self, task_id):
+        self.lru.pop(task_id, None)
+
+    def is_expired(self, record, now):
+        return self.ttl is not None and record["finished_at"] + self.ttl <= now
+
+    def expired(self, now, records):
+        """Pop and return the ids past RESULT_TTL (skipping entries of records gone or
+        finished again since: a retried task's earlier finish)."""
+        if self.ttl is None:
+            return []
+        expiry, ttl, gone = self.expiry, self.ttl, []
+        while expiry and expiry[0][0] + ttl <= now:
+            finished_at, task_id = expiry.popleft()
+            record = records.get(task_id)
+            if record is not None and record["finished_at"] == finished_at:
+                gone.append(task_id)
+        return gone
+
+    def load(self, ids, records):
+        """Take over restored finished ids, in LRU order."""
+        self.lru = OrderedDict.fromkeys(ids)
+        if self.ttl is not None:
+            self.expiry.extend(sorted((records[i]["finished_at"], i) for i in self.lru))
