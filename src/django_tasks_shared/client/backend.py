@@ -14,6 +14,7 @@ import ipaddress
 import json
 import secrets
 import time
+from typing import cast
 
 from django.conf import settings
 from django.core import checks
@@ -23,6 +24,7 @@ from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
 from ..exceptions import PayloadTooLarge, ServerAuthenticationError, ServerUnavailable
+from ..protocol.config import Config
 from ..protocol.records import new_record
 from ..protocol.status import FINISHED
 from ..schedules.entries import ScheduleError
@@ -33,8 +35,8 @@ from .options import ConfigError, build_config
 from .results import to_task_result, to_timestamp
 from .retry import effective_policy
 
-_configs = {}   # (alias, kind, options repr, queues, secret) -> Config
-_clients = {}   # (alias, address, authkey, timeout) -> StoreClient
+_configs: dict[tuple, Config] = {}  # (alias, kind, options repr, queues, secret...) -> Config
+_clients: dict[tuple, StoreClient] = {}  # (alias, address, authkey, timeout) -> StoreClient
 WAIT_SLICE = 2.0  # a server-side wait stays well inside the socket timeout
 
 
@@ -104,7 +106,7 @@ class SharedBackend(BaseTaskBackend):
             takes_context=task.takes_context, backend=self.alias,
             retry=effective_policy(task.func, self.config.retry))
         if getattr(task, "metadata", None):  # Task.using(metadata=...) of a later Django
-            record["metadata"] = normalize_json(dict(task.metadata))
+            record["metadata"] = cast(dict, normalize_json(dict(task.metadata)))
         record["enqueued_at"] = self.call("enqueue", record)
         result = to_task_result(record, task)
         task_enqueued.send(type(self), task_result=result)
@@ -139,7 +141,7 @@ class SharedBackend(BaseTaskBackend):
         return self.client.call("health")
 
     def check(self, **kwargs):
-        messages = []
+        messages: list[checks.CheckMessage] = []
         address = self.config.address
         if isinstance(address, tuple) and not _is_loopback(address[0]):
             messages.append(checks.Warning(

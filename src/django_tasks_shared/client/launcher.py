@@ -13,21 +13,20 @@ session, output to <address>.log) and outlives us.
 
 import atexit
 import fcntl
-import json
 import os
 import subprocess
-import sys
 import time
 
 from ..exceptions import ServerUnavailable
 from ..protocol.config import describe
-from ..protocol.paths import python_path, side_file
+from ..protocol.paths import send_spec, side_file, start_python
 from ..schedules.resolve import resolve_config
 from .connection import StoreClient
 
 SERVER_CMD = "from django_tasks_shared.server import main; main()"
 START_TIMEOUT = 15.0
-_owned = {}  # address -> Popen of an embedded server this process started
+# address -> (Popen, pid of the process that started it) of an embedded server we started
+_owned: dict = {}
 
 
 def _start_lock_path(address):
@@ -91,34 +90,29 @@ def _log_path(config):
 def _spawn(config):
     spec = {"config": config.to_spec(), "owner_pid": os.getpid() if config.embedded else None,
             "grace": 0.0 if config.embedded else 30.0}
-    env = dict(os.environ, PYTHONPATH=python_path())
     if config.embedded:
         out = None  # inherit: worker tracebacks show in runserver's console
     else:
         out = open(_log_path(config), "ab")
     try:
-        popen = subprocess.Popen(
-            [sys.executable, "-c", SERVER_CMD], stdin=subprocess.PIPE, stdout=out, stderr=out,
-            env=env, start_new_session=True, close_fds=True)
+        popen = start_python(SERVER_CMD, out=out)
     finally:
         if out is not None:
             out.close()
-    popen.stdin.write(json.dumps(spec).encode() + b"\n")
-    popen.stdin.close()
+    send_spec(popen, spec)
     if config.embedded:
         old = _owned.get(config.address)
-        if old is not None and old.pid_owner == os.getpid():
-            old.poll()  # reap the previous one if it died
-        popen.pid_owner = os.getpid()
-        _owned[config.address] = popen
+        if old is not None and old[1] == os.getpid():
+            old[0].poll()  # reap the previous one if it died
+        _owned[config.address] = (popen, os.getpid())
     return popen
 
 
 @atexit.register
 def _stop_owned():
     """At our clean exit, stop the embedded servers we own (they would notice within 0.5 s)."""
-    for popen in _owned.values():
-        if getattr(popen, "pid_owner", None) == os.getpid() and popen.poll() is None:
+    for popen, owner in _owned.values():
+        if owner == os.getpid() and popen.poll() is None:
             try:
                 popen.terminate()
                 popen.wait(timeout=5)

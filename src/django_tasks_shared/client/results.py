@@ -8,10 +8,10 @@ from dataclasses import fields
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.tasks.base import TaskError, TaskResult, TaskResultStatus
+from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
 from django.utils.module_loading import import_string
 
-_tasks = {}  # (path, priority, queue, run_after, backend) -> Task
+_tasks: dict[tuple, Task] = {}  # (path, priority, queue, run_after, backend) -> Task
 _STATUS = {s.value: s for s in TaskResultStatus}
 # Django's development branch adds TaskResult.raw_metadata; 6.x has no such field (use progress()).
 _HAS_METADATA = "raw_metadata" in {f.name for f in fields(TaskResult)}
@@ -69,7 +69,7 @@ def to_task_result(record, task=None):
     # (immutable, so sharing it is safe).
     started_at = convert(started)
     last = record["last_attempted_at"]
-    result = TaskResult(
+    result: TaskResult = TaskResult(
         task=task or resolve_task(record),
         id=record["id"],
         status=_STATUS[record["status"]],

@@ -26,13 +26,14 @@ def _refresh_in_place(result, record):
 POLL_FIRST, POLL_FACTOR, POLL_MAX = 0.05, 1.5, 1.0  # seconds: the fallback's growing interval
 
 
-def _other_backend(alias):
-    """The backend of `alias` if it is NOT ours (then wait/wait_all poll it), else None."""
+def _backend(alias):
+    """The backend of `alias`: ours, or another that can fetch results (then wait/wait_all
+    poll it)."""
     from django.tasks import task_backends
 
     backend = task_backends[alias]
     if isinstance(backend, SharedBackend):
-        return None
+        return backend
     if not backend.supports_get_result:
         raise NotImplementedError(
             f"wait() / wait_all() need a task backend that can fetch results; TASKS[{alias!r}] "
@@ -70,12 +71,10 @@ def wait(result, timeout=30.0):
     round up to 1 s. Raises TimeoutError if it is still unfinished after `timeout` seconds,
     NotImplementedError on a backend that cannot fetch results.
     """
-    from django.tasks import task_backends
-
-    if _other_backend(result.backend) is not None:
+    backend = _backend(result.backend)
+    if not isinstance(backend, SharedBackend):
         _poll([result], time.monotonic() + timeout, timeout)
         return result
-    backend = task_backends[result.backend]
     record = backend.wait(result.id, timeout)
     _refresh_in_place(result, record)
     if not result.is_finished:
@@ -128,17 +127,15 @@ def wait_all(results, timeout=30.0):
     TaskResultDoesNotExist for an unknown or evicted id, NotImplementedError on a backend that
     cannot fetch results. Returns `results`.
     """
-    from django.tasks import task_backends
-
     deadline = time.monotonic() + timeout
-    groups = {}
+    groups: dict[str, list] = {}
     for result in results:
         groups.setdefault(result.backend, []).append(result)
     for alias, group in groups.items():
-        if _other_backend(alias) is not None:
+        backend = _backend(alias)
+        if not isinstance(backend, SharedBackend):
             _poll(group, deadline, timeout)
             continue
-        backend = task_backends[alias]
         for start in range(0, len(group), WAIT_ALL_CHUNK):
             pending = group[start:start + WAIT_ALL_CHUNK]
             while pending:

@@ -76,7 +76,8 @@ def decode_entries(data, kind, path="<bytes>"):
             f"with `manage.py tasks_server --discard-state`")
     if file_kind != kind:
         raise StateError(f"{path}: holds kind {file_kind}, expected {kind} (offset 4)")
-    ops, offset = [], HEADER.size
+    ops: list = []
+    offset = HEADER.size
     loads = pickle.loads
     view = memoryview(data)
     while offset < size:

@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import time
+from typing import Any
 
 from . import format as fmt
 from .format import StateError, frame, fsync_dir, read_entries
@@ -52,14 +53,14 @@ class StateDir:
         self.path = os.path.abspath(path)
         self.fsync = fsync
         self.journal_limit = journal_limit
-        self.journal = None
+        self.journal: Any = None      # the Journal, once open()
         self.number = 0            # the current journal's (and latest snapshot's) number
         self.last_snapshot_at = None
         self.restored = {"pending": 0, "results": 0, "interrupted": 0}
         self.torn = []
         self.compactions = 0
         self._lock_fd = None
-        self._store = None
+        self._store: Any = None       # the TaskStore, once open()
         self._stop = threading.Event()
         self._flusher = None
         self._snapshotting = threading.Lock()  # one snapshot at a time

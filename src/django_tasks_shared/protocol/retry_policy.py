@@ -15,6 +15,7 @@ nothing from Django.
 
 import importlib
 import random
+from typing import Any
 
 from .status import (
     MEMORY_LIMIT_EXCEEDED,
@@ -64,7 +65,7 @@ def normalize(values, where):
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys "
                          f"are {', '.join(DEFAULTS)}.")
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in values.items():
         if key == "on":
             if isinstance(value, (str, type)):

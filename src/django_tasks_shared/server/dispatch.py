@@ -78,10 +78,10 @@ class Dispatcher:
         self.polls = polls              # the store's LongPolls: claims and waits
         self.get = get                  # TaskStore.get: what an expired wait answers
         self.exposed = tuple(exposed)
-        self.timers = []                # heap of (deadline, seq, Parked)
+        self.timers: list[tuple[float, int, Parked]] = []  # heap of (deadline, seq, Parked)
         self._seq = itertools.count()
-        self.claimers = deque()         # parked claims, first parked first served
-        self.woken = deque()            # parked waits whose task finished (any thread appends)
+        self.claimers: deque[Parked] = deque()  # parked claims, first parked first served
+        self.woken: deque[Parked] = deque()  # parked waits whose task finished (any thread)
         self.work = False               # retry parked claims (a task ready, a worker to stop)
         polls.on_work = self._on_work
 

@@ -83,7 +83,7 @@ class EventLoop:
         self.idle_sweep = IDLE_SWEEP
         self._next_sweep = time.monotonic() + IDLE_SWEEP
         self._poller = make_poller(portable)  # epoll on Linux, else selectors (poller.py)
-        self._handshaking = deque()     # peers in accept order (deadlines come in order)
+        self._handshaking: deque[Peer] = deque()  # in accept order (deadlines come in order)
         self._dirty = []                # peers with replies queued in this turn
         self._wakeup = Wakeup(portable)
         self._wake_pending = False

@@ -30,7 +30,7 @@ class Handshake:
     def __init__(self, authkey):
         self.authkey = authkey
         # What deliver_challenge sends: the digest named, so the client cannot downgrade it.
-        self.message = b"{sha256}" + os.urandom(mpc.MESSAGE_LENGTH)
+        self.message = b"{sha256}" + os.urandom(mpc.MESSAGE_LENGTH)  # type: ignore[attr-defined]
         self.stage = 0
 
     def challenge(self):
@@ -40,7 +40,8 @@ class Handshake:
         data = bytes(data)
         if self.stage == 0:  # the client's answer to our challenge
             try:
-                mpc._verify_challenge(self.authkey, self.message, data)
+                mpc._verify_challenge(  # type: ignore[attr-defined]
+                    self.authkey, self.message, data)
             except Exception:  # AuthenticationError, or a malformed answer
                 return FAILURE, "failed"
             self.stage = 1
@@ -50,7 +51,8 @@ class Handshake:
                 return None, "failed"
             self.stage = 2
             try:
-                return mpc._create_response(self.authkey, data[len(CHALLENGE):]), "more"
+                return mpc._create_response(  # type: ignore[attr-defined]
+                    self.authkey, data[len(CHALLENGE):]), "more"
             except Exception:
                 return None, "failed"
         return None, ("done" if data == WELCOME else "failed")
@@ -63,7 +65,8 @@ class Peer:
     def __init__(self, sock, handshake, deadline):
         self.sock = sock
         self.fd = sock.fileno()
-        self.inbuf = b""       # bytes of an incomplete frame (a bytearray when not empty)
+        # bytes of an incomplete frame (a bytearray when not empty)
+        self.inbuf: bytes | bytearray = b""
         self.need = 0          # total bytes inbuf must reach before a frame can complete
         self.out = []          # framed replies not yet written
         self.writing = False   # registered for EVENT_WRITE: out did not fit the socket buffer

@@ -34,6 +34,7 @@ import threading
 import time
 
 from ..exceptions import QueueFull, ServerUnavailable
+from ..protocol.records import Outcome, Record
 from ..protocol.retry_policy import backoff, retries_supervisor_end
 from ..protocol.status import (
     END_COUNTERS,
@@ -65,7 +66,7 @@ class TaskStore:
         self.max_tasks_per_worker = max_tasks_per_worker
         self.clock = clock
         self.lock = threading.Lock()
-        self.records = {}               # id -> record (pending, running and finished)
+        self.records: dict[str, Record] = {}  # id -> record (pending, running and finished)
         self.running = {}               # id -> worker id (None: restored as RUNNING)
         self.workers = {}               # worker id -> info dict (see register_worker)
         self.draining = False
@@ -99,7 +100,7 @@ class TaskStore:
 
     # ---- client operations -----------------------------------------------------------------
 
-    def enqueue(self, record):
+    def enqueue(self, record: Record) -> float | None:
         """Store a READY record; returns its server-side `enqueued_at`. Idempotent per id."""
         with self.lock:
             return self.enqueue_locked(record)
@@ -313,7 +314,7 @@ class TaskStore:
 
     # ---- lock held: the one way each change is made (the parts use these too) ---------------
 
-    def enqueue_locked(self, record):
+    def enqueue_locked(self, record: Record) -> float | None:
         existing = self.records.get(record["id"])
         if existing is not None:  # a retried enqueue after a dropped connection
             return existing["enqueued_at"]
@@ -327,7 +328,8 @@ class TaskStore:
                 f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
                 f"was stored. Retry later, add WORKERS, or raise MAX_QUEUE.")
         now = self.clock()
-        record = dict(record, status=READY, enqueued_at=now)
+        record = record.copy()  # the caller keeps its own
+        record["status"], record["enqueued_at"] = READY, now
         self.records[record["id"]] = record
         self._push(record, now)
         self.journal.put(record)
@@ -345,7 +347,7 @@ class TaskStore:
             self.finished.touch(task_id)
         return record
 
-    def claim(self, worker_id, outcome=None):
+    def claim(self, worker_id: str, outcome: Outcome | None = None):
         """Report `outcome` (the worker thread's last task, or None), then hand out the next
         task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait)."""
         worker = self.workers.get(worker_id)
@@ -395,7 +397,7 @@ class TaskStore:
         if retries_supervisor_end(record.get("retry"), exception_path, len(record["worker_ids"])):
             self._retry(record, errors, now)
             return True
-        record.update(status=FAILED, finished_at=now, errors=errors)
+        record["status"], record["finished_at"], record["errors"] = FAILED, now, errors
         self.journal.set(record, "status", "finished_at", "errors")
         self.counters["failed"] += 1
         self._ended(task_id, now)
@@ -405,8 +407,9 @@ class TaskStore:
         """End a READY task FAILED with `exception_path` without running it (a cancel)."""
         now = self.clock()
         self.queue.drop(record, now)
-        record.update(status=FAILED, finished_at=now, errors=record["errors"] + [
-            {"exception_class_path": exception_path, "traceback": message}])
+        record["status"], record["finished_at"] = FAILED, now
+        record["errors"] = record["errors"] + [
+            {"exception_class_path": exception_path, "traceback": message}]
         self.journal.set(record, "status", "finished_at", "errors")
         self.counters["failed"] += 1
         counter = END_COUNTERS.get(exception_path)
@@ -442,7 +445,7 @@ class TaskStore:
         worker["claimed"] += 1
         return dict(record)
 
-    def _finish(self, outcome, worker_id):
+    def _finish(self, outcome: Outcome, worker_id: str):
         task_id = outcome["id"]
         if self.running.get(task_id) != worker_id:
             return  # already ended by the supervisor (time limit, worker lost)
@@ -453,16 +456,16 @@ class TaskStore:
             worker["tasks_done"] += 1
         status = outcome["status"]
         errors = record["errors"] + list(outcome.get("errors") or ())
-        progress = ()
+        progress: tuple[str, ...] = ()
         if outcome.get("metadata"):  # the task's last progress, coalesced into its outcome
             record["metadata"] = {**(record.get("metadata") or {}), **outcome["metadata"]}
             progress = ("metadata",)
         if status == FAILED and outcome.get("retry") and record.get("retry"):
             self._retry(record, errors, self.clock(), progress)  # the worker matched `on`
             return
-        finished_at = max(outcome.get("finished_at") or self.clock(), record["started_at"])
-        record.update(status=status, finished_at=finished_at,
-                      return_value=outcome.get("return_value"), errors=errors)
+        finished_at = max(outcome.get("finished_at") or self.clock(), record["started_at"] or 0.0)
+        record["status"], record["finished_at"], record["errors"] = status, finished_at, errors
+        record["return_value"] = outcome.get("return_value")
         self.journal.set(record, "status", "finished_at", "return_value", "errors", *progress)
         self.counters["succeeded" if status == SUCCESSFUL else "failed"] += 1
         self._ended(task_id, finished_at)
@@ -471,8 +474,8 @@ class TaskStore:
         """The attempt failed and the policy gives another: READY again under the same id, due
         after the back-off; `errors` keeps this attempt's error, waiters keep waiting."""
         del self.running[record["id"]]
-        record.update(status=READY, errors=errors,
-                      run_after=now + backoff(record["retry"], len(record["worker_ids"])))
+        record["status"], record["errors"] = READY, errors
+        record["run_after"] = now + backoff(record["retry"], len(record["worker_ids"]))
         self._push(record, now)
         self.journal.set(record, "status", "errors", "run_after", "seq", *changed)
         self.counters["retried"] += 1

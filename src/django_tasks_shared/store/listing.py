@@ -23,7 +23,8 @@ class Listing:
     def __init__(self, store):
         self.store = store
         # None / "FAILED" / "SUCCESSFUL" -> deque of (id, finished_at, status, queue, task)
-        self.orders = {None: deque(), FAILED: deque(), SUCCESSFUL: deque()}
+        self.orders: dict[str | None, deque] = {None: deque(), FAILED: deque(),
+                                                SUCCESSFUL: deque()}
 
     # ---- client operations (exposed) ---------------------------------------------------------
 
@@ -37,7 +38,8 @@ class Listing:
         store = self.store
         with store.lock:
             store.expire()
-            rows, matched = [], 0
+            rows: list[dict] = []
+            matched = 0
             records = store.records
             order = self.orders[status if status in self.orders else None]
             for task_id, finished_at, done_as, in_queue, path in reversed(order):

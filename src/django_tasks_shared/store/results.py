@@ -17,8 +17,9 @@ class FinishedResults:
     def __init__(self, max_results, ttl=None):
         self.max_results = max_results
         self.ttl = ttl
-        self.lru = OrderedDict()        # id -> None, least recently used first
-        self.expiry = deque()           # (finished_at, id) in finishing order, for RESULT_TTL
+        self.lru: OrderedDict[str, None] = OrderedDict()  # id -> None, least recently used first
+        # (finished_at, id) in finishing order, for RESULT_TTL
+        self.expiry: deque[tuple[float, str]] = deque()
 
     def __len__(self):
         return len(self.lru)

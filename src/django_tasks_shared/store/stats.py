@@ -51,8 +51,9 @@ class History:
 
     def __init__(self, rate_points=RATE_POINTS, worker_points=WORKER_POINTS, every=SAMPLE_EVERY):
         self.every = every
-        self.rate = deque(maxlen=rate_points)      # (t, tasks finished per second since last)
-        self.workers = {}                          # worker id -> deque of (t, rss, cpu)
+        # (t, tasks finished per second since the last sample)
+        self.rate: deque[tuple[float, float]] = deque(maxlen=rate_points)
+        self.workers: dict[str, deque] = {}        # worker id -> deque of (t, rss, cpu)
         self.worker_points = worker_points
         self._last = None                          # (t, finished counter) of the last sample
 

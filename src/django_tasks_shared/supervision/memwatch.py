@@ -103,7 +103,7 @@ class MemoryWatcher:
                         f"MAX_TASK_MEMORY={self.limit_mib} MiB is below the RSS of a fresh "
                         f"worker ({seen}): every task would be killed; raise it")
                 return
-            task_id = min(current, key=current.get)  # RSS is per process: blame the oldest
+            task_id = min(current, key=lambda t: current[t])  # RSS is per process: blame the oldest
             text = (f"{MEMORY_LIMIT_EXCEEDED}: worker {worker.id} (pid {worker.popen.pid}) "
                     f"running task {task_id} reached an RSS of {seen} (with its children), "
                     f"over MAX_TASK_MEMORY={self.limit_mib} MiB; the worker was killed\n")

@@ -19,10 +19,23 @@ store. A reload requested during a reload runs right after it (the code may have
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 logger = logging.getLogger("django_tasks_shared.supervisor")
 
 READY_TIMEOUT = 60.0  # seconds for the new workers to get ready before the reload fails
+
+
+@dataclass
+class Reload:
+    """The reload in progress."""
+    generation: int             # of the workers it starts
+    request: int                # the highest request id it serves
+    requested_at: float         # time.time()
+    started: float              # monotonic
+    old: list = field(default_factory=list)  # ids of the workers it replaces
+    phase: str = "starting"     # then "retiring"
+    retire_deadline: float | None = None
 
 
 class Reloads:
@@ -30,7 +43,7 @@ class Reloads:
         self.sup = supervisor
         self.grace = grace
         self.generation = 1        # the generation of the workers serving (new ones once ready)
-        self.current = None        # the reload in progress: dict, or None
+        self.current: Reload | None = None  # the reload in progress
         self.last = None           # the last finished reload, for health
         self.requests = 0          # reload requests received so far
         self._pending = 0          # requests not started yet (the highest request id)
@@ -38,7 +51,7 @@ class Reloads:
     @property
     def spawn_generation(self):
         """The generation that replacement workers belong to right now."""
-        return self.current["generation"] if self.current else self.generation
+        return self.current.generation if self.current else self.generation
 
     def request(self):
         """Ask for a reload (any thread, a signal handler too); returns its request id."""
@@ -50,56 +63,55 @@ class Reloads:
     # ---- driven by the supervisor tick (its lock held) ------------------------------------
 
     def tick(self, now):
-        if self.current is None:
+        cur = self.current
+        if cur is None:
             if self._pending:
                 self._start(now)
             return
-        if self.current["phase"] == "starting":
-            self._check_ready(now)
-        if self.current is not None and self.current["phase"] == "retiring":
-            self._check_retired(now)
+        if cur.phase == "starting":
+            self._check_ready(cur, now)
+        if self.current is cur and cur.phase == "retiring":
+            self._check_retired(cur, now)
 
     def _start(self, now):
         sup = self.sup
         request, self._pending = self._pending, 0
         old = [w.id for w in sup.workers.values()]
-        self.current = {"generation": self.generation + 1, "request": request,
-                        "requested_at": time.time(), "phase": "starting", "started": now,
-                        "old": old, "retire_deadline": None}
+        cur = self.current = Reload(generation=self.generation + 1, request=request,
+                                    requested_at=time.time(), started=now, old=old)
         logger.info("reload %d: starting %d worker(s) of generation %d beside %d old one(s)",
-                    request, sup.config.workers, self.current["generation"], len(old))
+                    request, sup.config.workers, cur.generation, len(old))
         sup.reset_backoff()
         for _ in range(sup.config.workers):
-            sup.spawn(generation=self.current["generation"])
+            sup.spawn(generation=cur.generation)
 
-    def _new_workers(self):
-        gen = self.current["generation"]
-        return [w for w in self.sup.workers.values() if w.generation == gen]
+    def _new_workers(self, cur):
+        return [w for w in self.sup.workers.values() if w.generation == cur.generation]
 
-    def _check_ready(self, now):
+    def _check_ready(self, cur, now):
         sup = self.sup
-        new = self._new_workers()
+        new = self._new_workers(cur)
         ready = [w for w in new if (sup.store.worker_info(w.id) or {}).get("ready_at")]
         if len(ready) >= sup.config.workers:
-            self.generation = self.current["generation"]
-            self.current["phase"] = "retiring"
-            self.current["retire_deadline"] = now + self.grace
-            for worker_id in self.current["old"]:
+            self.generation = cur.generation
+            cur.phase = "retiring"
+            cur.retire_deadline = now + self.grace
+            for worker_id in cur.old:
                 sup.store.retire_worker(worker_id, f"reload to generation {self.generation}")
             logger.info("reload %d: generation %d ready; %d old worker(s) retire after their "
-                        "current task (grace %g s)", self.current["request"], self.generation,
-                        len(self.current["old"]), self.grace)
-        elif now - self.current["started"] > READY_TIMEOUT:
-            self._fail(f"{len(ready)} of {sup.config.workers} new worker(s) ready after "
-                       f"{READY_TIMEOUT:g} s")
+                        "current task (grace %g s)", cur.request, self.generation,
+                        len(cur.old), self.grace)
+        elif now - cur.started > READY_TIMEOUT:
+            self._fail(cur, f"{len(ready)} of {sup.config.workers} new worker(s) ready after "
+                            f"{READY_TIMEOUT:g} s")
 
-    def _check_retired(self, now):
+    def _check_retired(self, cur, now):
         sup = self.sup
-        old = [sup.workers[i] for i in self.current["old"] if i in sup.workers]
+        old = [sup.workers[i] for i in cur.old if i in sup.workers]
         if not old:
-            self._finish(ok=True)
+            self._finish(cur, ok=True)
             return
-        if now >= self.current["retire_deadline"]:
+        if cur.retire_deadline is not None and now >= cur.retire_deadline:
             for worker in old:
                 sup.stop_worker(worker, f"was stopped: still busy {self.grace:g} s after a "
                                         f"reload (the --grace of tasks_server)")
@@ -107,33 +119,31 @@ class Reloads:
     def on_exit(self, worker, info):
         """A worker exited; a new one that died before getting ready fails the reload."""
         cur = self.current
-        if cur and cur["phase"] == "starting" and worker.generation == cur["generation"] \
+        if cur and cur.phase == "starting" and worker.generation == cur.generation \
                 and info.get("ready_at") is None and not info.get("retiring"):
             failure = (info.get("failure") or "").strip().splitlines()
-            self._fail(f"new worker {worker.id} (pid {worker.popen.pid}) "
-                       f"{failure[-1] if failure else 'exited before it was ready'}")
+            self._fail(cur, f"new worker {worker.id} (pid {worker.popen.pid}) "
+                            f"{failure[-1] if failure else 'exited before it was ready'}")
             return True
         return False
 
-    def _fail(self, error):
+    def _fail(self, cur, error):
         sup = self.sup
-        for worker in self._new_workers():
+        for worker in self._new_workers(cur):
             sup.store.retire_worker(worker.id, "its reload failed")
         # The old generation serves on: its earlier start-up is what counts for health.
         sup.resolve_failure()
         logger.error("reload %d failed: %s; generation %d keeps serving",
-                     self.current["request"], error, self.generation)
-        self._finish(ok=False, error=error)
+                     cur.request, error, self.generation)
+        self._finish(cur, ok=False, error=error)
 
-    def _finish(self, ok, error=None):
-        cur = self.current
-        self.last = {"request": cur["request"], "generation": cur["generation"], "ok": ok,
-                     "error": error, "requested_at": cur["requested_at"],
+    def _finish(self, cur, ok, error=None):
+        self.last = {"request": cur.request, "generation": cur.generation, "ok": ok,
+                     "error": error, "requested_at": cur.requested_at,
                      "finished_at": time.time()}
         self.current = None
         if ok:
-            logger.info("reload %d done: generation %d serving", cur["request"],
-                        self.generation)
+            logger.info("reload %d done: generation %d serving", cur.request, self.generation)
 
     def meta(self):
         return {"generation": self.generation, "reloading": self.current is not None,

@@ -24,20 +24,18 @@ Workers are fresh interpreters (`python -c ...worker...`), the equivalent of the
 method: no fork() of this multi-threaded process, and Django is set up in each worker.
 """
 
-import json
 import logging
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 import psutil
 
-from ..protocol.paths import python_path
+from ..protocol.paths import send_spec, start_python
 from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
 from .memwatch import MemoryWatcher
 from .reload import Reloads
@@ -359,13 +357,9 @@ class Supervisor:
     def spawn(self, replacement=False, generation=None):
         config = self.config
         worker_id = f"{config.alias}-{secrets.token_hex(4)}"
-        env = dict(os.environ, PYTHONPATH=python_path())
-        if config.settings_module:
-            env["DJANGO_SETTINGS_MODULE"] = config.settings_module
-        popen = subprocess.Popen(
-            [sys.executable, "-c", WORKER_CMD], stdin=subprocess.PIPE, env=env,
-            start_new_session=True,  # Ctrl-C in a terminal reaches the server, not the workers
-            close_fds=True)
+        env = {"DJANGO_SETTINGS_MODULE": config.settings_module} if config.settings_module \
+            else None
+        popen = start_python(WORKER_CMD, env=env)
         proc = psutil.Process(popen.pid)
         generation = generation or self.reloads.spawn_generation
         self.store.register_worker(worker_id, popen.pid, generation=generation)
@@ -374,11 +368,7 @@ class Supervisor:
                 "worker_id": worker_id, "alias": config.alias, "threads": config.threads,
                 "server_pid": os.getpid(), "timeout": config.connect_timeout,
                 "max_payload": config.max_payload}
-        try:
-            popen.stdin.write(json.dumps(spec).encode() + b"\n")
-            popen.stdin.close()
-        except OSError:
-            pass  # died at once: the next tick reaps it
+        send_spec(popen, spec)  # False when it died at once: the next tick reaps it
         self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation)
         if replacement:
             self.store.count("worker_restarts")

@@ -99,7 +99,7 @@ def _close_old_connections():
 _TASK_CALL = Task.__dict__["call"]
 if _TASK_CALL.__code__.co_filename != inspect.getfile(django.tasks.base):
     _TASK_CALL = None
-_is_coroutine_function = {}  # task function -> bool (inspect's check, once per function)
+_is_coroutine_function: dict = {}  # task function -> bool (inspect's check, once per function)
 
 
 def _call(task, result):

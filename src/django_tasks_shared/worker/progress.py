@@ -28,8 +28,8 @@ from contextvars import ContextVar
 MAX_METADATA = 64 * 1024  # bytes of JSON per task: progress, not a second return value
 INTERVAL = 0.1            # seconds: at most ~10 round trips per second per running task
 
-_reporter: ContextVar["Run"] = ContextVar("django_tasks_shared_progress")
-_held = set()                 # reporters holding fields back, for the flusher
+_reporter: ContextVar["Run | None"] = ContextVar("django_tasks_shared_progress")
+_held: set["Reporter"] = set()  # reporters holding fields back, for the flusher
 _held_lock = threading.Lock()
 _flusher_pid = None           # the process whose flusher thread runs
 logger = logging.getLogger("django_tasks_shared.worker")

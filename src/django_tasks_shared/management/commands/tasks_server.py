@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+from typing import TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
@@ -47,7 +48,7 @@ class Command(BaseCommand):
                 f"{config.address_text}; set ADDRESS so that every process finds this server."))
         logger = logging.getLogger("django_tasks_shared")
         if not logger.handlers and not logging.getLogger().handlers:
-            handler = logging.StreamHandler(self.stderr._out)
+            handler = logging.StreamHandler(cast(TextIO, self.stderr._out))
             handler.setFormatter(logging.Formatter("[tasks-server %(process)d] %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
