@@ -197,7 +197,7 @@ class StoreClient:
                    if written else "")
         return self._error(ServerStalled(
             f"task server at {describe(self.address)} is unavailable: no answer within "
-            f"{self.timeout:g} s{tried} (CONNECT_TIMEOUT): it is stalled (stopped, swapping, "
+            f"{self.timeout:g} s (CONNECT_TIMEOUT){tried}: it is stalled (stopped, swapping, "
             f"blocked) or overloaded.{applied}"), written)
 
     def _lost(self, method, exc, failed):

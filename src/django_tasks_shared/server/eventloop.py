@@ -341,9 +341,8 @@ class EventLoop:
                 "an HTTP request or another protocol sent to this address?)",
                 exc.size, HANDSHAKE_LIMIT)
         else:
-            logger.warning("dropped a client connection: a request of %d bytes, over the "
-                           "limit of %d (MAX_PAYLOAD plus 1 MiB of headroom)",
-                           exc.size, exc.limit)
+            logger.warning("dropped a client connection: a message of %d bytes, over the "
+                           "limit of %d (MAX_PAYLOAD plus 1 MiB)", exc.size, exc.limit)
         self.close(peer)
 
     def _handshake_step(self, peer, data):

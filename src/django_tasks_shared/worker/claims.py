@@ -71,8 +71,9 @@ class Claimer:
                     os._exit(4)
                 if unanswered is None:
                     unanswered = time.monotonic()
-                    logger.warning("worker %s thread %d: %s; sending the %s again until it "
-                                   "answers", self.worker_id, self.thread, exc,
+                    logger.warning("worker %s thread %d: %s -- sending the %s again until it "
+                                   "answers", self.worker_id, self.thread,
+                                   str(exc).rstrip("."),
                                    "report" if outcome is not None else "claim")
                 self.resends += 1
                 self.sleep(pause)
