@@ -95,7 +95,7 @@ def raise_nofile(need):
 
 def child_env(address, options):
     env = {k: v for k, v in os.environ.items() if k not in ("STRESS_ADDRESS", "STRESS_OPTIONS")}
-    env.update(DJANGO_SETTINGS_MODULE="stress.settings", STRESS_ADDRESS=address,
+    env.update(DJANGO_SETTINGS_MODULE="stress.harness.settings", STRESS_ADDRESS=address,
                STRESS_OPTIONS=json.dumps(options),
                PYTHONPATH=os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p))
     return env
@@ -165,7 +165,7 @@ class StormRun:
                 options["AUTHKEY"] = args.authkey
                 self.authkey = args.authkey.encode()
             else:
-                from stress.settings import SECRET_KEY
+                from stress.harness.settings import SECRET_KEY
 
                 self.authkey = derive_authkey(SECRET_KEY, "default")
             self.env = child_env(args.address, options)
@@ -331,7 +331,7 @@ def parse_args(argv):
     parser.add_argument("--hold", type=float, default=1.0, help="seconds a storm is held")
     parser.add_argument("--address", help="a running server instead of a started one")
     parser.add_argument("--authkey", help="its OPTIONS['AUTHKEY'] (default: derived from "
-                                          "stress.settings' SECRET_KEY)")
+                                          "stress.harness.settings' SECRET_KEY)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--grace", type=float, default=2.0, help="tasks_server --grace")
     parser.add_argument("--max-connections", type=int, default=8192,

@@ -1,6 +1,6 @@
 """Settings of the stress harness (`python -m stress`), run from the repository root.
 
-Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.settings). The backend's
+Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.harness.settings). The backend's
 OPTIONS come from the environment, set by the harness before anything imports Django, so that the
 harness, its client processes, every AUTOSTARTed server and its workers agree:
 
@@ -9,7 +9,7 @@ harness, its client processes, every AUTOSTARTed server and its workers agree:
 
 To stress a server you run yourself, start it with the same settings:
 
-    STRESS_ADDRESS=/tmp/s/tasks.sock DJANGO_SETTINGS_MODULE=stress.settings \\
+    STRESS_ADDRESS=/tmp/s/tasks.sock DJANGO_SETTINGS_MODULE=stress.harness.settings \\
         python -m django tasks_server
     python -m stress --address /tmp/s/tasks.sock
 """

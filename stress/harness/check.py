@@ -12,13 +12,13 @@ import glob
 import os
 import statistics
 
-from . import harness_durable
+from . import durable as harness_durable
 
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 TIME_LIMIT = "django_tasks_shared.exceptions.TimeLimitExceeded"
-STRESS_FAILURE = "stress.tasks.StressFailure"
+STRESS_FAILURE = "stress.harness.tasks.StressFailure"
 TERMINAL = ("SUCCESSFUL", "FAILED")
-FLAKY_MAX_ATTEMPTS = 3  # @retry(max_attempts=3) of stress.tasks.flaky
+FLAKY_MAX_ATTEMPTS = 3  # @retry(max_attempts=3) of stress.harness.tasks.flaky
 RANK = {"READY": 0, "RUNNING": 1, "SUCCESSFUL": 2, "FAILED": 2}
 SLACK = 0.05  # seconds, for comparisons of one host's clock read in different processes
 MiB = 2 ** 20
