@@ -26,7 +26,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = "stress.bench_settings"
+SETTINGS = "stress.bench.settings"
 
 
 def _profile_process(stats_path):
@@ -83,7 +83,7 @@ def run(tasks, repeat, top, profile=True):
         from django.tasks import task_backends
 
         from django_tasks_shared import wait_all
-        from stress.bench_tasks import noop
+        from stress.common.tasks import noop
 
         backend = task_backends["default"]
         deadline = time.monotonic() + 30

@@ -5,7 +5,7 @@
                                     [--bare N]
 
 Two measurements, both with the benchmark's settings (stress.profile_settings, which are
-stress.bench_settings) and its no-op task (stress.bench_tasks.noop):
+stress.bench.settings) and its no-op task (stress.common.tasks.noop):
 
     in process  execution.execute() on N records shaped like the ones finish_and_claim hands a
                 worker (RUNNING, one worker id, enqueued/started timestamps), with the worker's
@@ -55,7 +55,7 @@ def make_records(n):
     now = time.time()
     records = []
     for _ in range(n):
-        record = new_record(id=secrets.token_hex(16), task="stress.bench_tasks.noop", args=[],
+        record = new_record(id=secrets.token_hex(16), task="stress.common.tasks.noop", args=[],
                             kwargs={}, backend="default")
         record.update(status=RUNNING, enqueued_at=now, started_at=now, last_attempted_at=now,
                       worker_ids=["w-profile"])
@@ -152,7 +152,7 @@ def end_to_end(n, repeat, with_local=True):
     """Worker CPU per task of ours and, side by side in each repeat, django-tasks-local's."""
     from types import SimpleNamespace
 
-    from . import bench
+    from stress.bench import runner as bench
 
     args = SimpleNamespace(server=False, poll=0.0001)
     systems = [bench.Shared(args, {})]

@@ -26,7 +26,7 @@ def main():
 
     django.setup()
     from django_tasks_shared import wait
-    from stress.bench_tasks import noop
+    from stress.common.tasks import noop
 
     interval = float(os.environ.get("STORM_PROBE_INTERVAL", "0.01"))
     stop = threading.Event()

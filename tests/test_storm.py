@@ -17,10 +17,10 @@ from argparse import Namespace
 from multiprocessing import connection
 
 import pytest
-from stress.storm_net import close_all, open_storm
-from stress.storm_report import percentiles, verdicts
 
 from helpers import short_socket_path, stop_process
+from stress.storm_net import close_all, open_storm
+from stress.storm_report import percentiles, verdicts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONNECTIONS = 5000

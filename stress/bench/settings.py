@@ -1,6 +1,6 @@
 """Settings of the benchmark and the demo (`python -m stress.bench`, `python -m stress.demo`).
 
-Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.bench_settings), so it is a
+Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.bench.settings), so it is a
 real module, run from the repository root. Aliases:
 
     default  django_tasks_shared.ProcessPoolBackend, 2 workers, embedded server (no ADDRESS)
@@ -30,7 +30,7 @@ if os.environ.get("BENCH_TASKS_ADDRESS"):
 TASKS = {
     "default": {"BACKEND": "django_tasks_shared.ProcessPoolBackend", "OPTIONS": _options},
 }
-# W1 with a STATE_DIR (stress/bench_durable.py): one embedded server per FSYNC mode, each with
+# W1 with a STATE_DIR (stress/bench/durable.py): one embedded server per FSYNC mode, each with
 # its own state directory under BENCH_STATE_ROOT (set by the benchmark before django.setup()).
 if os.environ.get("BENCH_STATE_ROOT"):
     _embedded = {k: v for k, v in _options.items() if k != "ADDRESS"}  # one server per alias

@@ -11,7 +11,7 @@ Everything runs in ONE run on this machine, the four systems back to back inside
             starts `django-admin tasks_server` on a private socket instead
     local   django_tasks_local.ProcessPoolBackend, MAX_WORKERS=2 (no sharing between processes)
     raw     concurrent.futures.ProcessPoolExecutor(2), plain functions, no Django
-    huey    Huey with a private redis-server (stress/bench_huey.py: both started and stopped by
+    huey    Huey with a private redis-server (stress/bench/huey.py: both started and stopped by
             pid here; skipped, saying how to install them, when redis-server or huey is missing)
 
     W1  2,000 no-op tasks: enqueue all, then wait for all -> tasks/s, and the CPU per task spent
@@ -21,8 +21,8 @@ Everything runs in ONE run on this machine, the four systems back to back inside
         raw calls Future.result() per future, Huey a blocking Result.get() per result.
         CPU per task: server (the embedded server's pid from health(); redis-server for Huey)
         and worker processes (health()'s workers; the pool's or the consumer's children), each
-        read from the process's CPU clock to the ns (stress/bench_cpu.py)
-    W1 portable (stress/bench_portable.py): W1 again, waited the way code for ANY backend
+        read from the process's CPU clock to the ns (stress/bench/cpu.py)
+    W1 portable (stress/bench/portable.py): W1 again, waited the way code for ANY backend
         waits: refresh() over the pending results every 1 ms (Huey: is_ready(); raw: done())
     W2  200 single tasks one after another: enqueue -> observed finished, p50/p99; polled with
         TaskResult.refresh() (Future.done() for raw), and blocking (django_tasks_shared.wait;
@@ -31,16 +31,16 @@ Everything runs in ONE run on this machine, the four systems back to back inside
         the task CPU measured inside the task (time.thread_time)
     W4  one get_result of a finished result from a process that did not enqueue it, p50/p99
         (a separate OS process; django-tasks-local cannot see other processes' results at all)
-    W5  (stress/bench_w5.py, ours only) 64 client processes enqueuing and waiting at once
+    W5  (stress/bench/w5.py, ours only) 64 client processes enqueuing and waiting at once
         against 1 client doing the same total -> tasks/s of each and the ratio
 
-    W1 with a STATE_DIR (stress/bench_durable.py): W1 again on three more embedded servers,
+    W1 with a STATE_DIR (stress/bench/durable.py): W1 again on three more embedded servers,
         STATE_DIR with FSYNC "everysec", "always", "never", paired per repeat with an in-memory
         W1 run next to them -> ratios (issue 7 target: everysec >= 0.85x in-memory)
 
 Prints a table, ratios (ours / local, ours / raw, ours / huey), PASS/MISS per target of issue 2
-(stress/bench_report.py) and per target of issue 9, judged per repeat with "met k/N"
-(stress/bench_targets.py). Not a test: exits 0 whatever the figures, unless something crashes.
+(stress/bench/report.py) and per target of issue 9, judged per repeat with "met k/N"
+(stress/bench/targets.py). Not a test: exits 0 whatever the figures, unless something crashes.
 Every process it starts is stopped by pid at the end.
 """
 
@@ -55,11 +55,14 @@ import tempfile
 import time
 import warnings
 
-from . import bench_portable, bench_report, bench_w5
-from .bench_cpu import cpu_of
+from stress.common.paths import ROOT
 
-SETTINGS = "stress.bench_settings"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import portable as bench_portable
+from . import report as bench_report
+from . import w5 as bench_w5
+from .cpu import cpu_of
+
+SETTINGS = "stress.bench.settings"
 FINISHED = ("SUCCESSFUL", "FAILED")
 
 FULL = {"w1": 2000, "w2": 200, "w3": 40, "w4": 1000, "w4_ids": 200, "w5": 2048}
@@ -119,8 +122,7 @@ class Shared:
         from django.tasks import task_backends
 
         from django_tasks_shared import wait, wait_all
-
-        from . import bench_tasks
+        from stress.common import tasks as bench_tasks
 
         self.args, self.counts, self.tasks, self.wait = args, counts, bench_tasks, wait
         self.wait_all_fn = wait_all
@@ -248,7 +250,7 @@ class Raw:
     label = "concurrent.futures.ProcessPoolExecutor(2), plain functions"
 
     def __init__(self, args, counts):
-        from . import bench_tasks
+        from stress.common import tasks as bench_tasks
 
         self.args, self.counts, self.tasks = args, counts, bench_tasks
         self.executor = None
@@ -420,7 +422,7 @@ def w4_child():
 
     spec = json.loads(sys.stdin.read())
     if spec.get("huey"):
-        from . import bench_huey
+        from . import huey as bench_huey
 
         return json.dump(bench_huey.w4_child(spec), sys.stdout)
     backend = task_backends[spec["alias"]]
@@ -471,7 +473,7 @@ def run(args):
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
     state_root = None
     if not args.no_state:
-        from . import bench_durable
+        from . import durable as bench_durable
 
         state_root = bench_durable.prepare()
     import django
@@ -479,14 +481,14 @@ def run(args):
     django.setup()
     server = start_tasks_server() if args.server else None
 
-    from . import bench_tasks
+    from stress.common import tasks as bench_tasks
 
     iterations = bench_tasks.calibrate_burn(0.050)
     classes = [] if args.state_only else [Shared, Local, Raw]
     systems = [cls(args, counts) for cls in classes]
     args.skipped = {}
     if classes and not args.no_huey:
-        from . import bench_huey
+        from . import huey as bench_huey
 
         why = bench_huey.available()
         if why:
