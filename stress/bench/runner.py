@@ -55,6 +55,7 @@ import tempfile
 import time
 import warnings
 
+from stress.common.layout import internal
 from stress.common.paths import ROOT
 
 from . import portable as bench_portable
@@ -572,8 +573,8 @@ def stop_everything(server=None):
     then anything left among our descendants."""
     import psutil
 
-    from django_tasks_shared.client import launcher
-
+    # (this layout's path, or an older one's: profile_worker --src runs this on an older checkout)
+    launcher = internal("django_tasks_shared.client.launcher", "django_tasks_shared.launcher")
     me = psutil.Process()
     descendants = me.children(recursive=True)
     servers = [p.pid for p in launcher._owned.values() if p.poll() is None]

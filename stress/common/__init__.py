@@ -6,4 +6,6 @@
     tasks.py   the no-op, CPU-burning and square tasks (and the raw executor's twins) that
                the benchmark, the demo, the storm's probe and the profilers enqueue; a worker
                imports them by their path, stress.common.tasks.<name>
+    layout.py  internal(new path, old path): a module of django_tasks_shared at its path in
+               this layout or in the flat one of older checkouts (profile_worker --src)
 """

@@ -1,6 +1,6 @@
 """The real client of the storm: enqueue a no-op task and `wait()` for it, over and over.
 
-    python -m stress.storm_probe      (started by stress/storm.py, never by hand)
+    python -m stress.storm.probe      (started by stress/storm/run.py, never by hand)
       env STRESS_ADDRESS / STRESS_OPTIONS -> stress.harness.settings -> the server under the storm
       loop: t0 = monotonic(); noop.enqueue(); django_tasks_shared.wait(result); sleep(interval)
       stdout: "ready" once warmed up; at "stop" (or EOF) on stdin, one JSON line of samples
