@@ -15,13 +15,9 @@ MAX_RESULTS is raised so that the 2,000 results of W1 are all still there when w
 
 import os
 
+from stress.common.base_settings import *  # noqa: F403
+
 SECRET_KEY = os.environ.get("BENCH_SECRET_KEY", "bench-secret-key-not-for-production-0123456789")
-DEBUG = False
-ALLOWED_HOSTS = ["*"]
-USE_TZ = True
-INSTALLED_APPS = ["django_tasks_shared"]
-DATABASES = {}
-MIDDLEWARE = []
 
 _options = {"WORKERS": int(os.environ.get("BENCH_WORKERS", "2")), "MAX_RESULTS": 10_000}
 if os.environ.get("BENCH_TASKS_ADDRESS"):
@@ -46,10 +42,3 @@ except ImportError:
 else:
     TASKS["local"] = {"BACKEND": "django_tasks_local.ProcessPoolBackend",
                       "OPTIONS": {"MAX_WORKERS": 2, "MAX_RESULTS": 10_000}}
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_tasks_shared": {"handlers": ["console"], "level": "WARNING"}},
-}

@@ -3,6 +3,8 @@
     paths.py   ROOT, the repository root (the directory holding stress/): the tools chdir
                there and put it on the PYTHONPATH of every process they start, so that
                servers, workers and clients import `stress.*` the same way
+    base_settings.py  the Django settings that the harness's and the bench's settings (and so
+               the profilers') have in common; each adds its SECRET_KEY and TASKS
     tasks.py   the no-op, CPU-burning and square tasks (and the raw executor's twins) that
                the benchmark, the demo, the storm's probe and the profilers enqueue; a worker
                imports them by their path, stress.common.tasks.<name>

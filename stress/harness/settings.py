@@ -17,14 +17,10 @@ To stress a server you run yourself, start it with the same settings:
 import json
 import os
 
+from stress.common.base_settings import *  # noqa: F403
+
 SECRET_KEY = os.environ.get("STRESS_SECRET_KEY",
                             "stress-secret-key-not-for-production-0123456789")
-DEBUG = False
-ALLOWED_HOSTS = ["*"]
-USE_TZ = True
-INSTALLED_APPS = ["django_tasks_shared"]
-DATABASES = {}
-MIDDLEWARE = []
 
 _options = {"WORKERS": 2, "AUTOSTART": True, "TIME_LIMIT": 2.0, "MAX_WORKER_MEMORY": 100,
             "MAX_RESULTS": 1000}
@@ -34,10 +30,4 @@ if os.environ.get("STRESS_ADDRESS"):
 
 TASKS = {
     "default": {"BACKEND": "django_tasks_shared.ProcessPoolBackend", "OPTIONS": _options},
-}
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_tasks_shared": {"handlers": ["console"], "level": "WARNING"}},
 }
