@@ -58,6 +58,7 @@ import warnings
 from stress.common.layout import internal
 from stress.common.paths import ROOT
 
+from . import durable as bench_durable
 from . import portable as bench_portable
 from . import report as bench_report
 from . import w5 as bench_w5
@@ -463,10 +464,38 @@ def machine_busy():
 
 
 def run(args):
+    """Every workload of every system, --repeat times: (systems, samples, burn iterations,
+    counts, samples of W1 with a STATE_DIR). Sets args.load_before, args.skipped and
+    args.others_cpu_pct for the report."""
     counts = QUICK if args.quick else FULL
     args.load_before = os.getloadavg()
     busy0 = machine_busy()
     wall0 = time.perf_counter()
+    sock_dir, state_root, server = set_up(args)
+
+    from stress.common import tasks as bench_tasks
+
+    iterations = bench_tasks.calibrate_burn(0.050)
+    systems = build_systems(args, counts)
+    samples = {s.name: [] for s in systems}
+    durable = bench_durable.make_systems(Shared, args, counts) if state_root else []
+    state_samples = {}
+    try:
+        for s in systems + durable:
+            s.start()
+        for rep in range(args.repeat):
+            run_repeat(args, rep, systems, durable, counts, iterations, samples, state_samples)
+    finally:
+        tear_down(systems, server, (state_root, sock_dir))
+    busy1 = machine_busy()
+    wall = time.perf_counter() - wall0
+    args.others_cpu_pct = others_cpu_pct(busy0, busy1, wall)
+    return systems, samples, iterations, counts, state_samples
+
+
+def set_up(args):
+    """The environment the settings read, django.setup() and, with --server, a started
+    tasks_server: (the --server socket's directory, the STATE_DIR root, the server's Popen)."""
     sock_dir = None
     if args.server:
         sock_dir = tempfile.mkdtemp(prefix="dts-bench-")
@@ -474,17 +503,17 @@ def run(args):
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
     state_root = None
     if not args.no_state:
-        from . import durable as bench_durable
-
         state_root = bench_durable.prepare()
     import django
 
     django.setup()
     server = start_tasks_server() if args.server else None
+    return sock_dir, state_root, server
 
-    from stress.common import tasks as bench_tasks
 
-    iterations = bench_tasks.calibrate_burn(0.050)
+def build_systems(args, counts):
+    """The systems compared (none with --state-only); Huey too unless --no-huey, or unless it
+    cannot run here (args.skipped["huey"] says why)."""
     classes = [] if args.state_only else [Shared, Local, Raw]
     systems = [cls(args, counts) for cls in classes]
     args.skipped = {}
@@ -497,53 +526,63 @@ def run(args):
             print(f"  huey skipped: {why}", file=sys.stderr, flush=True)
         else:
             systems.append(bench_huey.Huey(args, counts, ROOT))
-    samples = {s.name: [] for s in systems}
-    durable = bench_durable.make_systems(Shared, args, counts) if state_root else []
-    state_samples = {}
-    try:
-        for s in systems + durable:
-            s.start()
-        for rep in range(args.repeat):
-            if durable:
-                bench_durable.repeat(durable, rep, counts["w1"], _w1, state_samples)
-                print(f"  repeat {rep + 1}/{args.repeat} W1 STATE_DIR: " + ", ".join(
-                    f"{mode} {v[-1]['tps']:,.0f}/s" for mode, v in state_samples.items()),
-                    file=sys.stderr, flush=True)
-            if not systems:
-                continue
-            k = rep % len(systems)
-            for s in systems[k:] + systems[:k]:
-                t0 = time.perf_counter()
-                figures = {}
-                figures.update(w1(s, counts["w1"]))
-                figures.update(bench_portable.w1_portable(s, counts["w1"]))
-                figures.update(w2(s, counts["w2"]))
-                figures.update(w3(s, counts["w3"], iterations))
-                figures.update(s.w4(counts["w4_ids"], counts["w4"]))
-                w5_note = ""
-                if s.name == "shared":
-                    t5 = time.perf_counter()
-                    figures.update(bench_w5.w5(s, counts["w5"], rep, run_child, cpu_of))
-                    w5_note = (f", W5 {figures['w5_ratio']:.2f}x "
-                               f"({time.perf_counter() - t5:.1f} s)")
-                samples[s.name].append(figures)
-                print(f"  repeat {rep + 1}/{args.repeat} {s.name:<6} done in "
-                      f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s, "
-                      f"portable {figures['w1_portable_tps']:,.0f}/s{w5_note}",
-                      file=sys.stderr, flush=True)
-    finally:
-        for s in systems:
-            with contextlib.suppress(Exception):
-                s.stop()
-        stop_everything(server)
-        for directory in (state_root, sock_dir):  # the --server socket's dir too (was left)
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
-    busy1 = machine_busy()
-    wall = time.perf_counter() - wall0
+    return systems
+
+
+def run_repeat(args, rep, systems, durable, counts, iterations, samples, state_samples):
+    """Repeat `rep`: W1 with a STATE_DIR per FSYNC mode, then every workload of each system,
+    the systems' order rotated by `rep`; the figures appended to the samples."""
+    if durable:
+        bench_durable.repeat(durable, rep, counts["w1"], _w1, state_samples)
+        print(f"  repeat {rep + 1}/{args.repeat} W1 STATE_DIR: " + ", ".join(
+            f"{mode} {v[-1]['tps']:,.0f}/s" for mode, v in state_samples.items()),
+            file=sys.stderr, flush=True)
+    if not systems:
+        return
+    k = rep % len(systems)
+    for s in systems[k:] + systems[:k]:
+        t0 = time.perf_counter()
+        figures, w5_seconds = workloads(s, rep, counts, iterations)
+        samples[s.name].append(figures)
+        w5_note = ("" if w5_seconds is None else
+                   f", W5 {figures['w5_ratio']:.2f}x ({w5_seconds:.1f} s)")
+        print(f"  repeat {rep + 1}/{args.repeat} {s.name:<6} done in "
+              f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s, "
+              f"portable {figures['w1_portable_tps']:,.0f}/s{w5_note}",
+              file=sys.stderr, flush=True)
+
+
+def workloads(system, rep, counts, iterations):
+    """W1, W1 portable, W2, W3, W4 and, on ours, W5: (one system's figures of one repeat, the
+    seconds W5 took or None)."""
+    figures, w5_seconds = {}, None
+    figures.update(w1(system, counts["w1"]))
+    figures.update(bench_portable.w1_portable(system, counts["w1"]))
+    figures.update(w2(system, counts["w2"]))
+    figures.update(w3(system, counts["w3"], iterations))
+    figures.update(system.w4(counts["w4_ids"], counts["w4"]))
+    if system.name == "shared":
+        t5 = time.perf_counter()
+        figures.update(bench_w5.w5(system, counts["w5"], rep, run_child, cpu_of))
+        w5_seconds = time.perf_counter() - t5
+    return figures, w5_seconds
+
+
+def tear_down(systems, server, directories):
+    """Stop the systems and every process the run started, by pid; remove its directories."""
+    for s in systems:
+        with contextlib.suppress(Exception):
+            s.stop()
+    stop_everything(server)
+    for directory in directories:  # the --server socket's dir too (was left)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def others_cpu_pct(busy0, busy1, wall):
+    """% of the machine's CPU that OTHER processes used between two machine_busy() reads."""
     others = (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])
-    args.others_cpu_pct = max(0.0, others) / (wall * (os.cpu_count() or 1)) * 100
-    return systems, samples, iterations, counts, state_samples
+    return max(0.0, others) / (wall * (os.cpu_count() or 1)) * 100
 
 
 def start_tasks_server():
