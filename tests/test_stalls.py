@@ -83,6 +83,9 @@ def test_enqueues_and_reports_during_a_stall_within_the_bound_succeed_once():
 
                 with ThreadPoolExecutor(4) as pool:
                     during = list(pool.map(enqueue, range(4)))
+            print(f"\n[measure] {stall_for:g} s stall, CONNECT_TIMEOUT {CONNECT_TIMEOUT:g} s: "
+                  f"enqueues during it returned after "
+                  f"{', '.join(f'{e:.2f}' for _, e in during)} s")
             for _, elapsed in during:  # each one waited out the stall, then succeeded
                 assert stall_for - 0.3 < elapsed < STALL_PATIENCE * CONNECT_TIMEOUT + 1, elapsed
             results = running + queued + [result for result, _ in during]
@@ -121,6 +124,8 @@ def test_an_enqueue_during_a_longer_stall_fails_with_the_task_id_and_runs_once()
                 elapsed = time.monotonic() - stall.started
                 assert not stall.resumed.is_set()
             bound = STALL_PATIENCE * CONNECT_TIMEOUT
+            print(f"\n[measure] 5 s stall, CONNECT_TIMEOUT {CONNECT_TIMEOUT:g} s: the enqueue "
+                  f"raised ServerStalled after {elapsed:.2f} s")
             assert bound - 0.5 < elapsed < bound + 1.0, elapsed
             exc = caught.value
             text = str(exc)
