@@ -5,7 +5,8 @@
       │          --state-dir DIR every server it (re)starts restores from and journals into DIR
       ├─ monitor thread: health + server RSS every 0.25 s (stored results, workers, pids)
       ├─ fault loop: SIGKILL a random ready worker every --kill-every s; SIGKILL the server at
-      │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one
+      │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one;
+      │              SIGSTOP the server for --stall-seconds every ~--stall-every s (stall.py)
       ├─ M client processes (spawn): enqueue, poll own ids, look up other clients' ids
       └─ checker: ledger files written by the tasks + what the clients saw + health samples
                   -> invariants, report table, --json (check.py; the STATE_DIR
@@ -236,7 +237,7 @@ def progress_line(done, lost, total, enq, started, faults, health, width=28):
         workers = f"{sup.get('workers_alive', '?')}/{sup.get('workers_expected', '?')}"
     return (f"\r[{bar}] {frac * 100:5.1f}% {done + lost}/{total} done ({enq} enqueued) "
             f"{rate:6.0f}/s  kills {len(faults.kills)}  restarts {len(faults.restarts)}  "
-            f"workers {workers}  {elapsed:5.1f}s ")
+            f"stalls {len(faults.stalls.stalls)}  workers {workers}  {elapsed:5.1f}s ")
 
 
 def stop_pid_tree(monitor, owned_servers):
