@@ -98,7 +98,7 @@ def missing_task(record, why):
     path = record["task"]
     module, _, qualname = path.rpartition(".")
     message = (f"task {path!r} (result {record['id']}) {why}. Every process that runs or "
-               f"re-enqueues a task must be able to import its module.")
+               f"re-enqueues a task must be able to import the task's module.")
 
     def unavailable(*args, **kwargs):
         raise ImportError(message)

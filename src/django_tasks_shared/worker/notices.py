@@ -28,6 +28,7 @@ from ..exceptions import ServerUnavailable
 POLL = 1.0          # seconds between two looks when nothing waits
 LIMIT = 50          # notices taken per call
 STOP_TIMEOUT = 5.0  # seconds stop() waits for the last acknowledgements
+FIRST_TIMEOUT = 5.0  # seconds start() waits for the thread's first call
 logger = logging.getLogger("django_tasks_shared.worker")
 
 
@@ -38,10 +39,14 @@ class NoticeSender:
         self.sender = sender
         self.sent = 0
         self._stop = threading.Event()
+        self._first = threading.Event()  # the thread's first call was answered (or failed)
         self.thread = threading.Thread(target=self._run, name="end-notices", daemon=True)
 
-    def start(self):
+    def start(self, timeout=FIRST_TIMEOUT):
+        """Start the thread and wait for its first call: its connection exists before the task
+        threads claim anything (a worker that is ready holds all its connections)."""
         self.thread.start()
+        self._first.wait(timeout)
         return self
 
     def stop(self, timeout=STOP_TIMEOUT):
@@ -55,8 +60,11 @@ class NoticeSender:
             if stopping and not done:
                 return
             try:
-                records = self.client.call("take_notices", self.worker_id, done,
-                                           0 if stopping else LIMIT)
+                try:
+                    records = self.client.call("take_notices", self.worker_id, done,
+                                               0 if stopping else LIMIT)
+                finally:
+                    self._first.set()
             except AttributeError as exc:
                 if "not exposed" in str(exc):
                     logger.info("the task server does not deliver end notices (an older "

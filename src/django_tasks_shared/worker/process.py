@@ -111,9 +111,9 @@ def main():
                                                   spec.get("max_payload")),
                                 name=f"task-thread-{i}", daemon=True)
                for i in range(spec["threads"])]
+    notice_sender = notices.start(client, worker_id, sender)  # connected before the first claim
     for thread in threads:
         thread.start()
-    notice_sender = notices.start(client, worker_id, sender)
     for thread in threads:
         thread.join()
     notice_sender.stop()  # its last acknowledgements, within a few seconds
