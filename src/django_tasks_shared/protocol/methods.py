@@ -15,8 +15,10 @@ CLIENT_METHODS = ("enqueue", "get", "get_many", "wait", "ping", "health", "reloa
 # Called by worker processes. `report_and_claim` (0.2) is finish_and_claim with a claim token
 # (thread, sequence number): a repeated claim gets the task already handed out for it, so a
 # worker can resend a claim whose reply was lost; a worker falls back to finish_and_claim on a
-# server that does not expose it (0.1.0).
-WORKER_METHODS = ("finish_and_claim", "worker_failed", "save_metadata", "report_and_claim")
+# server that does not expose it (0.1.0). take_notices: new in 0.2; a worker under a 0.1.0
+# server, which answers "not exposed", sends no end notices: that server keeps none.
+WORKER_METHODS = ("finish_and_claim", "worker_failed", "save_metadata", "take_notices",
+                  "report_and_claim")
 EXPOSED = CLIENT_METHODS + WORKER_METHODS
 
 # Idempotent calls (an enqueue is idempotent per task id), which the client repeats on a new
