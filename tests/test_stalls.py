@@ -71,9 +71,12 @@ def test_enqueues_and_reports_during_a_stall_within_the_bound_succeed_once():
         with srv.settings():
             wait_until(lambda: len(facts(srv)[0]) == 2, 20, message="two workers")
             pids, _, _ = facts(srv)
+            # 4 threads busy for 1 s, 4 tasks waiting behind them; the stall begins as soon as
+            # the 4 run, so they finish about 1 s into it: their reports get no answer within
+            # CONNECT_TIMEOUT (1 s) before it ends (2.5 s), and are resent
             running = [stall_tasks.ledger_after.enqueue(path, 1.0) for _ in range(4)]
-            wait_until(lambda: facts(srv)[2] == 4, 20, message="4 tasks running")
             queued = [stall_tasks.ledger_after.enqueue(path, 0.05) for _ in range(4)]
+            wait_until(lambda: facts(srv)[2] == 4, 20, message="4 tasks running")
             stall_for = 2.5 * CONNECT_TIMEOUT  # within 3 x CONNECT_TIMEOUT
             with Stall(srv.popen.pid, stall_for) as stall:
                 # the running tasks finish during the stall: their reports get no answer
@@ -116,7 +119,7 @@ def test_an_enqueue_during_a_longer_stall_fails_with_the_task_id_and_runs_once()
         with srv.settings():
             wait_until(lambda: len(facts(srv)[0]) == 2, 20, message="two workers")
             pids, _, _ = facts(srv)
-            running = [stall_tasks.ledger_after.enqueue(path, 1.0) for _ in range(2)]
+            running = [stall_tasks.ledger_after.enqueue(path, 2.0) for _ in range(2)]
             wait_until(lambda: facts(srv)[2] == 2, 20, message="2 tasks running")
             with Stall(srv.popen.pid, 5.0) as stall:
                 with pytest.raises(ServerStalled) as caught:
