@@ -89,3 +89,35 @@ def test_quick_stress_run_with_state_dir_loses_nothing(tmp_path):
     assert "WorkerLost (server)" in stdout
     # The state directory outlives the run: the last server's final snapshot is there.
     assert any(name.startswith("snapshot-") for name in os.listdir(state_dir))
+
+
+@pytest.mark.timeout(150)
+def test_quick_stress_run_with_server_stalls(tmp_path):
+    """The stall fault (issue 15): the server SIGSTOPped for 1.5-4.5 s at random times,
+    CONNECT_TIMEOUT 1 s (an idempotent call keeps trying for 3 s): nothing lost or run twice,
+    no task burned (the outcome invariant: no WorkerLost but the crash tasks'), no worker gives
+    up on the stopped server."""
+    report, stdout = run_quick(tmp_path, "--tasks", "120", "--faults", "stall",
+                               "--stall-every", "2", "--stall-seconds", "1.5-4.5")
+    names = {i["name"]: i for i in report["invariants"]}
+    stalls = names["workers lived through server stalls"]
+    assert stalls["ok"] and all(i["ok"] for i in report["invariants"]), stalls
+    figures, tasks = report["faults"]["stall"], report["tasks"]
+    assert figures["stalls"] >= 1 and figures["workers_exited_unexplained"] == 0
+    assert tasks["enqueued"] == tasks["terminal"] == 120
+    assert tasks["lost_with_server"] == tasks["missing"] == tasks["unfinished"] == 0
+    outcomes = tasks["outcomes_by_workload"]
+    for workload in ("noop", "cpu", "sleep"):
+        assert set(outcomes.get(workload, {})) <= {"SUCCESSFUL"}, outcomes
+    assert "server stalls" in stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_last_hogs_workers_are_recycled_before_the_final_check(tmp_path):
+    """Every task a hog, so the last ones end just before the run does: the final health must
+    be read after the supervisor's next RSS sample (it failed 2 runs in 3 before issue 15)."""
+    report, _ = run_quick(tmp_path, "--tasks", "6", "--clients", "1", "--mix", "hog=100",
+                          "--faults", "none")
+    outcome = next(i for i in report["invariants"] if "matches its workload" in i["name"])
+    assert outcome["ok"], outcome
+    assert report["tasks"]["outcomes_by_workload"]["hog"] == {"SUCCESSFUL": 6}

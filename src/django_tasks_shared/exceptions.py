@@ -13,7 +13,14 @@ class SharedTasksError(Exception):
 
 
 class ServerUnavailable(SharedTasksError):
-    """The task server cannot be reached (not running, unreachable, or stalled)."""
+    """The task server cannot be reached (not running, unreachable, or stalled).
+
+    `maybe_applied` is true when the request went out and no answer came back: the server may
+    have done it. For an enqueue, `task_id` is the id of the task (then it may be queued: look
+    with `task.get_result(exc.task_id)` rather than enqueuing it again)."""
+
+    task_id: str | None = None
+    maybe_applied: bool = False
 
 
 class ServerAuthenticationError(ServerUnavailable):
@@ -44,3 +51,9 @@ class TaskCancelled(SharedTasksError):
 
 class PayloadTooLarge(SharedTasksError):
     """Arguments (at enqueue) or a return value (at the end of a task) over MAX_PAYLOAD."""
+
+
+class ServerStalled(ServerUnavailable):
+    """The task server accepts connections but answers nothing within CONNECT_TIMEOUT, also on
+    new connections for as long as the call may be retried (a stopped, swapping or overloaded
+    server): an idempotent call was retried for up to 3 x CONNECT_TIMEOUT in all."""

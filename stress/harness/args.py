@@ -29,7 +29,8 @@ def parse_args(argv):
     p.add_argument("--mix", default=DEFAULT_MIX,
                    help="workload weights, from %s (default %%(default)s)" % ", ".join(WORKLOADS))
     p.add_argument("--faults", default="kill,restart-server",
-                   help="comma-separated: kill, restart-server, or none (default %(default)s)")
+                   help="comma-separated: kill, restart-server, stall, or none (default "
+                        "%(default)s)")
     p.add_argument("--kill-every", type=float, help="seconds between worker SIGKILLs (default 1)")
     p.add_argument("--restarts", type=int,
                    help="server restarts, evenly spaced over the run (default 1)")
@@ -37,6 +38,16 @@ def parse_args(argv):
                    help="how the server is stopped for restart-server: SIGKILL (a crash), "
                         "SIGTERM (a graceful drain, then exit), or both in turn starting with "
                         "SIGKILL (default kill; --quick: both)")
+    p.add_argument("--stall-every", type=float,
+                   help="stall: seconds between two SIGSTOPs of the server, x 0.5..1.5 "
+                        "(default 10; --quick: 4)")
+    p.add_argument("--stall-seconds", metavar="MIN-MAX",
+                   help="stall: how long the server stays stopped, drawn from MIN-MAX seconds "
+                        "(default 1.5-4 x CONNECT_TIMEOUT: some stalls end within the 3 x "
+                        "CONNECT_TIMEOUT that a call keeps trying, some past it)")
+    p.add_argument("--connect-timeout", type=float,
+                   help="OPTIONS['CONNECT_TIMEOUT'] of the server and the clients (default 5; "
+                        "1 with the stall fault, to keep the stalls short)")
     p.add_argument("--address", help="use the server at this socket path or host:port (start "
                    "it with DJANGO_SETTINGS_MODULE=stress.harness.settings); default: a private "
                    "one")
@@ -75,10 +86,27 @@ def parse_args(argv):
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
     faults = {f.strip() for f in args.faults.split(",") if f.strip() and f.strip() != "none"}
-    unknown = faults - {"kill", "restart-server"}
+    unknown = faults - {"kill", "restart-server", "stall"}
     if unknown:
         p.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     args.fault_set = faults
+    if args.connect_timeout is None:
+        args.connect_timeout = 1.0 if "stall" in faults else 5.0
+    if args.stall_every is None:
+        args.stall_every = 4.0 if args.quick else 10.0
+    if args.stall_seconds is None:
+        args.stall_seconds = (1.5 * args.connect_timeout, 4.0 * args.connect_timeout)
+    else:
+        try:
+            low, _, high = args.stall_seconds.partition("-")
+            args.stall_seconds = (float(low), float(high or low))
+            if not 0 < args.stall_seconds[0] <= args.stall_seconds[1]:
+                raise ValueError
+        except ValueError:
+            p.error(f"--stall-seconds takes MIN-MAX seconds, e.g. 1.5-4, got "
+                    f"{args.stall_seconds!r}")
+    if "stall" in faults and args.address:
+        p.error("the stall fault SIGSTOPs the server the harness starts: drop --address")
     try:
         mix = {}
         for part in args.mix.split(","):

@@ -5,7 +5,8 @@
       │          --state-dir DIR every server it (re)starts restores from and journals into DIR
       ├─ monitor thread: health + server RSS every 0.25 s (stored results, workers, pids)
       ├─ fault loop: SIGKILL a random ready worker every --kill-every s; SIGKILL the server at
-      │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one
+      │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one;
+      │              SIGSTOP the server for --stall-seconds every ~--stall-every s (stall.py)
       ├─ M client processes (spawn): enqueue, poll own ids, look up other clients' ids
       └─ checker: ledger files written by the tasks + what the clients saw + health samples
                   -> invariants, report table, --json (check.py; the STATE_DIR
@@ -26,6 +27,7 @@ import time
 
 from stress.common.paths import ROOT
 
+from . import stall as harness_stall
 from .args import parse_args
 
 
@@ -141,12 +143,13 @@ class Faults:
         self.restarts = []    # {"t", "pid", "recovered_at", "new_pid"}
         self.next_kill = time.monotonic() + args.kill_every
         self.kill_misses = 0
+        self.stalls = harness_stall.Stalls(args, monitor, self.rng)
 
     def tick(self, done):
         now = time.monotonic()
         with self.monitor.lock:
             health, fresh = self.monitor.latest, now - self.monitor.latest_at < 1.0
-        if health is None:
+        if health is None or self.stalls.stalled:
             return
         pending_restart = self.restarts and self.restarts[-1]["recovered_at"] is None
         if pending_restart:
@@ -160,6 +163,10 @@ class Faults:
             threshold = self.total * (len(self.restarts) + 1) / (self.args.restarts + 1)
             if done >= threshold and fresh:
                 self.restart(health)
+                return
+        if "stall" in self.args.fault_set and fresh:
+            self.stalls.tick(health)
+            if self.stalls.stalled:
                 return
         if "kill" in self.args.fault_set and now >= self.next_kill and fresh:
             # A miss (no worker mid-way through a sleep/cpu task) is retried soon, not skipped.
@@ -230,7 +237,7 @@ def progress_line(done, lost, total, enq, started, faults, health, width=28):
         workers = f"{sup.get('workers_alive', '?')}/{sup.get('workers_expected', '?')}"
     return (f"\r[{bar}] {frac * 100:5.1f}% {done + lost}/{total} done ({enq} enqueued) "
             f"{rate:6.0f}/s  kills {len(faults.kills)}  restarts {len(faults.restarts)}  "
-            f"workers {workers}  {elapsed:5.1f}s ")
+            f"stalls {len(faults.stalls.stalls)}  workers {workers}  {elapsed:5.1f}s ")
 
 
 def stop_pid_tree(monitor, owned_servers):
@@ -268,7 +275,7 @@ def main(argv=None):
     address = args.address or os.path.join(workdir, "tasks.sock")
     options = {"WORKERS": args.workers, "TIME_LIMIT": args.time_limit,
                "MAX_WORKER_MEMORY": args.max_worker_memory, "MAX_RESULTS": args.max_results,
-               "AUTOSTART": True}
+               "AUTOSTART": True, "CONNECT_TIMEOUT": args.connect_timeout}
     if args.state_dir:
         options.update(STATE_DIR=args.state_dir, FSYNC=args.fsync)
         if args.journal_limit:
@@ -293,6 +300,7 @@ def main(argv=None):
 
     backend = task_backends["default"]
     monitor = Monitor(backend)
+    faults = None
     owned_servers = set()
     clients = []
     progress = not args.no_progress
@@ -319,6 +327,9 @@ def main(argv=None):
             "kill_every": args.kill_every, "restarts": args.restarts, "seed": args.seed,
             "restart_signal": args.restart_signal,
             "window": args.window, "deferred_pct": args.deferred,
+            "connect_timeout": args.connect_timeout,
+            "stall_every": args.stall_every, "stall_seconds": list(args.stall_seconds),
+            "server_log": None if external else address + ".log",
             "state_dir": (health.get("state") or {}).get("dir"),
             "fsync": (health.get("state") or {}).get("fsync")}
         mix = dict(args.mix_weights)
@@ -384,20 +395,6 @@ def main(argv=None):
             monitor.sample()
             faults.tick(args.tasks)
             time.sleep(0.1)
-        # Workers back to the configured count (replacements of the last kills take a moment).
-        final_health = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            final_health = monitor.sample()
-            if final_health is not None and harness_check.workers_restored(final_health)[0]:
-                break
-            time.sleep(0.25)
-        monitor.stop.set()
-        monitor.join(5)
-        for gen in monitor.generations:
-            if gen[0] not in owned_servers and (not external or gen is not
-                                                monitor.generations[0]):
-                owned_servers.add(gen[0])
         outputs = []
         for idx in range(args.clients):
             path = os.path.join(workdir, f"client-{idx}.json")
@@ -406,6 +403,23 @@ def main(argv=None):
                     outputs.append(json.load(f))
             except (OSError, ValueError):
                 outputs.append(None)
+        # Workers back to the configured count (replacements of the last kills take a moment),
+        # and the workers of the last hogs recycled (the supervisor samples RSS every 0.5 s).
+        to_recycle = harness_check.workers_to_recycle(outputs)
+        final_health = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            final_health = monitor.sample()
+            if final_health is not None and harness_check.workers_restored(final_health)[0] \
+                    and not to_recycle & {w["id"] for w in final_health["workers"]}:
+                break
+            time.sleep(0.25)
+        monitor.stop.set()
+        monitor.join(5)
+        for gen in monitor.generations:
+            if gen[0] not in owned_servers and (not external or gen is not
+                                                monitor.generations[0]):
+                owned_servers.add(gen[0])
         report = harness_check.check(
             config=config, outputs=outputs, client_codes=client_codes, ledger_dir=ledger,
             monitor=monitor, faults=faults, final_health=final_health,
@@ -419,6 +433,8 @@ def main(argv=None):
             print(f"work directory kept: {workdir}")
         return 0 if report["passed"] else 1
     finally:
+        if faults is not None:
+            faults.stalls.resume_all()  # never leave a server stopped
         for p in clients:
             if p.is_alive():
                 with contextlib.suppress(OSError):

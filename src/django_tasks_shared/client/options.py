@@ -11,7 +11,7 @@ import hashlib
 import os
 
 from ..protocol.config import FSYNC_MODES, Config
-from ..protocol.paths import runtime_dir
+from ..protocol.paths import UnsafePath, file_in_the_way, runtime_dir
 from ..schedules import entries as schedules
 
 DEFAULTS = {
@@ -56,6 +56,11 @@ def parse_address(value):
     if len(path.encode()) > 107:
         raise ConfigError(f"OPTIONS['ADDRESS'] {path!r} is longer than the 107 bytes a unix "
                           "socket path may have; choose a shorter path.")
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise ConfigError(f"OPTIONS['ADDRESS'] {path!r}: {blocker} is a file, not a directory, "
+                          "so no socket can be made there. Choose a path in a directory, e.g. "
+                          "/run/<project>/tasks.sock.")
     return path
 
 
@@ -147,7 +152,12 @@ def _address(opts, alias, settings_module, authkey):
     # One embedded server per project and alias: every process of the same project finds it.
     digest = hashlib.sha256(b"%s\0%s\0%s" % (
         (settings_module or "").encode(), alias.encode(), authkey)).hexdigest()[:16]
-    return os.path.join(runtime_dir(), f"{digest}.sock"), True
+    try:
+        directory = runtime_dir()
+    except UnsafePath as exc:
+        raise ConfigError(f"{exc} (No OPTIONS['ADDRESS'] is set: the embedded server's socket "
+                          f"goes in that directory; an ADDRESS elsewhere avoids it.)") from None
+    return os.path.join(directory, f"{digest}.sock"), True
 
 
 def _state_dir(opts):

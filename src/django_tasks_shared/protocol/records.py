@@ -62,6 +62,7 @@ class Outcome(TypedDict):
     errors: NotRequired[list[ErrorDict]]
     retry: NotRequired[bool]        # the failed attempt gets another try (policy matched)
     metadata: NotRequired[dict[str, Any]]  # progress still held back when the task ended
+    attempt: NotRequired[int]       # len(worker_ids) of the record run: one report per attempt
 
 
 def new_record(

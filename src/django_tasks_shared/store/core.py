@@ -4,9 +4,11 @@ Plain, thread-safe Python with no IPC and no Django. The server pins ONE instanc
 method that `calls()` names is one socket round trip for a client.
 
     enqueue(record) ──> queue (queue.py: ready / deferred heaps)
-    claim(worker, outcome) <── longpoll.py (blocking, or parked by the event loop)
+    claim(worker, outcome, token) <── longpoll.py (blocking, or parked by the event loop)
         report: outcome ──> SUCCESSFUL / FAILED ──> finished (results.py: LRU, TTL)
                         └─> "retry" and the policy agrees ──> back to the queue, same id
+                (once per task and attempt: a resent report is ignored)
+        a repeated claim (same token, claims.py) ──> the task handed out for it, again
         hand out: queue.pop ──> record RUNNING, owned by the worker
     get(id) / get_many / wait ──> record copy (a hit refreshes LRU recency)
     supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
@@ -22,6 +24,7 @@ its lock and the methods marked "lock held":
     schedules ScheduleState    the scheduler's runs and notes        (schedule_state.py)
     stats     Stats            histograms and history rings          (stats.py)
     journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
+    claims    ClaimMemo        the last task handed out per worker thread (claims.py)
     notices   Notices          task_finished of server-ended tasks   (notices.py)
 
 Records (protocol/records.py) are JSON-compatible dicts. Inner lists are replaced, never
@@ -48,6 +51,7 @@ from ..protocol.status import (
     WORKER_LOST,
 )
 from .cancel import Cancels
+from .claims import ClaimMemo
 from .journaler import Journaler
 from .listing import Listing
 from .longpoll import NOTHING, LongPolls
@@ -87,6 +91,7 @@ class TaskStore:
         self.schedules = ScheduleState(self)
         self.stats = Stats()
         self.journal = Journaler(self)
+        self.claims = ClaimMemo(self)
         self.notices = Notices(self)
 
     def calls(self):
@@ -95,6 +100,7 @@ class TaskStore:
         return {
             "enqueue": self.enqueue, "get": self.get, "get_many": self.get_many,
             "wait": polls.wait, "finish_and_claim": polls.finish_and_claim,
+            "report_and_claim": polls.report_and_claim,
             "worker_failed": self.worker_failed, "ping": self.ping, "health": self.health,
             "reload": self.reload, "save_metadata": self.save_metadata,
             "metadata": self.metadata, "cancel": self.cancels.cancel,
@@ -221,6 +227,7 @@ class TaskStore:
         """Forget the worker; its running tasks end FAILED with `exception_path`."""
         with self.lock:
             worker = self.workers.pop(worker_id, None)
+            self.claims.forget(worker_id)
             failed = []
             if worker is not None:
                 for task_id in list(worker["current"]):
@@ -362,12 +369,17 @@ class TaskStore:
             self.finished.touch(task_id)
         return record
 
-    def claim(self, worker_id: str, outcome: Outcome | None = None):
+    def claim(self, worker_id: str, outcome: Outcome | None = None, token=None):
         """Report `outcome` (the worker thread's last task, or None), then hand out the next
-        task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait)."""
+        task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait). `token`
+        (thread, seq), from report_and_claim, makes a repeated claim idempotent (claims.py)."""
         worker = self.workers.get(worker_id)
         if outcome is not None:
             self._finish(outcome, worker_id)
+        if token is not None and worker is not None:
+            again = self.claims.repeat(worker_id, token)
+            if again is not None:
+                return again
         if worker is not None and worker["state"] == "starting" and not self.draining \
                 and not worker["retiring"]:  # a worker told to stop at once never was ready
             worker["state"] = "idle"
@@ -383,7 +395,10 @@ class TaskStore:
         record = self.queue.pop(now)
         if record is None:
             return NOTHING
-        return self._start(record, worker_id, worker, now)
+        got = self._start(record, worker_id, worker, now)
+        if token is not None:
+            self.claims.note(worker_id, token, got)
+        return got
 
     def retire(self, worker_id, reason):
         """The worker takes no new task (its threads get STOP once idle)."""
@@ -467,8 +482,10 @@ class TaskStore:
     def _finish(self, outcome: Outcome, worker_id: str):
         task_id = outcome["id"]
         if self.running.get(task_id) != worker_id:
-            return  # already ended by the supervisor (time limit, worker lost)
+            return  # already ended by the supervisor (time limit, worker lost), or resent
         record = self.records[task_id]
+        if outcome.get("attempt", len(record["worker_ids"])) != len(record["worker_ids"]):
+            return  # a resent report of an earlier attempt of a task that runs here again
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker["current"].pop(task_id, None)

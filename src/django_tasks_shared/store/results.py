@@ -8,9 +8,17 @@ none older than RESULT_TTL.
 
 Ids only: the records stay in the store's dict, which the caller cleans. No lock of its own:
 TaskStore calls it with the store lock held.
+
+The expiry deque gets one entry per finish, and an id evicted past MAX_RESULTS (or removed)
+leaves its entry behind until RESULT_TTL passes: with MAX_RESULTS=100 and a long TTL that was
+every task ever finished (200,000 tasks: +32 MB). So once it holds more than
+2 x MAX_RESULTS + COMPACT_SLACK entries, it is rebuilt from the ids still kept (one pass;
+amortised O(1) per finish, as at least MAX_RESULTS + COMPACT_SLACK finishes come between two).
 """
 
 from collections import OrderedDict, deque
+
+COMPACT_SLACK = 64  # expiry entries beyond 2 x MAX_RESULTS before the deque is compacted
 
 
 class FinishedResults:
@@ -38,7 +46,20 @@ class FinishedResults:
         evicted = []
         while len(self.lru) > self.max_results:
             evicted.append(self.lru.popitem(last=False)[0])
+        if len(self.expiry) > 2 * self.max_results + COMPACT_SLACK:
+            self._compact()
         return evicted
+
+    def _compact(self):
+        """Keep only the expiry entries of ids still kept, the latest one of each, in order."""
+        lru, seen, kept = self.lru, set(), []
+        for entry in reversed(self.expiry):
+            task_id = entry[1]
+            if task_id in lru and task_id not in seen:
+                seen.add(task_id)
+                kept.append(entry)
+        kept.reverse()
+        self.expiry = deque(kept)
 
     def touch(self, task_id):
         self.lru.move_to_end(task_id)

@@ -10,6 +10,10 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
                     RSS over MAX_WORKER_MEMORY            ->  store.retire_worker (nothing fails)
     store.overdue(TIME_LIMIT)                             ->  fail with TimeLimitExceeded,
                                                               SIGTERM, SIGKILL after KILL_GRACE
+                    (not within REPORT_GRACE of a stall of this process: the reports of tasks
+                    that finished meanwhile come first)
+    a stopped worker reaped before its SIGKILL deadline   ->  leftovers.py: what is left of its
+                    session (a child ignoring SIGTERM) is SIGKILLed at the deadline
     store.cancels.take_kills() (cancel of a running task; the store wakes this thread at once,
                         not at the next tick)             ->  end_task: SIGTERM, SIGKILL after
                                                               KILL_GRACE, replaced
@@ -38,6 +42,7 @@ import psutil
 from ..protocol.paths import send_spec, start_python
 from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
 from ..protocol.text import plural
+from .leftovers import Leftovers
 from .memwatch import MemoryWatcher
 from .reload import Reloads
 from .rss import children_of, total_rss
@@ -49,6 +54,8 @@ QUICK = 0.02                # poll interval while a worker is being stopped (can
 KILL_GRACE = 1.0            # SIGTERM -> SIGKILL for a worker past TIME_LIMIT
 CHILDREN_EVERY = 10         # ticks between scans for a worker's own child processes
 BACKOFF_MAX = 30.0
+STALL_GAP = 2.0             # seconds between two ticks beyond TICK: this process was stalled
+REPORT_GRACE = 2.0          # seconds after a stall before TIME_LIMIT is enforced again
 # Kept across releases: a server of the previous release runs it after `tasks_reload` installs
 # this one (tests/test_mixed_versions.py).
 WORKER_CMD = "from django_tasks_shared.worker import main; main()"
@@ -100,6 +107,9 @@ class Supervisor:
         self._wake = threading.Event()  # set by the store when a running task is cancelled
         store.cancels.on_kill = self._wake.set
         self.reloads = Reloads(self, grace)
+        self.leftovers = Leftovers()
+        self._last_tick = None
+        self._resumed_at = float("-inf")  # monotonic end of the last stall seen
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -140,6 +150,8 @@ class Supervisor:
                                      worker.popen.pid)
                 self._forget(worker, "the task server stopped before the task finished "
                                      f"(shutdown grace {grace:g} s)")
+                # Its task's children that ignored the SIGTERM must not outlive the server.
+                self.leftovers.adopt(worker.id, worker.popen.pid, time.monotonic())
         if self.memory_watcher is not None:  # it held the cap during the grace period too
             self.memory_watcher.stop()
 
@@ -157,7 +169,8 @@ class Supervisor:
                             self._tick()
                         else:  # woken by a cancel, or a worker is being stopped
                             self._quick()
-                        killing = any(w.kill_at is not None for w in self.workers.values())
+                        killing = bool(self.leftovers.pending) or \
+                            any(w.kill_at is not None for w in self.workers.values())
             except Exception:
                 logger.exception("supervisor tick failed")
             wait = next_tick - time.monotonic()
@@ -170,6 +183,7 @@ class Supervisor:
         """Between ticks: stop the workers of cancelled tasks, reap, replace. No psutil."""
         self._stop_cancelled()
         self._reap()
+        self.leftovers.kill_due()
         self._respawn()
         self.store.commit()  # the siblings' WorkerLost: on disk like any change
 
@@ -182,6 +196,15 @@ class Supervisor:
 
     def _tick(self):
         self._ticks += 1
+        now = time.monotonic()
+        if self._last_tick is not None and now - self._last_tick > TICK + STALL_GAP:
+            # This process was stopped (SIGSTOP, a VM pause, swapping): workers whose tasks
+            # finished meanwhile are resending their reports right now.
+            logger.warning("the task server did not run for %.1f s (stalled); TIME_LIMIT "
+                           "waits %.0f s for the reports of tasks that finished meanwhile",
+                           now - self._last_tick, REPORT_GRACE)
+            self._resumed_at = now
+        self._last_tick = now
         if self.owner_pid is not None and os.getppid() != self.owner_pid:
             logger.warning("owner process %d is gone: stopping the embedded server",
                            self.owner_pid)
@@ -192,6 +215,7 @@ class Supervisor:
             return
         self._reap()
         self._enforce_time_limit()
+        self.leftovers.kill_due()
         self._sample()
         self.reloads.tick(time.monotonic())
         self._respawn()
@@ -206,6 +230,11 @@ class Supervisor:
                 self._on_exit(worker)
 
     def _on_exit(self, worker):
+        if worker.kill_at is not None:  # we stopped it: its task's children go too
+            # (inf: the SIGKILL went out already, so whatever is left is killed at once)
+            now = time.monotonic()
+            self.leftovers.adopt(worker.id, worker.popen.pid,
+                                 worker.kill_at if worker.kill_at != float("inf") else now, now)
         info = self.store.worker_info(worker.id) or {}
         how = describe_exit(worker.popen.returncode)
         reason = worker.kill_reason or how
@@ -248,7 +277,7 @@ class Supervisor:
         self._stop_cancelled()  # here so that it also runs during the shutdown grace period
         limit = self.config.time_limit
         now = time.monotonic()
-        if limit is not None:
+        if limit is not None and now >= self._resumed_at + REPORT_GRACE:
             for worker_id, task_id, ran in self.store.overdue(limit):
                 worker = self.workers.get(worker_id)
                 text = (f"{TIME_LIMIT_EXCEEDED}: task {task_id} ran {ran:.1f} s, over "

@@ -10,6 +10,7 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django_tasks_shared.durable.format import StateError
 from django_tasks_shared.durable.statedir import StateDirInUse
 from django_tasks_shared.management.commands._backend import shared_backend
+from django_tasks_shared.protocol.paths import UnsafePath
 from django_tasks_shared.protocol.text import plural
 from django_tasks_shared.schedules.entries import ScheduleError
 from django_tasks_shared.schedules.resolve import resolve_config
@@ -68,6 +69,8 @@ class Command(BaseCommand):
         except StateDirInUse as exc:
             raise CommandError(f"{exc}. Stop that server first, or give this one another "
                                f"STATE_DIR.")
+        except UnsafePath as exc:
+            raise CommandError(f"TASKS[{backend!r}]: {exc}")
         except StateError as exc:
             raise CommandError(
                 f"refusing to start: {exc}. Nothing was changed or deleted. Keep a copy of "
