@@ -18,4 +18,7 @@ EXPOSED = CLIENT_METHODS + WORKER_METHODS
 
 # Calls repeated once on a new connection when a kept one turns out dead (the server restarted
 # since): idempotent ones only (an enqueue is idempotent per task id). Never a worker's claim.
-RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping"})
+# The page's reads too: a web thread kept from before a restart (gthread, runserver keep-alive)
+# would otherwise show the "does not answer" banner on its first refresh after it.
+RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping",
+                                     "overview", "results", "metadata"})
