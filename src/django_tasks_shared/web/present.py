@@ -53,7 +53,7 @@ def sparkline(samples, top, end=None, window=SPARK_WINDOW, width=SPARK_W, height
 
 
 def _range(values, fmt):
-    """"min–max" of the values over the window, or the one value when they are equal."""
+    """The values' range over the window ("40.0 MiB–44.7 MiB"), or the one value if all equal."""
     if not values:
         return ""
     low, high = fmt(min(values)), fmt(max(values))

@@ -8,8 +8,9 @@
     metrics    GET  "metrics"      health()           -> Prometheus text (staff or bearer token)
     asset      GET  "assets/<f>"   the page's script and stylesheet, from the package
 
-An unreachable server is a banner (HTTP 503 with the page around it), never a 500; the script
-keeps polling and the page recovers by itself when the server is back.
+An unreachable server is a banner (HTTP 503 with the page around it, its cards saying so), never
+a 500; the live part's 503 is the banner's text as text/plain. The script keeps polling and the
+page recovers by itself when the server is back.
 """
 
 import functools
