@@ -194,7 +194,8 @@ def task_context(record, tz=UTC, now=None):
     now = time.time() if now is None else now
     started, finished = record["started_at"], record["finished_at"]
     status = record["status"]
-    ran = None if started is None or status == READY else took((finished or now) - started)
+    attempt = record["last_attempted_at"]  # "ran for": this attempt (started_at is the first)
+    ran = None if attempt is None or status == READY else took((finished or now) - attempt)
     attempts = len(record["worker_ids"])
     errors = [{"exception": e["exception_class_path"], "traceback": e["traceback"]}
               for e in record["errors"]]

@@ -1,0 +1,61 @@
+"""The report table of a stress run (what `python -m stress` prints), from check()'s report.
+
+    check.check() -> report dict -> render() -> text (config, tasks, figures, invariants)
+"""
+
+from . import durable as harness_durable
+
+
+def render(report):
+    c, t, f = report["config"], report["tasks"], report["faults"]
+    lines = ["", "django-tasks-shared stress report", "=" * 33]
+
+    def row(name, value):
+        lines.append(f"  {name:<22} {value}")
+
+    row("server", f"{c['address']} ({'existing' if c['external'] else 'started, AUTOSTART'}), "
+        f"{c['workers']} workers x {c['threads']} thread(s)")
+    row("limits", f"TIME_LIMIT={c['time_limit']} s, MAX_WORKER_MEMORY={c['max_worker_memory']} "
+        f"MiB, MAX_RESULTS={c['max_results']}")
+    row("run", f"{c['clients']} clients, {c['tasks']} tasks, mix {c['mix']}, seed {c['seed']}")
+    row("faults requested", f"{', '.join(c['faults']) or 'none'} (kill every {c['kill_every']} "
+        f"s, {c['restarts']} restart(s), {c['restart_signal']})")
+    row("tasks", f"{t['enqueued']} enqueued, {t['terminal']} terminal ({t['successful']} "
+        f"SUCCESSFUL, {t['failed']} FAILED), {t['lost_with_server']} lost with the server, "
+        f"{t['missing'] + t['unfinished']} lost otherwise")
+    row("retries", f"{t['retried']} retried attempt(s) in the results (flaky tasks); the last "
+        f"server counted {t['retried_server_counter']}")
+    row("wall time", f"{report['run_seconds']:.1f} s (clients start-up included); first "
+        f"enqueue to last result {report['load_seconds']:.1f} s")
+    row("throughput", f"{report['throughput_per_s']} tasks/s (first enqueue to last result, all "
+        "workloads, faults included)")
+    for name, lat in report["latency_ms"].items():
+        if lat["n"]:
+            row(f"latency {name}", f"p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  "
+                f"p99 {lat['p99']:.1f} ms  (enqueue -> finished, n={lat['n']})")
+    row("worker kills", f"{f['worker_kills']} injected, {f['tasks_lost_to_kills']} task(s) "
+        f"WorkerLost with them, workers replaced")
+    row("server restarts", f"{f['server_restarts']} injected, {f['server_restarts_recovered']} "
+        f"recovered (AUTOSTART, {', '.join(f'{x:.2f} s' for x in f['recovery_seconds']) or '-'})"
+        f", ServerUnavailable seen {f['client_saw_server_unavailable']}x")
+    row("cross-client lookups", f"{report['lookups']['cross_client']}")
+    r = report["results"]
+    row("results stored", f"max {r['max_stored']} / {r['max_results']} "
+        f"({r['evicted']} evicted, LRU, all servers)")
+    for pid, s in report["server_rss"].items():
+        row(f"server RSS pid {pid}", f"{s['first_third_mib']} -> {s['last_third_mib']} MiB "
+            f"(peak {s['peak_mib']})")
+    if report.get("durability"):
+        harness_durable.render(report["durability"], row, lines)
+    lines.append("  outcomes by workload:")
+    for w, counts in sorted(report["tasks"]["outcomes_by_workload"].items()):
+        lines.append(f"    {w:<6} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    lines.append("")
+    lines.append("invariants:")
+    for i in report["invariants"]:
+        lines.append(f"  {'PASS' if i['ok'] else 'FAIL'}  {i['name']}: {i['detail']}")
+        for failure in i["failures"][:10]:
+            lines.append(f"          - {failure}")
+    lines.append("")
+    lines.append("RESULT: " + ("PASS" if report["passed"] else "FAIL"))
+    return "\n".join(lines)
