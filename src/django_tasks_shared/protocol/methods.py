@@ -26,6 +26,8 @@ EXPOSED = CLIENT_METHODS + WORKER_METHODS
 # up to 3 x CONNECT_TIMEOUT in all while the server does not answer (a stall; see
 # client/connection.py). Never a worker's claim (worker/claims.py resends it with its token),
 # a cancel (its answer says whether IT cancelled), a reload, or save_metadata (progress is best
-# effort: the worker's flusher sends it again).
+# effort: the worker's flusher sends it again). The page's reads are among them: a web thread
+# kept from before a restart (gthread, runserver keep-alive) would otherwise show the "does not
+# answer" banner on its first refresh after it.
 RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping",
                                      "metadata", "results", "overview", "worker_failed"})
