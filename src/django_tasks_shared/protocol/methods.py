@@ -11,11 +11,15 @@ REFUSED = "#REFUSED#"  # sent by a server instead of its challenge, with the rea
 
 # Called by web processes, shells and commands.
 CLIENT_METHODS = ("enqueue", "get", "get_many", "wait", "ping", "health", "reload", "metadata",
-                  "cancel", "results", "overview")
+                  "cancel", "results", "overview",
+                  # v0.3: a record with unique / limit / after (a 0.2 server does not expose it:
+                  # the client then refuses such a task with a clear error, client/workflows.py)
+                  "enqueue_workflow")
 # Called by worker processes.
 WORKER_METHODS = ("finish_and_claim", "worker_failed", "save_metadata")
 EXPOSED = CLIENT_METHODS + WORKER_METHODS
 
 # Calls repeated once on a new connection when a kept one turns out dead (the server restarted
 # since): idempotent ones only (an enqueue is idempotent per task id). Never a worker's claim.
-RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "get", "get_many", "wait", "health", "ping"})
+RETRY_ON_NEW_CONNECTION = frozenset({"enqueue", "enqueue_workflow", "get", "get_many", "wait",
+                                     "health", "ping"})

@@ -22,6 +22,8 @@ its lock and the methods marked "lock held":
     schedules ScheduleState    the scheduler's runs and notes        (schedule_state.py)
     stats     Stats            histograms and history rings          (stats.py)
     journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
+    flows     Workflows        unique keys, dependencies; limits sit  (workflows.py, unique.py,
+                               in the queue (queue.limits)             dependencies.py, limits.py)
 
 Records (protocol/records.py) are JSON-compatible dicts. Inner lists are replaced, never
 mutated, so a shallow copy handed to the pickler can never change under it. Timestamps are
@@ -54,6 +56,7 @@ from .queue import PendingQueue
 from .results import FinishedResults
 from .schedule_state import ScheduleState
 from .stats import Stats
+from .workflows import Workflows
 
 COUNTERS = ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted", "expired",
             "rejected_full", "worker_restarts", "retried", "memory_exceeded", "cancelled")
@@ -85,6 +88,7 @@ class TaskStore:
         self.schedules = ScheduleState(self)
         self.stats = Stats()
         self.journal = Journaler(self)
+        self.flows = Workflows(self)
 
     def calls(self):
         """The methods a client may call, by the wire's names (protocol/methods.py)."""
@@ -96,6 +100,7 @@ class TaskStore:
             "reload": self.reload, "save_metadata": self.save_metadata,
             "metadata": self.metadata, "cancel": self.cancels.cancel,
             "results": self.listing.results, "overview": self.listing.overview,
+            "enqueue_workflow": self.flows.enqueue,
         }
 
     # ---- client operations -----------------------------------------------------------------
@@ -158,7 +163,8 @@ class TaskStore:
                 "server": dict(self.meta, uptime=round(now - self.meta["started_at"], 3),
                                draining=self.draining),
                 "queues": self.queue.counts(),
-                "pending": len(self.queue),
+                "pending": self.pending_count(),
+                "workflows": self.flows.report(now),
                 "running": len(self.running),
                 "results": {"stored": len(self.finished), "max": self.finished.max_results,
                             "ttl": self.finished.ttl, "evicted": self.counters["evicted"],
@@ -293,6 +299,8 @@ class TaskStore:
             running = [r["id"] for r in values if r["status"] == RUNNING]
             self.finished.load([i for i, r in records.items() if r["status"] in FINISHED],
                                self.records)
+            # unique holders, limit slots and windows, blocked dependents (workflows.py)
+            pending = self.flows.rebuild(values, pending, now)
             self.queue.load(pending, now)
             self.running.update(dict.fromkeys(running))  # owned by no worker of ours
             self.queue.continue_after(max((r.get("seq", 0) for r in values), default=-1))
@@ -311,6 +319,7 @@ class TaskStore:
                 outcome = ("its retry policy names WorkerLost: it goes back to the queue" if again
                            else "it was not run again")
                 self.fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}; {outcome}\n")
+            self.flows.settle()  # dependents of a task that failed just before the crash
 
     # ---- lock held: the one way each change is made (the parts use these too) ---------------
 
@@ -322,7 +331,7 @@ class TaskStore:
             raise ServerUnavailable(
                 f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
                 f"new tasks; nothing was stored. Retry once it is back.")
-        if self.max_queue is not None and len(self.queue) >= self.max_queue:
+        if self.max_queue is not None and self.pending_count() >= self.max_queue:
             self.counters["rejected_full"] += 1
             raise QueueFull(
                 f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
@@ -331,16 +340,27 @@ class TaskStore:
         record = record.copy()  # the caller keeps its own
         record["status"], record["enqueued_at"] = READY, now
         self.records[record["id"]] = record
-        self._push(record, now)
+        # Workflows (workflows.py): a unique key held; a task blocked on its dependencies is
+        # in no queue until they succeed (or ends at once: a dependency failed already).
+        outside = ("unique" in record or "after" in record) and self.flows.stored(record)
+        if not outside:
+            self._push(record, now)
         self.journal.put(record)
         self.counters["enqueued"] += 1
+        if outside:
+            self.flows.put_done(record)
         return now
+
+    def pending_count(self):
+        """READY tasks: queued, deferred, and blocked on their dependencies."""
+        return len(self.queue) + self.flows.blocked_count()
 
     def lookup(self, task_id):
         """The record (not a copy), or None; a finished one is touched (LRU) or expired."""
         record = self.records.get(task_id)
         if record is not None and record["status"] in FINISHED:
-            if self.finished.is_expired(record, self.clock()):
+            if self.finished.is_expired(record, self.clock()) and \
+                    not self.flows.pinned(task_id):
                 self.forget(task_id)
                 self.counters["expired"] += 1
                 return None
@@ -359,13 +379,13 @@ class TaskStore:
             worker["ready_at"] = self.clock()
         if worker is None or self.draining or worker["retiring"]:
             return STOP
-        limit = self.max_tasks_per_worker
+        limit = worker.get("max_tasks", self.max_tasks_per_worker)  # its pool's, or the store's
         if limit is not None and worker["claimed"] >= limit:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
             return STOP
         now = self.clock()
-        record = self.queue.pop(now)
+        record = self.queue.pop(now, worker.get("queues"))  # its pool's queues (None: all)
         if record is None:
             return NOTHING
         return self._start(record, worker_id, worker, now)
@@ -404,9 +424,11 @@ class TaskStore:
         return True
 
     def end_pending(self, record, exception_path, message):
-        """End a READY task FAILED with `exception_path` without running it (a cancel)."""
+        """End a READY task FAILED with `exception_path` without running it (a cancel, a failed
+        dependency)."""
         now = self.clock()
-        self.queue.drop(record, now)
+        if not self.flows.left_queue(record):  # a task blocked on dependencies is in no queue
+            self.queue.drop(record, now)
         record["status"], record["finished_at"] = FAILED, now
         record["errors"] = record["errors"] + [
             {"exception_class_path": exception_path, "traceback": message}]
@@ -419,14 +441,34 @@ class TaskStore:
 
     def forget(self, task_id):
         self.finished.remove(task_id)
-        self.records.pop(task_id, None)
+        record = self.records.pop(task_id, None)
+        if record is not None and "limit" in record:
+            self.flows.forgotten(record, self.clock())
         self.journal.forget(task_id)
 
     def expire(self):
-        """Drop the finished results past RESULT_TTL."""
+        """Drop the finished results past RESULT_TTL (not one a dependent still needs)."""
         for task_id in self.finished.expired(self.clock(), self.records):
+            if self.flows.pinned(task_id):
+                self.finished.hold(task_id)
+                continue
             self.forget(task_id)
             self.counters["expired"] += 1
+
+    def unblock(self, record):
+        """A task's dependencies all succeeded: into the queue (workflows, lock held)."""
+        self._push(record, self.clock())
+        self.journal.set(record, "seq")
+
+    def unpinned(self, task_id):
+        """No dependent needs this result any more: an ordinary result again (workflows)."""
+        record = self.records.get(task_id)
+        if record is not None and task_id in self.finished.held:
+            if self.finished.is_expired(record, self.clock()):
+                self.forget(task_id)
+                self.counters["expired"] += 1
+            else:
+                self._evict(self.finished.unhold(task_id, record["finished_at"]))
 
     # ---- internals (lock held) --------------------------------------------------------------
 
@@ -443,7 +485,10 @@ class TaskStore:
         self.stats.started(record, now)
         worker["current"][record["id"]] = now
         worker["claimed"] += 1
-        return dict(record)
+        copy = dict(record)
+        if "limit" in record or "unique" in record or "after" in record:
+            self.flows.started(record, now, copy)  # a limit slot, a unique key, parents' results
+        return copy
 
     def _finish(self, outcome: Outcome, worker_id: str):
         task_id = outcome["id"]
@@ -476,6 +521,8 @@ class TaskStore:
         del self.running[record["id"]]
         record["status"], record["errors"] = READY, errors
         record["run_after"] = now + backoff(record["retry"], len(record["worker_ids"]))
+        if "limit" in record or "unique" in record:
+            changed = (*changed, *self.flows.requeued(record, now))  # slot freed, key kept
         self._push(record, now)
         self.journal.set(record, "status", "errors", "run_after", "seq", *changed)
         self.counters["retried"] += 1
@@ -483,12 +530,24 @@ class TaskStore:
     def _ended(self, task_id, finished_at):
         """A task finished (any way): into the results, the listing and the statistics; waiters
         told; results past MAX_RESULTS evicted."""
-        self.running.pop(task_id, None)  # not there for a task ended while pending
+        was_running = self.running.pop(task_id, False) is not False  # False: ended pending
         record = self.records[task_id]
         self.stats.finished(record)
         self.listing.note(record)
-        for old_id in self.finished.add(task_id, finished_at):
-            self.records.pop(old_id, None)
+        if "limit" in record or "unique" in record or "after" in record or \
+                task_id in self.flows.deps.children:
+            self.flows.ended(record, was_running, self.clock())  # slot, key, dependents
+        self._evict(self.finished.add(task_id, finished_at))
+        self.polls.finished(task_id)
+
+    def _evict(self, ids):
+        """Results past MAX_RESULTS go, except the ones a dependent still needs (held)."""
+        for old_id in ids:
+            if self.flows.pinned(old_id):
+                self.finished.hold(old_id)
+                continue
+            record = self.records.pop(old_id, None)
+            if record is not None and "limit" in record:
+                self.flows.forgotten(record, self.clock())
             self.journal.forget(old_id)
             self.counters["evicted"] += 1
-        self.polls.finished(task_id)
