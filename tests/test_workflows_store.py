@@ -473,3 +473,65 @@ def test_group_with_a_callback_and_a_unique_limited_dependent():
         ran.append(got["id"])
         outcome = done(got["id"], value=got["id"])
     assert ran == group + ["callback"]
+
+
+# ---- restore -------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_a_crash_keeps_keys_slots_windows_and_dependents():
+    """Journal, SIGKILL (what it leaves: crash()), replay: unique holders, limit slots (the
+    task RUNNING at the crash holds one until it ends WorkerLost at the restore), rate windows
+    (also of records evicted since: their note), blocked dependents and pins."""
+    from test_state_files import crash, open_store
+
+    from helpers import temp_dir
+
+    directory = temp_dir()
+    clock = Clock(time.time())
+    store, state = open_store(directory, max_results=2, clock=clock)
+    store.register_worker("w2", pid=1)
+    put(store, rec("u", unique="k"))
+    for i in range(3):
+        put(store, rec(f"l{i}", limit="c", concurrency=1))
+    put(store, rec("r0", limit="rate", rate=[2, 60.0]))
+    put(store, rec("r1", limit="rate", rate=[2, 60.0]))
+    put(store, rec("r2", limit="rate", rate=[2, 60.0]))
+    store.enqueue(rec("parent"))
+    put(store, rec("child", after=["parent"]))
+    assert [claim(store, "w")["id"] for _ in range(1)] == ["u"]
+    store.polls.claim_now("w", done("u"))            # u ends (SUCCESSFUL); w claims l0
+    assert store.get("l0")["status"] == RUNNING
+    for name in ("r0", "r1"):                         # two rate starts, both end; evicted later
+        assert claim(store, "w2")["id"] == name
+        store.workers["w2"]["retiring"] = True
+        store.polls.claim_now("w2", done(name))
+        store.workers["w2"]["retiring"] = False
+    for name in ("x0", "x1"):                         # evict r0 and r1 (MAX_RESULTS=2)
+        store.enqueue(rec(name, priority=50))
+        assert claim(store, "w2")["id"] == name
+        store.workers["w2"]["retiring"] = True
+        store.polls.claim_now("w2", done(name))
+        store.workers["w2"]["retiring"] = False
+    assert store.get("r0") is None and store.get("r1") is None
+    put(store, rec("u2", unique="k"))                 # holds the key now
+    store.commit()
+    crash(state)
+
+    again = TaskStore(max_results=2, clock=clock)
+    from django_tasks_shared.durable.statedir import StateDir
+
+    state2 = StateDir(directory, "everysec")
+    state2.lock()
+    try:
+        state2.open(again, {"pid": 1})
+        assert again.get("l0")["errors"][-1]["exception_class_path"] == WORKER_LOST
+        assert again.flows.enqueue(rec("u3", unique="k"))["id"] == "u2"
+        again.register_worker("x", pid=1)
+        again.register_worker("y", pid=1)
+        ids = {claim(again, "x")["id"], claim(again, "y")["id"]}
+        assert "l1" in ids and "l2" not in ids        # one slot of "c": l0's was freed
+        assert "r2" not in ids                        # the window still holds r0 and r1
+        assert again.get("child")["status"] == READY
+        assert again.health()["workflows"]["waiting_on_dependencies"] == 1
+    finally:
+        state2.close()

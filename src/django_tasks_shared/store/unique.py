@@ -21,8 +21,8 @@ from ..protocol.status import READY, RUNNING
 
 
 class UniqueKeys:
-    def __init__(self, records):
-        self.records = records       # the store's id -> record (read only here)
+    def __init__(self, store):
+        self.store = store           # its records are read here (replaced whole by a restore)
         self.holders: dict[str, str] = {}   # key -> id of the task holding it
 
     def __len__(self):
@@ -31,7 +31,7 @@ class UniqueKeys:
     def holder(self, record):
         """The record holding `record`'s key, or None."""
         task_id = self.holders.get(record["unique"]["key"])
-        return None if task_id is None else self.records.get(task_id)
+        return None if task_id is None else self.store.records.get(task_id)
 
     def hold(self, record):
         self.holders[record["unique"]["key"]] = record["id"]
@@ -66,7 +66,7 @@ class UniqueKeys:
         """For health: how many keys are held, and some of them with their holder."""
         rows = []
         for key, task_id in list(self.holders.items())[:limit]:
-            record = self.records.get(task_id)
+            record = self.store.records.get(task_id)
             rows.append({"key": key, "id": task_id,
                          "status": None if record is None else record["status"]})
         return {"held": len(self.holders), "keys": rows}

@@ -34,7 +34,7 @@ LIMIT_NOTE = "limit-starts:"  # durable key prefix: rate-window starts whose rec
 class Workflows:
     def __init__(self, store):
         self.store = store
-        self.unique = UniqueKeys(store.records)
+        self.unique = UniqueKeys(store)
         self.deps = Dependencies(store)
         self._doomed: list[str] = []
         self._failing_now = None    # (record, failed parent) between stored() and put_done()
