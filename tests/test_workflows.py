@@ -16,8 +16,8 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 
 from django_tasks_shared import after, cancel, wait, wait_all
 from helpers import MANAGE, ServerProcess, child_env, running_server, temp_dir, wait_until
-from testproject import tasks
 from test_durability import kill_server_and_orphans
+from testproject import tasks
 
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 DEPENDENCY_FAILED = "django_tasks_shared.exceptions.DependencyFailed"

@@ -482,9 +482,8 @@ def test_a_crash_keeps_keys_slots_windows_and_dependents():
     """Journal, SIGKILL (what it leaves: crash()), replay: unique holders, limit slots (the
     task RUNNING at the crash holds one until it ends WorkerLost at the restore), rate windows
     (also of records evicted since: their note), blocked dependents and pins."""
-    from test_state_files import crash, open_store
-
     from helpers import temp_dir
+    from test_state_files import crash, open_store
 
     directory = temp_dir()
     clock = Clock(time.time())
