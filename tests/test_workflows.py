@@ -17,24 +17,28 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django_tasks_shared import after, cancel, wait, wait_all
 from helpers import MANAGE, ServerProcess, child_env, running_server, temp_dir, wait_until
 from test_durability import kill_server_and_orphans
-from testproject import tasks
+from testproject import flow_tasks, tasks
 
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 DEPENDENCY_FAILED = "django_tasks_shared.exceptions.DependencyFailed"
 TIME_LIMIT_EXCEEDED = "django_tasks_shared.exceptions.TimeLimitExceeded"
 
-# Each client process waits for the same start time, then enqueues the same unique key.
+# Each client process sets Django up, says so, waits for the "go" file, then enqueues the same
+# unique key 25 times.
 CLIENT = r"""
-import json, sys, time
+import json, os, sys, time
 import django
 django.setup()
-from testproject import tasks
-start = float(sys.argv[1])
-time.sleep(max(0.0, start - time.time()))
-ids = [tasks.unique_job.enqueue("k", 3.0).id for _ in range(25)]
+from testproject import flow_tasks
+flow_tasks.unique_job.get_backend().call("ping")  # connected
+ready, go = sys.argv[1], sys.argv[2]
+open(ready, "w").close()
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.001)
+ids = [flow_tasks.unique_job.enqueue("k", 3.0).id for _ in range(25)]
 print(json.dumps(ids))
 """
-
 
 def health(srv):
     return srv.client().call("health")
@@ -61,11 +65,14 @@ def most_at_once(spans):
 @pytest.mark.timeout(90)
 def test_one_unique_key_enqueued_at_once_from_four_processes_stores_one_task():
     with running_server({"WORKERS": 1}) as srv:
-        start = time.time() + 1.5  # every client set up and waiting by then
-        clients = [subprocess.Popen([sys.executable, "-c", CLIENT, str(start)],
-                                    env=child_env(srv.address), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        sync = temp_dir()
+        go = os.path.join(sync, "go")
+        clients = [subprocess.Popen([sys.executable, "-c", CLIENT, os.path.join(sync, str(i)),
+                                     go], env=child_env(srv.address), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for i in range(4)]
         try:
+            wait_until(lambda: len(os.listdir(sync)) == 4, 30, message="4 clients ready")
+            open(go, "w").close()  # all at once
             outputs = [c.communicate(timeout=60) for c in clients]
         finally:
             for c in clients:
@@ -75,21 +82,21 @@ def test_one_unique_key_enqueued_at_once_from_four_processes_stores_one_task():
         assert len(ids) == 1, ids
         assert health(srv)["counters"]["enqueued"] == 1
         assert health(srv)["workflows"]["unique"]["keys"][0]["key"] == \
-            "testproject.tasks.unique_job:k"
+            "testproject.flow_tasks.unique_job:k"
         with srv.settings():
-            holder = tasks.unique_job.get_backend().get_result(ids.pop())
-            assert tasks.unique_job.enqueue("k").id == holder.id  # running: still the holder
+            holder = flow_tasks.unique_job.get_backend().get_result(ids.pop())
+            assert flow_tasks.unique_job.enqueue("k").id == holder.id  # running: still the holder
             wait(holder, 20)
-            fresh = tasks.unique_job.enqueue("k")                # finished: free again
+            fresh = flow_tasks.unique_job.enqueue("k")                # finished: free again
             assert fresh.id != holder.id
-            other = tasks.unique_job.enqueue("other")
+            other = flow_tasks.unique_job.enqueue("other")
             assert other.id not in (fresh.id, holder.id)
             # until="started": one may wait while another runs
-            running = tasks.unique_until_started.enqueue("x", 2.0)
+            running = flow_tasks.unique_until_started.enqueue("x", 2.0)
             wait_until(lambda: srv.client().call("get", running.id)["status"] == "RUNNING", 15)
-            waiting = tasks.unique_until_started.enqueue("x", 2.0)
+            waiting = flow_tasks.unique_until_started.enqueue("x", 2.0)
             assert waiting.id != running.id
-            assert tasks.unique_until_started.enqueue("x", 2.0).id == waiting.id
+            assert flow_tasks.unique_until_started.enqueue("x", 2.0).id == waiting.id
             wait_all([fresh, other, running, waiting], 30)
 
 
@@ -99,7 +106,7 @@ def test_concurrency_limit_holds_while_workers_are_sigkilled_and_never_blocks_ot
     with running_server({"WORKERS": 4}) as srv, srv.settings():
         wait_until(lambda: sum(w["ready_at"] is not None for w in health(srv)["workers"]) == 4,
                    20, message="4 ready workers")
-        limited = [tasks.limited.enqueue(0.4, ledger) for _ in range(14)]
+        limited = [flow_tasks.limited.enqueue(0.4, ledger) for _ in range(14)]
         plain = [tasks.add.enqueue(i, i) for i in range(10)]  # queued behind them
         wait_all(plain, 20)  # the two free workers take them at once
         assert all(r.status == "SUCCESSFUL" for r in plain)
@@ -108,7 +115,7 @@ def test_concurrency_limit_holds_while_workers_are_sigkilled_and_never_blocks_ot
             def victim():
                 for worker in health(srv)["workers"]:
                     if worker["current_tasks"] and worker["current_tasks"][0]["name"] == \
-                            "testproject.tasks.limited":
+                            "testproject.flow_tasks.limited":
                         return worker
                 return None
             worker = wait_until(victim, 15, message="a worker running a limited task")
@@ -131,8 +138,8 @@ def test_concurrency_limit_holds_while_workers_are_sigkilled_and_never_blocks_ot
 @pytest.mark.timeout(60)
 def test_rate_limit_is_a_sliding_window_per_key():
     with running_server({"WORKERS": 2, "THREADS": 2}) as srv, srv.settings():
-        shop_a = [tasks.rated.enqueue("a") for _ in range(10)]
-        shop_b = [tasks.rated.enqueue("b") for _ in range(4)]
+        shop_a = [flow_tasks.rated.enqueue("a") for _ in range(10)]
+        shop_b = [flow_tasks.rated.enqueue("b") for _ in range(4)]
         started = time.monotonic()
         wait_all(shop_b, 20)
         assert time.monotonic() - started < 1.5  # another key: not behind shop a's window
@@ -147,7 +154,7 @@ def test_rate_limit_is_a_sliding_window_per_key():
 def test_dependencies_run_after_their_parents_and_fail_when_one_is_cancelled():
     with running_server({"WORKERS": 2}) as srv, srv.settings():
         parts = [tasks.add.enqueue(i, 10) for i in range(4)]
-        merged = after(parts, tasks.merge, "report")                    # a group + callback
+        merged = after(parts, flow_tasks.merge, "report")                    # a group + callback
         chained = after([merged], tasks.add, 1, 2)                      # a chain
         assert merged.status == "READY"
         wait_all([*parts, merged, chained], 20)
@@ -199,10 +206,10 @@ def test_pools_serve_their_queues_with_their_limits_and_replace_a_killed_worker(
             return out
         pids = wait_until(lambda: len(by_pool()) == 2 and by_pool(), 20, message="both pools")
         busy = tasks.sleep.enqueue(2.5)              # the web pool's only worker: 2.5 s
-        mail = tasks.slow_email.enqueue(0.1)         # not behind it: the mail pool runs it
+        mail = flow_tasks.slow_email.enqueue(0.1)         # not behind it: the mail pool runs it
         assert wait(mail, 10).return_value == pids["mail"][0]
         assert srv.client().call("get", busy.id)["status"] == "RUNNING"
-        slow_mail = tasks.slow_email.enqueue(5)      # over the mail pool's TIME_LIMIT
+        slow_mail = flow_tasks.slow_email.enqueue(5)      # over the mail pool's TIME_LIMIT
         assert wait(slow_mail, 15).errors[-1].exception_class_path == TIME_LIMIT_EXCEEDED
         assert wait(busy, 10).status == "SUCCESSFUL"  # the web pool has no TIME_LIMIT
         doc = health(srv)
@@ -210,7 +217,7 @@ def test_pools_serve_their_queues_with_their_limits_and_replace_a_killed_worker(
                 for p in doc["server"]["supervisor"]["pools"]} == {
             "web": (["default"], 1, None), "mail": (["emails"], 1, 1.5)}
         # kill the mail worker mid-task: WorkerLost, and a new worker of the mail pool
-        victim = tasks.slow_email.enqueue(1.0)
+        victim = flow_tasks.slow_email.enqueue(1.0)
         wait_until(lambda: srv.client().call("get", victim.id)["status"] == "RUNNING", 15)
         mail_pid = by_pool()["mail"][0]
         os.kill(mail_pid, signal.SIGKILL)
@@ -218,7 +225,7 @@ def test_pools_serve_their_queues_with_their_limits_and_replace_a_killed_worker(
         wait_until(lambda: by_pool().get("mail") and by_pool()["mail"] != [mail_pid], 15,
                    message="a new mail worker")
         assert len(by_pool()["web"]) == 1
-        assert wait(tasks.slow_email.enqueue(0), 10).return_value == by_pool()["mail"][0]
+        assert wait(flow_tasks.slow_email.enqueue(0), 10).return_value == by_pool()["mail"][0]
         text = subprocess.run([sys.executable, MANAGE, "tasks_health"],
                               env=child_env(srv.address), capture_output=True, text=True,
                               timeout=30).stdout
@@ -237,9 +244,9 @@ def test_workflows_survive_a_server_sigkill_with_state_dir():
             blocker = tasks.sleep.using(priority=10).enqueue(60)
             wait_until(lambda: srv.client().call("get", blocker.id)["status"] == "RUNNING", 15)
             parent = tasks.add.enqueue(20, 22)
-            child = after([parent], tasks.merge, "after restart")
-            holder = tasks.unique_job.enqueue("durable", 3.0)  # held until it finishes
-            limited = [tasks.limited.enqueue(0.3, ledger) for _ in range(6)]
+            child = after([parent], flow_tasks.merge, "after restart")
+            holder = flow_tasks.unique_job.enqueue("durable", 3.0)  # held until it finishes
+            limited = [flow_tasks.limited.enqueue(0.3, ledger) for _ in range(6)]
             time.sleep(1.2)  # FSYNC everysec: written; the SIGKILL keeps the page cache anyway
         kill_server_and_orphans(srv)
     finally:
@@ -248,7 +255,7 @@ def test_workflows_survive_a_server_sigkill_with_state_dir():
     try:
         again.wait_ready()
         with again.settings():
-            assert tasks.unique_job.enqueue("durable").id == holder.id  # the key held still
+            assert flow_tasks.unique_job.enqueue("durable").id == holder.id  # the key held still
             wait_all([child, holder, *limited], 30)
             blocker.refresh()
         assert blocker.errors[-1].exception_class_path == WORKER_LOST
@@ -263,7 +270,7 @@ def test_workflows_survive_a_server_sigkill_with_state_dir():
 @pytest.mark.timeout(60)
 def test_a_schedule_without_overlap_skips_slots_while_its_run_is_going():
     ledger = os.path.join(temp_dir(), "ledger")
-    schedule = {"slow": {"task": "testproject.tasks.unique_job", "every": 0.5,
+    schedule = {"slow": {"task": "testproject.flow_tasks.unique_job", "every": 0.5,
                          "args": ["beat", 1.6, ledger], "overlap": False}}
     with running_server({"WORKERS": 2, "SCHEDULE": schedule}) as srv:
         wait_until(lambda: os.path.exists(ledger) and
