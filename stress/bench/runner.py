@@ -616,7 +616,9 @@ def stop_everything(server=None):
     launcher = internal("django_tasks_shared.client.launcher", "django_tasks_shared.launcher")
     me = psutil.Process()
     descendants = me.children(recursive=True)
-    servers = [p.pid for p in launcher._owned.values() if p.poll() is None]
+    # _owned maps an address to (popen, owner pid) (to a popen in older layouts)
+    owned = [v[0] if isinstance(v, tuple) else v for v in launcher._owned.values()]
+    servers = [p.pid for p in owned if p.poll() is None]
     if server is not None and server.poll() is None:
         servers.append(server.pid)
     procs = []

@@ -109,8 +109,9 @@ def fields(task, args, kwargs) -> dict[str, Any] | None:
         out["unique"] = {"key": scoped(task.module_path, key), "until": spec["until"]}
     spec = (marks or {}).get("limit")
     if spec is not None:
-        key = "" if spec["key"] is None else _user_key(task, "limit", spec["key"], args, kwargs)
-        out["limit"] = {"key": scoped(task.module_path, key),
+        key = (task.module_path if spec["key"] is None  # one limit for the task
+               else scoped(task.module_path, _user_key(task, "limit", spec["key"], args, kwargs)))
+        out["limit"] = {"key": key,
                         "concurrency": spec["concurrency"], "rate": spec["rate"]}
     if parents is not None:
         out["after"] = list(parents)

@@ -174,12 +174,12 @@ def _pool_lines(pools):
 def _workflow_lines(flows):
     """Unique keys held, limit keys (the busiest), tasks waiting for their dependencies."""
     unique, limits = flows.get("unique") or {}, flows.get("limits") or {}
-    waiting, pinned = flows.get("waiting_on_dependencies", 0), flows.get("pinned_results", 0)
-    if not (unique.get("held") or limits.get("keys") or waiting or pinned):
+    waiting, held = flows.get("waiting_on_dependencies", 0), flows.get("held_for_dependents", 0)
+    if not (unique.get("held") or limits.get("keys") or waiting or held):
         return []
     lines = [f"workflows unique keys held {unique.get('held', 0)}  limit keys "
-             f"{limits.get('keys', 0)}  waiting on dependencies {waiting}  results kept for "
-             f"dependents {pinned}"]
+             f"{limits.get('keys', 0)}  waiting on dependencies {waiting}"
+             + (f"  results held past MAX_RESULTS for dependents {held}" if held else "")]
     for row in (limits.get("busiest") or [])[:5]:
         spec = "  ".join(part for part in (
             f"concurrency {row['concurrency']}" if row.get("concurrency") else "",

@@ -89,6 +89,7 @@ class TaskStore:
         self.stats = Stats()
         self.journal = Journaler(self)
         self.flows = Workflows(self)
+        self._dependents = self.flows.deps.children  # parent id -> blocked children (one dict)
 
     def calls(self):
         """The methods a client may call, by the wire's names (protocol/methods.py)."""
@@ -535,7 +536,7 @@ class TaskStore:
         self.stats.finished(record)
         self.listing.note(record)
         if "limit" in record or "unique" in record or "after" in record or \
-                task_id in self.flows.deps.children:
+                task_id in self._dependents:
             self.flows.ended(record, was_running, self.clock())  # slot, key, dependents
         self._evict(self.finished.add(task_id, finished_at))
         self.polls.finished(task_id)

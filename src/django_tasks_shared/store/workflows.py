@@ -173,7 +173,8 @@ class Workflows:
     def report(self, now):
         return {"unique": self.unique.report(), "limits": self.limits.report(now),
                 "waiting_on_dependencies": len(self.deps),
-                "pinned_results": len(self.deps.pins)}
+                # finished results kept past MAX_RESULTS / RESULT_TTL: a dependent needs them
+                "held_for_dependents": len(self.store.finished.held)}
 
     def blocked_count(self):
         return len(self.deps.waiting)
