@@ -59,6 +59,9 @@ class Client:
         self.offsets = {}
         workdir = params["workdir"]
         self.ids_file = open(os.path.join(workdir, f"ids-{self.idx}.txt"), "a", buffering=1)
+        from .flows import Flows  # the workflow workload (unique keys, limits, dependencies)
+
+        self.flows = Flows(self, params.get("flows", 0), params.get("flows_dir"))
         self.other_files = [os.path.join(workdir, f"ids-{j}.txt")
                             for j in range(params["clients"]) if j != self.idx]
         self._server_started = None
@@ -250,6 +253,7 @@ class Client:
         window, interval = self.p["window"], self.p["poll_interval"]
         next_poll = next_tail = retry_at = next_progress_check = 0.0
         failing_since = stop_at = last_finished = None
+        self.flows.start()
         while plan or self.outstanding:
             now = time.monotonic()
             n = 0
@@ -276,6 +280,7 @@ class Client:
                 next_tail = now + 0.5
             if now >= next_poll:
                 self.poll()
+                self.flows.poll()
                 self.lookups()
                 next_poll = now + interval
             if stop_at is not None and now > stop_at:
@@ -284,8 +289,13 @@ class Client:
                 time.sleep(min(0.01, max(0.0, next_poll - time.monotonic())))
         for task_id in list(self.outstanding):
             self._finalize(task_id, "unfinished")
+        flows_until = time.monotonic() + self.p["max_wait"]
+        while self.flows.outstanding and time.monotonic() < flows_until:
+            self.flows.poll()
+            time.sleep(interval)
         self.ids_file.close()
         out = {"idx": self.idx, "tasks": self.info, "cross": self.cross,
+               "flows": self.flows.output(),
                "seen_final": self.seen_final,
                "down_seen": self.down_seen, "enqueue_errors": self.enqueue_errors,
                "pid": os.getpid()}

@@ -90,6 +90,7 @@ class TaskStore:
         self.journal = Journaler(self)
         self.flows = Workflows(self)
         self._dependents = self.flows.deps.children  # parent id -> blocked children (one dict)
+        self._pins = self.flows.deps.pins  # result id -> dependents not ended (one dict)
 
     def calls(self):
         """The methods a client may call, by the wire's names (protocol/methods.py)."""
@@ -201,7 +202,10 @@ class TaskStore:
                 "id": worker_id, "pid": pid, "state": "starting", "started_at": self.clock(),
                 "ready_at": None, "tasks_done": 0, "claimed": 0, "current": {},
                 "retiring": False, "retire_reason": None, "failure": None,
-                "rss_bytes": None, "cpu_percent": None, **info}
+                "rss_bytes": None, "cpu_percent": None,
+                # its pool's (supervision/pools.py): the queues it takes (None: all of them)
+                # and its MAX_TASKS_PER_WORKER
+                "queues": None, "max_tasks": self.max_tasks_per_worker, **info}
 
     def update_worker(self, worker_id, **fields):
         with self.lock:
@@ -380,13 +384,13 @@ class TaskStore:
             worker["ready_at"] = self.clock()
         if worker is None or self.draining or worker["retiring"]:
             return STOP
-        limit = worker.get("max_tasks", self.max_tasks_per_worker)  # its pool's, or the store's
+        limit = worker["max_tasks"]  # its pool's MAX_TASKS_PER_WORKER
         if limit is not None and worker["claimed"] >= limit:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
             return STOP
         now = self.clock()
-        record = self.queue.pop(now, worker.get("queues"))  # its pool's queues (None: all)
+        record = self.queue.pop(now, worker["queues"])  # its pool's queues (None: all)
         if record is None:
             return NOTHING
         return self._start(record, worker_id, worker, now)
@@ -538,13 +542,16 @@ class TaskStore:
         if "limit" in record or "unique" in record or "after" in record or \
                 task_id in self._dependents:
             self.flows.ended(record, was_running, self.clock())  # slot, key, dependents
-        self._evict(self.finished.add(task_id, finished_at))
+        evicted = self.finished.add(task_id, finished_at)
+        if evicted:
+            self._evict(evicted)
         self.polls.finished(task_id)
 
     def _evict(self, ids):
         """Results past MAX_RESULTS go, except the ones a dependent still needs (held)."""
+        pins = self._pins
         for old_id in ids:
-            if self.flows.pinned(old_id):
+            if old_id in pins:
                 self.finished.hold(old_id)
                 continue
             record = self.records.pop(old_id, None)

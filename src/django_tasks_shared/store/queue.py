@@ -94,6 +94,8 @@ class PendingQueue:
         dropped = self.dropped
         while heap:
             entry = heap[0]
+            if len(entry) == 3 and not dropped:
+                return entry  # the usual case: a plain task, no cancel pending
             if entry[1] in dropped:  # left the queue while pending (a cancel)
                 dropped.discard(entry[1])
             elif len(entry) > 3 and not self.limits.valid(entry):
@@ -107,21 +109,29 @@ class PendingQueue:
         """The READY record to run next among `queues` (None: every queue), out of the queue
         now, or None. A limited one must be started (TaskStore._start -> limits.take) before
         the next pop: its key's next task is offered then."""
-        self.promote_due(now)
-        best: tuple | None = None
-        best_heap: list = []
-        heaps: Iterable[list]
-        if queues is None:
-            heaps = self.ready.values()
+        deferred, timers = self.deferred, self.limits.timers
+        if (deferred and deferred[0][0] <= now) or (timers and timers[0][0] <= now):
+            self.promote_due(now)
+        ready = self.ready
+        if queues is None and len(ready) == 1:  # the common case: one queue, every queue served
+            (best_heap,) = ready.values()
+            if not best_heap:
+                return None
+            best = best_heap[0]
+            if len(best) != 3 or self.dropped:  # else a plain task, and no cancel to skip
+                best = self._top(best_heap)
+                if best is None:
+                    return None
         else:
-            ready = self.ready
-            heaps = [heap for queue in queues if (heap := ready.get(queue))]
-        for heap in heaps:
-            top = self._top(heap)
-            if top is not None and (best is None or top < best):
-                best, best_heap = top, heap
-        if best is None:
-            return None
+            best, best_heap = None, []
+            heaps: Iterable[list] = ready.values() if queues is None else [
+                heap for queue in queues if (heap := ready.get(queue))]
+            for heap in heaps:
+                top = self._top(heap) if heap else None
+                if top is not None and (best is None or top < best):
+                    best, best_heap = top, heap
+            if best is None:
+                return None
         heapq.heappop(best_heap)
         if len(best) > 3:
             self.limits.popped(best)
