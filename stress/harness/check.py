@@ -546,7 +546,8 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     durability = None
     if o.durable:  # 4b. what each restarted server restored, who died with a SIGKILLed server
         ok, detail, bad, durability = harness_durable.check(
-            config, o.tasks, o.runs, o.restarts, monitor.states)
+            config, o.tasks, o.runs, o.restarts, monitor.states,
+            harness_flows.server_victims(outputs))
         invariants.append(_invariant("nothing lost across server restarts (STATE_DIR)", ok,
                                      detail, bad))
     stored, results = results_bounded(o)

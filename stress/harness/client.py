@@ -253,7 +253,7 @@ class Client:
         window, interval = self.p["window"], self.p["poll_interval"]
         next_poll = next_tail = retry_at = next_progress_check = 0.0
         failing_since = stop_at = last_finished = None
-        self.flows.start()
+        enqueued = 0
         while plan or self.outstanding:
             now = time.monotonic()
             n = 0
@@ -262,6 +262,8 @@ class Client:
                     plan.popleft()
                     failing_since = None
                     n += 1
+                    enqueued += 1
+                    self.flows.step(enqueued, rest=not plan)
                     continue
                 failing_since = failing_since or now
                 retry_at = now + 0.2

@@ -1,7 +1,8 @@
 """The workflow workload of the stress harness: unique keys, limits and dependencies, under the
 same faults as the rest (worker SIGKILLs, server restarts), checked from spans the tasks write.
 
-    client.py ──Flows.start()──> per client, --flows items, enqueued at once with the plan:
+    client.py ──Flows.step()──> per client, --flows items, spread over its plan (one after every
+        len(plan) / flows of its enqueues, the rest at the end), so they meet the faults:
         unique   flow_unique(key) over FLOW_KEYS keys shared by every client (duplicates get
                  the holder's id: counted)
         limited  flow_limited: @limit(concurrency=2)        rated  flow_rated: @limit(rate="8/s")
@@ -36,39 +37,49 @@ class Flows:
 
     def __init__(self, client, count, directory):
         self.client, self.count, self.directory = client, count, directory
+        self.every = max(1, len(client.p["plan"]) // max(1, count))  # plan enqueues per item
+        self.n = 0             # items enqueued (or tried) so far
         self.items = []        # [kind, id, extra] per enqueue call (extra: key, or parent id)
         self.outstanding = set()
         self.final = {}        # id -> {status, err, started_at, finished_at}
         self.errors = []
 
-    def start(self):
+    def step(self, enqueued, rest=False):
+        """After the client's `enqueued`-th plan enqueue: the next item when it is due (all
+        that are left with rest=True)."""
+        while self.n < self.count and (rest or enqueued >= (self.n + 1) * self.every):
+            self._one(self.n)
+            self.n += 1
+            if not rest:
+                return
+
+    def _one(self, n):
         from django_tasks_shared import after
 
         from . import tasks
 
         rng, d = self.client.rng, self.directory
-        for n in range(self.count):
-            kind = ("unique", "limited", "rated", "chain")[n % 4]
-            try:
-                if kind == "unique":
-                    key = f"u{rng.randrange(FLOW_KEYS)}"
-                    result = tasks.flow_unique.enqueue(d, key, round(rng.uniform(0.1, 0.3), 3))
-                    self.items.append([kind, result.id, key])
-                elif kind == "limited":
-                    result = tasks.flow_limited.enqueue(d, round(rng.uniform(0.1, 0.3), 3))
-                    self.items.append([kind, result.id, None])
-                elif kind == "rated":
-                    result = tasks.flow_rated.enqueue(d)
-                    self.items.append([kind, result.id, None])
-                else:
-                    parent = tasks.flow_step.enqueue(d, 0.1, fail=(n // 4) % 4 == 3)
-                    self.items.append(["parent", parent.id, None])
-                    result = after([parent], tasks.flow_step, d, 0.05)
-                    self.items.append([kind, result.id, parent.id])
-                    self.outstanding.add(parent.id)
-                self.outstanding.add(result.id)
-            except Exception as exc:  # ServerUnavailable during a restart: counted, not fatal
-                self.errors.append(f"{time.time():.3f} {kind}: {type(exc).__name__}: {exc}")
+        kind = ("unique", "limited", "rated", "chain")[n % 4]
+        try:
+            if kind == "unique":
+                key = f"u{rng.randrange(FLOW_KEYS)}"
+                result = tasks.flow_unique.enqueue(d, key, round(rng.uniform(0.1, 0.3), 3))
+                self.items.append([kind, result.id, key])
+            elif kind == "limited":
+                result = tasks.flow_limited.enqueue(d, round(rng.uniform(0.1, 0.3), 3))
+                self.items.append([kind, result.id, None])
+            elif kind == "rated":
+                result = tasks.flow_rated.enqueue(d)
+                self.items.append([kind, result.id, None])
+            else:
+                parent = tasks.flow_step.enqueue(d, 0.1, fail=(n // 4) % 4 == 3)
+                self.items.append(["parent", parent.id, None])
+                self.outstanding.add(parent.id)
+                result = after([parent], tasks.flow_step, d, 0.05)
+                self.items.append([kind, result.id, parent.id])
+            self.outstanding.add(result.id)
+        except Exception as exc:  # ServerUnavailable during a restart: counted, not fatal
+            self.errors.append(f"{time.time():.3f} {kind}: {type(exc).__name__}: {exc}")
 
     def poll(self):
         if not self.outstanding:
@@ -138,6 +149,19 @@ def _most_at_once(intervals):
         now += delta
         peak = max(peak, now)
     return peak
+
+
+def server_victims(outputs):
+    """{dead server pid: workflow tasks that ended WorkerLost with it} (durable.py)."""
+    from .durable import server_victim
+
+    counts: dict[int, int] = {}
+    for out in outputs:
+        for final in ((out or {}).get("flows") or {}).get("final", {}).values():
+            pid = server_victim(final)
+            if pid is not None:
+                counts[pid] = counts.get(pid, 0) + 1
+    return counts
 
 
 def check(outputs, spans_dir, restarts, durable):
