@@ -534,3 +534,36 @@ def test_a_crash_keeps_keys_slots_windows_and_dependents():
         assert again.health()["workflows"]["waiting_on_dependencies"] == 1
     finally:
         state2.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_second_crash_still_counts_the_starts_of_evicted_records():
+    """The note of an evicted rate-limited record's start outlives the restore that read it:
+    a second crash within the window still counts it."""
+    from test_state_files import crash, open_store
+
+    from django_tasks_shared.durable.statedir import StateDir
+    from helpers import temp_dir
+
+    directory = temp_dir()
+    clock = Clock(time.time())
+    store, state = open_store(directory, max_results=1, clock=clock)
+    for name in ("r0", "x0"):
+        put(store, rec(name, limit="rate", rate=[1, 600.0]) if name == "r0" else rec(name))
+        assert claim(store, "w")["id"] == name
+        store.workers["w"]["retiring"] = True
+        store.polls.claim_now("w", done(name))
+        store.workers["w"]["retiring"] = False
+    assert store.get("r0") is None                      # evicted: only its note remains
+    store.commit()
+    crash(state)
+    for _ in range(2):                                  # two crashes in a row
+        again = TaskStore(max_results=1, clock=clock)
+        state = StateDir(directory, "everysec")
+        state.lock()
+        state.open(again, {"pid": 1})
+        again.register_worker("w", pid=1)
+        put(again, rec(f"r-{_}", limit="rate", rate=[1, 600.0]))
+        assert claim(again, "w") is None               # r0's start is still in the window
+        again.commit()
+        crash(state)

@@ -152,8 +152,14 @@ class Workflows:
         pending records that go into the queue (not those blocked on their parents, nor those
         settle() ends once a journal is attached)."""
         durable = self.store.durable
-        notes = {key[len(LIMIT_NOTE):]: durable.pop(key)  # folded into the windows now
-                 for key in [k for k in durable if k.startswith(LIMIT_NOTE)]}
+        notes = {}
+        for key in [k for k in durable if k.startswith(LIMIT_NOTE)]:
+            note = durable[key]
+            starts = self._in_window(note["starts"], note["rate"], now)
+            if starts:  # kept (pruned) for the next restore; the snapshot of this one has it
+                notes[key[len(LIMIT_NOTE):]] = durable[key] = dict(note, starts=starts)
+            else:
+                del durable[key]
         flows = [r for r in values if "limit" in r or "unique" in r or "after" in r]
         if not flows and not notes:
             return pending
