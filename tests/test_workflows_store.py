@@ -540,10 +540,9 @@ def test_a_crash_keeps_keys_slots_windows_and_dependents():
 def test_a_second_crash_still_counts_the_starts_of_evicted_records():
     """The note of an evicted rate-limited record's start outlives the restore that read it:
     a second crash within the window still counts it."""
-    from test_state_files import crash, open_store
-
     from django_tasks_shared.durable.statedir import StateDir
     from helpers import temp_dir
+    from test_state_files import crash, open_store
 
     directory = temp_dir()
     clock = Clock(time.time())
