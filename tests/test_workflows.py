@@ -230,6 +230,15 @@ def test_pools_serve_their_queues_with_their_limits_and_replace_a_killed_worker(
                               env=child_env(srv.address), capture_output=True, text=True,
                               timeout=30).stdout
         assert "pool      mail: emails  1 of 1 worker(s) x 1 thread(s)  TIME_LIMIT 1.5 s" in text
+        # tasks_reload replaces every pool's workers: generation 2 in both
+        done = subprocess.run([sys.executable, MANAGE, "tasks_reload", "--wait"],
+                              env=child_env(srv.address), capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        workers = wait_until(lambda: [w for w in health(srv)["workers"] if w["generation"] == 2]
+                             if len(health(srv)["workers"]) == 2 else None, 20,
+                             message="the old generation gone")
+        assert sorted(w["pool"] for w in workers) == ["mail", "web"]
 
 
 @pytest.mark.timeout(120)
