@@ -29,6 +29,7 @@ from .tasks import FLOW_CONCURRENCY, FLOW_RATE
 
 FLOW_KEYS = 3
 DEPENDENCY_FAILED = "django_tasks_shared.exceptions.DependencyFailed"
+WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
 SLACK = 0.05  # seconds: one host's clock read in different processes
 
 
@@ -199,6 +200,8 @@ def check(outputs, spans_dir, restarts, durable):
             if s2 + SLACK < e1:
                 bad.append(f"key {key}: {b} started at {s2:.3f} while {a} ran ({s1:.3f}-"
                            f"{e1:.3f})")
+    lost = {kind: sum(1 for i, s in spans.items() if s["kind"] == kind and final.get(
+        i, {}).get("err") == WORKER_LOST) for kind in ("unique", "limited")}
     unique_calls = [i for i in items if i[0] == "unique"]
     distinct = {i[1] for i in unique_calls}
     reruns = [i for i, s in spans.items() if s["runs"] > 1]
@@ -206,7 +209,8 @@ def check(outputs, spans_dir, restarts, durable):
     invariants = [_invariant(
         "unique: never two tasks of one key running at once", not bad,
         f"{len(unique_calls)} enqueues of {FLOW_KEYS} keys stored {len(distinct)} tasks "
-        f"({len(unique_calls) - len(distinct)} returned the holder); {len(by_key)} keys ran",
+        f"({len(unique_calls) - len(distinct)} returned the holder); {len(by_key)} keys ran; "
+        f"{lost['unique']} holder(s) ended WorkerLost (worker or server killed)",
         bad)]
 
     # 2. limits: concurrency and rate
@@ -227,9 +231,9 @@ def check(outputs, spans_dir, restarts, durable):
         bad.append(f"{worst} flow_rated starts within {period:g} s (rate {n}/{period:g}s)")
     invariants.append(_invariant(
         "limits: never more than the limit running, nor more starts than the rate", not bad,
-        f"flow_limited: {len(limited)} runs, at most {peak} at once (concurrency "
-        f"{FLOW_CONCURRENCY}); flow_rated: {len(starts)} starts, at most {worst} in any "
-        f"{period:g} s (rate {n}/{period:g}s)", bad))
+        f"flow_limited: {len(limited)} runs ({lost['limited']} ended WorkerLost), at most "
+        f"{peak} at once (concurrency {FLOW_CONCURRENCY}); flow_rated: {len(starts)} starts, "
+        f"at most {worst} in any {period:g} s (rate {n}/{period:g}s)", bad))
 
     # 3. dependencies
     bad = []
