@@ -36,7 +36,7 @@ open(ready, "w").close()
 deadline = time.monotonic() + 30
 while not os.path.exists(go) and time.monotonic() < deadline:
     time.sleep(0.001)
-ids = [flow_tasks.unique_job.enqueue("k", 3.0).id for _ in range(25)]
+ids = [flow_tasks.unique_job.enqueue("k", 1.5).id for _ in range(25)]
 print(json.dumps(ids))
 """
 
@@ -92,11 +92,11 @@ def test_one_unique_key_enqueued_at_once_from_four_processes_stores_one_task():
             other = flow_tasks.unique_job.enqueue("other")
             assert other.id not in (fresh.id, holder.id)
             # until="started": one may wait while another runs
-            running = flow_tasks.unique_until_started.enqueue("x", 2.0)
+            running = flow_tasks.unique_until_started.enqueue("x", 1.0)
             wait_until(lambda: srv.client().call("get", running.id)["status"] == "RUNNING", 15)
-            waiting = flow_tasks.unique_until_started.enqueue("x", 2.0)
+            waiting = flow_tasks.unique_until_started.enqueue("x", 1.0)
             assert waiting.id != running.id
-            assert flow_tasks.unique_until_started.enqueue("x", 2.0).id == waiting.id
+            assert flow_tasks.unique_until_started.enqueue("x", 1.0).id == waiting.id
             wait_all([fresh, other, running, waiting], 30)
 
 
@@ -256,7 +256,7 @@ def test_workflows_survive_a_server_sigkill_with_state_dir():
             child = after([parent], flow_tasks.merge, "after restart")
             holder = flow_tasks.unique_job.enqueue("durable", 3.0)  # held until it finishes
             limited = [flow_tasks.limited.enqueue(0.3, ledger) for _ in range(6)]
-            time.sleep(1.2)  # FSYNC everysec: written; the SIGKILL keeps the page cache anyway
+        # each enqueue was journaled before its reply: a SIGKILL keeps it (page cache)
         kill_server_and_orphans(srv)
     finally:
         srv.stop()
