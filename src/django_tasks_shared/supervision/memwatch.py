@@ -8,7 +8,8 @@ thread:
         RSS = the worker's + its children's (psutil memory_info: one read of /proc/<pid>/statm
               each, ~30 us here; the children of BUSY workers are rescanned every CHILD_SCAN
               seconds: a scan walks all of /proc, ~4 ms here with 100 processes)
-        over the cap -> supervisor lock -> store.worker_info: does it run a task?
+        over the cap (its pool's MAX_TASK_MEMORY; a pool without one is not sampled)
+             -> supervisor lock -> store.worker_info: does it run a task?
             yes: Supervisor.end_task(its longest-running task, MemoryLimitExceeded naming the RSS
                  and the limit), then SIGKILL to its process group at once (memory is the
                  emergency: no SIGTERM grace); the tick reaps it: siblings WorkerLost, respawn
