@@ -92,6 +92,7 @@ def report(snapshot, alias=None):
         "state": snapshot.get("state"),
         "pools": _supervisor(snapshot).get("pools") or [],
         "workflows": snapshot.get("workflows") or {},
+        "notices": snapshot.get("notices"),  # None from a 0.1.0 server
     }
 
 
@@ -104,6 +105,6 @@ def unreachable_report(address, reason, alias=None):
         "checked_at": time.time(),
         "server": {"address": address, "error": reason},
         "queues": {}, "pending": None, "running": None, "results": {}, "limits": {},
-        "counters": {}, "workers": [], "state": None, "schedules": [], "pools": [],
-        "workflows": {},
+        "counters": {}, "workers": [], "state": None, "schedules": [], "notices": None,
+        "pools": [], "workflows": {},
     }

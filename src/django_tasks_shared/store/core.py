@@ -22,6 +22,7 @@ its lock and the methods marked "lock held":
     schedules ScheduleState    the scheduler's runs and notes        (schedule_state.py)
     stats     Stats            histograms and history rings          (stats.py)
     journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
+    notices   Notices          task_finished of server-ended tasks   (notices.py)
     flows     Workflows        unique keys, dependencies; limits sit  (workflows.py, unique.py,
                                in the queue (queue.limits)             dependencies.py, limits.py)
 
@@ -52,6 +53,7 @@ from .cancel import Cancels
 from .journaler import Journaler
 from .listing import Listing
 from .longpoll import NOTHING, LongPolls
+from .notices import Notices
 from .queue import PendingQueue
 from .results import FinishedResults
 from .schedule_state import ScheduleState
@@ -88,6 +90,7 @@ class TaskStore:
         self.schedules = ScheduleState(self)
         self.stats = Stats()
         self.journal = Journaler(self)
+        self.notices = Notices(self)
         self.flows = Workflows(self)
         self._dependents = self.flows.deps.children  # parent id -> blocked children (one dict)
         self._pins = self.flows.deps.pins  # result id -> dependents not ended (one dict)
@@ -102,6 +105,7 @@ class TaskStore:
             "reload": self.reload, "save_metadata": self.save_metadata,
             "metadata": self.metadata, "cancel": self.cancels.cancel,
             "results": self.listing.results, "overview": self.listing.overview,
+            "take_notices": self.notices.take,
             "enqueue_workflow": self.flows.enqueue,
         }
 
@@ -178,11 +182,13 @@ class TaskStore:
                 "workers": [self._worker_view(worker, now) for worker in self.workers.values()],
                 "state": self.state_health() if self.state_health else None,
                 "schedules": self.schedules.report(),
+                "notices": self.notices.report(),
             }
 
     def _worker_view(self, worker, now):
         current = [
-            {"id": tid, "name": r["task"], "running_for": round(now - r["started_at"], 3),
+            {"id": tid, "name": r["task"],
+             "running_for": round(now - r["last_attempted_at"], 3),  # this attempt's
              "attempt": len(r["worker_ids"]), "progress": r.get("metadata") or None}
             for tid in worker["current"] if (r := self.records.get(tid)) is not None]
         return {k: v for k, v in worker.items() if k not in ("current", "claimed")} | {
@@ -231,6 +237,7 @@ class TaskStore:
                 for task_id in list(worker["current"]):
                     self.fail(task_id, exception_path, message)
                     failed.append(task_id)
+            self.notices.release(worker_id)
             self.polls.notify_work(everyone=True)
             return worker, failed
 
@@ -240,12 +247,13 @@ class TaskStore:
             return self.fail(task_id, exception_path, message)
 
     def overdue(self, time_limit):
-        """(worker id, task id, seconds running) for every task running longer than time_limit."""
+        """(worker id, task id, seconds running) for every task whose current attempt has run
+        longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at)."""
         now = self.clock()
         with self.lock:
-            return [(wid, tid, now - self.records[tid]["started_at"])
+            return [(wid, tid, now - self.records[tid]["last_attempted_at"])
                     for tid, wid in self.running.items()
-                    if now - self.records[tid]["started_at"] > time_limit]
+                    if now - self.records[tid]["last_attempted_at"] > time_limit]
 
     def drain(self):
         """Hand out no more tasks: every claim now returns STOP."""
@@ -282,6 +290,12 @@ class TaskStore:
         """Make the journaled changes durable before a reply goes out (see journaler.py)."""
         self.journal.commit()
 
+    def lost_at_stop(self):
+        """What a server without STATE_DIR loses when it stops now (for its last log line)."""
+        with self.lock:
+            return {"pending task": len(self.queue), "result": len(self.finished),
+                    "task_finished notice": len(self.notices.pending)}
+
     # ---- a restored state (STATE_DIR start, before serving) ----------------------------------
 
     def restore(self, records, durable, counters):
@@ -310,6 +324,7 @@ class TaskStore:
             self.running.update(dict.fromkeys(running))  # owned by no worker of ours
             self.queue.continue_after(max((r.get("seq", 0) for r in values), default=-1))
             self.listing.rebuild()
+            self.notices.load()
             return len(self.queue), len(self.finished), running
 
     def end_interrupted(self, task_ids, text):
@@ -426,6 +441,7 @@ class TaskStore:
         self.journal.set(record, "status", "finished_at", "errors")
         self.counters["failed"] += 1
         self._ended(task_id, now)
+        self.notices.add(record)  # no worker sends task_finished for it: one will (notices.py)
         return True
 
     def end_pending(self, record, exception_path, message):
@@ -443,6 +459,7 @@ class TaskStore:
         if counter:
             self.counters[counter] += 1
         self._ended(record["id"], now)
+        self.notices.add(record)
 
     def forget(self, task_id):
         self.finished.remove(task_id)
@@ -483,7 +500,9 @@ class TaskStore:
 
     def _start(self, record, worker_id, worker, now):
         record["status"] = RUNNING
-        record["started_at"] = record["last_attempted_at"] = now
+        if record["started_at"] is None:  # Django's started_at: the FIRST start; a retry
+            record["started_at"] = now    # only moves last_attempted_at
+        record["last_attempted_at"] = now
         record["worker_ids"] = record["worker_ids"] + [worker_id]
         self.journal.set(record, "status", "started_at", "last_attempted_at", "worker_ids")
         self.running[record["id"]] = worker_id

@@ -249,7 +249,7 @@ class Limits:
             if record["status"] == "RUNNING":
                 state.running += 1
             rate = spec.get("rate")
-            started = record["started_at"]
+            started = record["last_attempted_at"]  # this (or the last) attempt's start
             if rate is not None and started is not None and started > now - rate[1]:
                 state.starts.append(started)
             for started in record.get("limit_starts") or ():  # earlier attempts (retries)

@@ -99,10 +99,10 @@ class Workflows:
         if "limit" in record:
             if self.limits.release(record, now):
                 self.store.polls.notify_work()
-            if record["limit"].get("rate") and record["started_at"] is not None:
-                # the next start overwrites started_at: keep this one for a restore's window
+            if record["limit"].get("rate") and record["last_attempted_at"] is not None:
+                # the next start overwrites last_attempted_at: keep this one for a restore
                 record["limit_starts"] = self._in_window(
-                    [*record.get("limit_starts", ()), record["started_at"]],
+                    [*record.get("limit_starts", ()), record["last_attempted_at"]],
                     record["limit"]["rate"], now)
                 changed.append("limit_starts")
         if "unique" in record:
@@ -130,7 +130,7 @@ class Workflows:
         spec = record.get("limit")
         if spec is None or not spec.get("rate"):
             return
-        starts = self._in_window([*record.get("limit_starts", ()), record["started_at"]],
+        starts = self._in_window([*record.get("limit_starts", ()), record["last_attempted_at"]],
                                  spec["rate"], now)
         if not starts:
             return

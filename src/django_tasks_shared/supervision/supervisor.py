@@ -40,6 +40,7 @@ import psutil
 
 from ..protocol.paths import send_spec, start_python
 from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
+from ..protocol.text import plural
 from .memwatch import MemoryWatcher
 from .pools import DEFAULT_POOL, pools_of, register_info
 from .reload import Reloads
@@ -218,8 +219,8 @@ class Supervisor:
         reason = worker.kill_reason or how
         failed = self._forget(worker, f"worker {worker.id} (pid {worker.popen.pid}) {reason}")
         if failed:
-            logger.error("worker %s (pid %d) %s; %d task(s) failed with WorkerLost",
-                         worker.id, worker.popen.pid, reason, len(failed))
+            logger.error("worker %s (pid %d) %s; %s failed with WorkerLost",
+                         worker.id, worker.popen.pid, reason, plural(len(failed), "task"))
         if self.reloads.on_exit(worker, info):
             return
         if info.get("retiring") and worker.popen.returncode == 0:
@@ -389,7 +390,8 @@ class Supervisor:
                                    **register_info(pool))
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
-                "worker_id": worker_id, "alias": config.alias, "threads": pool.threads,
+                "worker_id": worker_id, "alias": config.alias, "kind": config.kind,
+                "threads": pool.threads,
                 "server_pid": os.getpid(), "timeout": config.connect_timeout,
                 "max_payload": config.max_payload}
         send_spec(popen, spec)  # False when it died at once: the next tick reaps it

@@ -10,6 +10,7 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django_tasks_shared.durable.format import StateError
 from django_tasks_shared.durable.statedir import StateDirInUse
 from django_tasks_shared.management.commands._backend import shared_backend
+from django_tasks_shared.protocol.text import plural
 from django_tasks_shared.schedules.entries import ScheduleError
 from django_tasks_shared.schedules.resolve import resolve_config
 from django_tasks_shared.server.process import AlreadyRunning, serve
@@ -56,9 +57,10 @@ class Command(BaseCommand):
             handler.setFormatter(logging.Formatter("[tasks-server %(process)d] %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
-        size = (", ".join(f"pool {p['name']} ({', '.join(p['queues'])}): {p['workers']} "
-                          f"worker(s) x {p['threads']} thread(s)" for p in config.pools)
-                if config.pools else f"{config.workers} worker(s) x {config.threads} thread(s)")
+        size = (", ".join(f"pool {p['name']} ({', '.join(p['queues'])}): "
+                          f"{plural(p['workers'], 'worker')} x {plural(p['threads'], 'thread')} "
+                          f"each" for p in config.pools) if config.pools else
+                f"{plural(config.workers, 'worker')} x {plural(config.threads, 'thread')} each")
         self.stdout.write(f"django-tasks-shared server for {backend!r} on {config.address_text}: "
                           f"{size}")
         self.stdout.flush()
