@@ -287,3 +287,30 @@ def test_overview_shows_the_attempt_and_progress_of_running_tasks():
     assert running["attempt"] == 1
     assert running["progress"] == "done=40, of=100"  # keys starting with _ are the backend's
     assert present.progress_text({"note": "x" * 200}).endswith("…")
+
+
+def test_pools_and_limits_on_the_overview_and_in_metrics():
+    clock = Clock()
+    store = make_store(clock, workers=())
+    store.register_worker("a", pid=1, pool="web", queues=["default"])
+    store.set_meta(supervisor={"pools": [
+        {"name": "web", "queues": ["default"], "workers_expected": 1, "workers_alive": 1,
+         "threads": 1, "time_limit": None, "max_task_memory": None,
+         "max_worker_memory": None, "max_tasks_per_worker": None},
+        {"name": "reports", "queues": ["emails"], "workers_expected": 2, "workers_alive": 0,
+         "threads": 1, "time_limit": 3600.0, "max_task_memory": 2048,
+         "max_worker_memory": None, "max_tasks_per_worker": None}]})
+    limited = rec("l1")
+    limited["limit"] = {"key": "app.t:shop", "concurrency": 2, "rate": [10, 60.0]}
+    store.flows.enqueue(limited)
+    snapshot = store.listing.overview()
+    context = present.overview_context(snapshot)
+    assert [p["name"] for p in context["pools"]] == ["web", "reports"]
+    assert context["workers"][0]["pool"] == "web"
+    assert context["workflows"]["limits"][0]["rate"] == "10/m"
+    body, _ = metrics.render(store.health())
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert values[("django_tasks_shared_pool_workers", (("pool", "reports"),))] == 0
+    assert values[("django_tasks_shared_pool_workers_expected", (("pool", "reports"),))] == 2
+    assert values[("django_tasks_shared_unique_keys_held", ())] == 0

@@ -273,3 +273,23 @@ def test_render_p95_under_100_ms_with_10000_stored_results(site, staff):
         # Wall-clock time is only meaningful on a machine that is not overloaded by others.
         if load < 1.5:
             assert p95 < 100, name
+
+
+def test_task_page_and_overview_show_unique_keys_limits_and_dependencies(site, staff):
+    from django_tasks_shared import after, cancel
+    from testproject import flow_tasks
+
+    holder = flow_tasks.unique_job.enqueue("page", 20)
+    dependent = after([holder], flow_tasks.merge, "page")
+    client = logged_in(staff)
+    try:
+        html = client.get(f"/tasks/{holder.id}/").content.decode()
+        assert "testproject.flow_tasks.unique_job:page (held until finished)" in html
+        html = client.get(f"/tasks/{dependent.id}/").content.decode()
+        assert f'<a href="/tasks/{holder.id}/">{holder.id}</a>' in html  # its parent, linked
+        overview = client.get("/tasks/?fragment=1").content.decode()
+        assert 'id="unique-keys"' in overview and holder.id in overview
+        assert "1 waiting on dependencies" in overview
+    finally:
+        cancel(holder)
+    assert wait(dependent, 10).errors[-1].exception_class_path.endswith("DependencyFailed")

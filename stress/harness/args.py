@@ -11,7 +11,8 @@ import random
 from django_tasks_shared.protocol.config import FSYNC_MODES
 
 QUICK = {"tasks": 400, "clients": 3, "workers": 3, "kill_every": 1.0, "restarts": 2,
-         "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both"}
+         "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both",
+         "flows": 16}
 DEFAULT_MIX = "noop=68,cpu=10,sleep=10,fail=5,flaky=2,crash=3,hang=1,hog=1"
 WORKLOADS = ("noop", "cpu", "sleep", "fail", "flaky", "crash", "hang", "hog")
 
@@ -60,6 +61,10 @@ def parse_args(argv):
     p.add_argument("--max-results", type=int, help="MAX_RESULTS (default 1000)")
     p.add_argument("--window", type=int, help="tasks in flight per client (default 100)")
     p.add_argument("--deferred", type=float, default=3.0, help="%% of tasks with a run_after")
+    p.add_argument("--flows", type=int,
+                   help="workflow tasks per client, beside --tasks: @unique over 3 shared keys, "
+                        "@limit(concurrency=2), @limit(rate='8/s') and after() chains, checked "
+                        "by their own invariants (default 40; --quick: 16; 0: none)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--max-wait", type=float, default=90.0,
                    help="seconds without progress (no task finished server-wide) after which "
@@ -79,7 +84,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     defaults = {"tasks": 2000, "clients": 4, "workers": os.cpu_count() or 2,
                 "kill_every": 1.0, "restarts": 1, "time_limit": 4.0, "window": 100,
-                "max_results": 1000, "restart_signal": "kill"}
+                "max_results": 1000, "restart_signal": "kill", "flows": 40}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick and key in QUICK else value)

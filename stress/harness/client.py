@@ -65,6 +65,9 @@ class Client:
         self.offsets = {}
         workdir = params["workdir"]
         self.ids_file = open(os.path.join(workdir, f"ids-{self.idx}.txt"), "a", buffering=1)
+        from .flows import Flows  # the workflow workload (unique keys, limits, dependencies)
+
+        self.flows = Flows(self, params.get("flows", 0), params.get("flows_dir"))
         self.other_files = [os.path.join(workdir, f"ids-{j}.txt")
                             for j in range(params["clients"]) if j != self.idx]
         self._server_started = None
@@ -290,6 +293,7 @@ class Client:
         window, interval = self.p["window"], self.p["poll_interval"]
         next_poll = next_tail = retry_at = next_progress_check = 0.0
         failing_since = stop_at = last_finished = None
+        done_enqueues = 0  # the workflow workload paces itself by it
         while plan or self.outstanding or self.uncertain:
             now = time.monotonic()
             n = 0
@@ -305,6 +309,8 @@ class Client:
                     plan.popleft()
                     failing_since = None
                     n += 1
+                    done_enqueues += 1
+                    self.flows.step(done_enqueues, rest=not plan)
                     continue
                 failing_since = failing_since or now
                 retry_at = now + 0.2
@@ -323,6 +329,7 @@ class Client:
                 next_tail = now + 0.5
             if now >= next_poll:
                 self.poll()
+                self.flows.poll()
                 self.lookups()
                 next_poll = now + interval
             if stop_at is not None and now > stop_at:
@@ -331,8 +338,13 @@ class Client:
                 time.sleep(min(0.01, max(0.0, next_poll - time.monotonic())))
         for task_id in list(self.outstanding):
             self._finalize(task_id, "unfinished")
+        flows_until = time.monotonic() + self.p["max_wait"]
+        while self.flows.outstanding and time.monotonic() < flows_until:
+            self.flows.poll()
+            time.sleep(interval)
         self.ids_file.close()
         out = {"idx": self.idx, "tasks": self.info, "cross": self.cross,
+               "flows": self.flows.output(),
                "seen_final": self.seen_final,
                "down_seen": self.down_seen, "enqueue_errors": self.enqueue_errors,
                "stalled_enqueues": self.stalled_enqueues | dict.fromkeys(self.uncertain, "?"),

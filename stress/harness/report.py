@@ -19,6 +19,9 @@ def render(report):
     row("limits", f"TIME_LIMIT={c['time_limit']} s, MAX_WORKER_MEMORY={c['max_worker_memory']} "
         f"MiB, MAX_RESULTS={c['max_results']}")
     row("run", f"{c['clients']} clients, {c['tasks']} tasks, mix {c['mix']}, seed {c['seed']}")
+    if c.get("flows"):
+        row("workflows", f"{c['flows']} per client: @unique (3 shared keys), "
+            f"@limit(concurrency=2), @limit(rate='8/s'), after() chains (flows.py)")
     row("faults requested", f"{', '.join(c['faults']) or 'none'} (kill every {c['kill_every']} "
         f"s, {c['restarts']} restart(s), {c['restart_signal']}"
         + (f"; stall every ~{c['stall_every']:g} s for {c['stall_seconds'][0]:g}-"

@@ -121,6 +121,8 @@ class Monitor(threading.Thread):
             self.samples.append({
                 "t": now, "server_pid": pid, "rss": rss,
                 "stored": health["results"]["stored"], "max": health["results"]["max"],
+                # results kept past MAX_RESULTS while a dependent needs them (workflows)
+                "held": (health.get("workflows") or {}).get("held_for_dependents", 0),
                 "evicted": health["results"]["evicted"],
                 "pending": health["pending"], "running": health["running"],
                 "workers_alive": sup.get("workers_alive"), "workers": len(health["workers"])})
@@ -185,7 +187,8 @@ class Faults:
         # claim a hang task before the signal lands), so the supervisor's own outcomes
         # (TimeLimitExceeded, recycling, WorkerLost) stay covered.
         candidates = [w for w in _ready_workers(health) if w.get("current_task") and
-                      w["current_task"]["name"].endswith((".sleep", ".cpu"))]
+                      w["current_task"]["name"].endswith((".sleep", ".cpu", ".flow_limited",
+                                                          ".flow_unique"))]
         if not candidates:
             self.kill_misses += 1
             return False
@@ -272,6 +275,7 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="stress-")
     ledger = os.path.join(workdir, "ledger")
     os.makedirs(ledger)
+    os.makedirs(os.path.join(workdir, "flows"))  # the workflow tasks' spans (flows.py)
     address = args.address or os.path.join(workdir, "tasks.sock")
     options = {"WORKERS": args.workers, "TIME_LIMIT": args.time_limit,
                "MAX_WORKER_MEMORY": args.max_worker_memory, "MAX_RESULTS": args.max_results,
@@ -325,7 +329,7 @@ def main(argv=None):
             "max_results": health["results"]["max"], "clients": args.clients,
             "tasks": args.tasks, "mix": args.mix, "faults": sorted(args.fault_set),
             "kill_every": args.kill_every, "restarts": args.restarts, "seed": args.seed,
-            "restart_signal": args.restart_signal,
+            "restart_signal": args.restart_signal, "flows": args.flows,
             "window": args.window, "deferred_pct": args.deferred,
             "connect_timeout": args.connect_timeout,
             "stall_every": args.stall_every, "stall_seconds": list(args.stall_seconds),
@@ -354,7 +358,8 @@ def main(argv=None):
             params = {"idx": idx, "clients": args.clients, "plan": plan[idx::args.clients],
                       "workdir": workdir, "ledger": ledger, "seed": args.seed,
                       "window": args.window, "poll_interval": 0.05, "lookups": 3,
-                      "max_wait": args.max_wait,
+                      "max_wait": args.max_wait, "flows": args.flows,
+                      "flows_dir": os.path.join(workdir, "flows"),
                       "max_worker_memory": config["max_worker_memory"] or 0}
             proc = ctx.Process(target=harness_client.main, args=(params, counters),
                                name=f"stress-client-{idx}")

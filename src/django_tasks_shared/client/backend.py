@@ -2,6 +2,8 @@
 
     Task.enqueue -> validate -> JSON check -> record (+ retry policy: @retry over
                     OPTIONS["RETRY"]) -> client.call("enqueue") -> TaskResult
+                    @unique / @limit / after(): + their fields -> "enqueue_workflow", which
+                    returns the record standing for the call (workflows.py)
     get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
     wait(id)     -> client.call("wait") -> blocks in the server until finished or timeout
                     (the module-level wait / wait_all / cancel: waiting.py)
@@ -41,9 +43,11 @@ from ..schedules.entries import ScheduleError
 from ..schedules.resolve import resolve_tasks
 from . import launcher
 from .connection import StoreClient
-from .options import ConfigError, build_config
+from .options import ConfigError, build_config, unserved_queues
 from .results import to_task_result, to_timestamp
 from .retry import effective_policy
+from .workflows import enqueue_record
+from .workflows import fields as workflow_fields
 
 _configs: dict[tuple, Config] = {}  # (alias, kind, options repr, queues, secret...) -> Config
 _clients: dict[tuple, StoreClient] = {}  # (alias, address, authkey, timeout) -> StoreClient
@@ -151,11 +155,19 @@ class SharedBackend(BaseTaskBackend):
             retry=effective_policy(task.func, self.config.retry))
         if getattr(task, "metadata", None):  # Task.using(metadata=...) of a later Django
             record["metadata"] = cast(dict, normalize_json(dict(task.metadata)))
+        flow = workflow_fields(task, args, kwargs)  # None for a plain task
         try:
-            record["enqueued_at"] = self.call("enqueue", record)
+            if flow is not None:
+                record.update(flow)  # type: ignore[typeddict-item]
+                stored = enqueue_record(self, record)
+                if stored["id"] != record["id"]:  # a unique key's holder: nothing new stored
+                    return to_task_result(stored)
+                result = to_task_result(stored, task)
+            else:
+                record["enqueued_at"] = self.call("enqueue", record)
+                result = to_task_result(record, task)
         except ServerUnavailable as exc:
             raise _with_task_id(exc, task, record["id"])
-        result = to_task_result(record, task)
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -219,6 +231,13 @@ class SharedBackend(BaseTaskBackend):
                 "anyone who can reach it and knows the authkey can run code in the server.",
                 hint="Prefer a unix socket path, or bind to 127.0.0.1 behind a firewall.",
                 id="django_tasks_shared.W001"))
+        unserved = unserved_queues(self.config)
+        if unserved:
+            messages.append(checks.Error(
+                f"TASKS[{self.alias!r}] QUEUES {', '.join(map(repr, unserved))} are served by "
+                f"no pool of OPTIONS['POOLS']: their tasks would never run.",
+                hint="Add each queue to the 'queues' of a pool, or remove it from QUEUES.",
+                id="django_tasks_shared.E002"))
         if self.config.schedules:
             _, errors = resolve_tasks(self.config.schedules, self.config.queues)
             messages += [checks.Error(

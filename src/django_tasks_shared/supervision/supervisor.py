@@ -26,6 +26,9 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
 
 Workers are fresh interpreters (`python -c ...worker...`), the equivalent of the `spawn` start
 method: no fork() of this multi-threaded process, and Django is set up in each worker.
+
+Each worker belongs to a pool (pools.py; one pool serving every queue without OPTIONS["POOLS"]):
+its pool's size is kept, and its pool's TIME_LIMIT, MAX_WORKER_MEMORY and MAX_TASK_MEMORY apply.
 """
 
 import logging
@@ -44,6 +47,7 @@ from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
 from ..protocol.text import plural
 from .leftovers import Leftovers
 from .memwatch import MemoryWatcher
+from .pools import DEFAULT_POOL, pools_of, register_info
 from .reload import Reloads
 from .rss import children_of, total_rss
 
@@ -82,6 +86,7 @@ class Worker:
     children: list = field(default_factory=list)
     kill_at: float | None = None        # SIGKILL deadline after a SIGTERM
     kill_reason: str | None = None
+    pool: str = DEFAULT_POOL            # its pool's name (pools.py)
 
 
 class Supervisor:
@@ -102,8 +107,9 @@ class Supervisor:
         # it may start, signal and forget workers.
         self.lock = threading.Lock()
         self._ticks = 0
-        self.memory_watcher = (MemoryWatcher(self, config.max_task_memory)
-                               if config.max_task_memory else None)
+        self.pools = {pool.name: pool for pool in pools_of(config)}
+        self.memory_watcher = (MemoryWatcher(self, self.task_memory_limit)
+                               if any(p.max_task_memory for p in self.pools.values()) else None)
         self._wake = threading.Event()  # set by the store when a running task is cancelled
         store.cancels.on_kill = self._wake.set
         self.reloads = Reloads(self, grace)
@@ -115,8 +121,9 @@ class Supervisor:
 
     def start(self):
         with self.lock:
-            for _ in range(self.config.workers):
-                self.spawn()
+            for pool in self.pools.values():
+                for _ in range(pool.workers):
+                    self.spawn(pool=pool)
         self._publish()
         self._thread.start()
         if self.memory_watcher is not None:
@@ -190,9 +197,10 @@ class Supervisor:
     def _respawn(self):
         now = time.monotonic()
         generation = self.reloads.spawn_generation
-        while sum(w.generation == generation for w in self.workers.values()) < \
-                self.config.workers and now >= self.next_spawn_at:
-            self.spawn(replacement=True, generation=generation)
+        for pool in self.pools.values():
+            while sum(w.generation == generation and w.pool == pool.name
+                      for w in self.workers.values()) < pool.workers and now >= self.next_spawn_at:
+                self.spawn(replacement=True, generation=generation, pool=pool)
 
     def _tick(self):
         self._ticks += 1
@@ -275,11 +283,16 @@ class Supervisor:
 
     def _enforce_time_limit(self):
         self._stop_cancelled()  # here so that it also runs during the shutdown grace period
-        limit = self.config.time_limit
         now = time.monotonic()
-        if limit is not None and now >= self._resumed_at + REPORT_GRACE:
-            for worker_id, task_id, ran in self.store.overdue(limit):
+        limits = [p.time_limit for p in self.pools.values() if p.time_limit is not None]
+        # After a stall of the server itself, reports of tasks that finished meanwhile arrive
+        # first (REPORT_GRACE).
+        if limits and now >= self._resumed_at + REPORT_GRACE:
+            for worker_id, task_id, ran in self.store.overdue(min(limits)):
                 worker = self.workers.get(worker_id)
+                limit = self._pool_of(worker).time_limit
+                if limit is None or ran <= limit:
+                    continue  # another pool's (shorter) limit
                 text = (f"{TIME_LIMIT_EXCEEDED}: task {task_id} ran {ran:.1f} s, over "
                         f"TIME_LIMIT={limit:g} s; worker {worker_id} (pid "
                         f"{worker.popen.pid if worker else '?'}) was killed\n")
@@ -311,9 +324,9 @@ class Supervisor:
             worker.kill_at = time.monotonic() + KILL_GRACE
 
     def _sample(self):
-        limit = self.config.max_worker_memory
         scan_children = self._ticks % CHILDREN_EVERY == 1
         for worker in self.workers.values():
+            limit = self._pool_of(worker).max_worker_memory
             if scan_children:
                 worker.children = children_of(worker.proc) or []
             try:
@@ -352,6 +365,8 @@ class Supervisor:
             supervisor={
                 "workers_expected": self.config.workers,
                 "workers_alive": len(self.workers),
+                "pools": [pool.view(sum(w.pool == pool.name for w in self.workers.values()))
+                          for pool in self.pools.values()],
                 "crash_loop": bool(self.crash_streak),
                 "next_spawn_in": round(max(0.0, self.next_spawn_at - time.monotonic()), 2)
                 if self.crash_streak else None,
@@ -384,23 +399,35 @@ class Supervisor:
             raise RuntimeError("the task server is stopping: no reload")
         return self.reloads.request()
 
-    def spawn(self, replacement=False, generation=None):
+    def _pool_of(self, worker):
+        """The pool of a worker (the first pool for one already forgotten)."""
+        pool = self.pools.get(worker.pool) if worker is not None else None
+        return pool or next(iter(self.pools.values()))
+
+    def task_memory_limit(self, worker):
+        """MAX_TASK_MEMORY (MiB) of the worker's pool, or None (memwatch.py)."""
+        return self._pool_of(worker).max_task_memory
+
+    def spawn(self, replacement=False, generation=None, pool=None):
         config = self.config
+        pool = pool or next(iter(self.pools.values()))
         worker_id = f"{config.alias}-{secrets.token_hex(4)}"
         env = {"DJANGO_SETTINGS_MODULE": config.settings_module} if config.settings_module \
             else None
         popen = start_python(WORKER_CMD, env=env)
         proc = psutil.Process(popen.pid)
         generation = generation or self.reloads.spawn_generation
-        self.store.register_worker(worker_id, popen.pid, generation=generation)
+        self.store.register_worker(worker_id, popen.pid, generation=generation,
+                                   **register_info(pool))
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
                 "worker_id": worker_id, "alias": config.alias, "kind": config.kind,
-                "threads": config.threads,
+                "threads": pool.threads,
                 "server_pid": os.getpid(), "timeout": config.connect_timeout,
                 "max_payload": config.max_payload}
         send_spec(popen, spec)  # False when it died at once: the next tick reaps it
-        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation)
+        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation,
+                                         pool=pool.name)
         if replacement:
             self.store.count("worker_restarts")
         return worker_id

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from ..health.formatting import duration, progress_text, size, took
 from ..health.status import evaluate
 from ..protocol.status import FINISHED, READY, RUNNING, SUCCESSFUL
+from ..protocol.workflows import describe_rate
 
 SPARK_W, SPARK_H = 120, 24
 SPARK_WINDOW = 180.0  # seconds a worker sparkline spans (the server keeps 180 samples, ~1/s)
@@ -137,11 +138,14 @@ def overview_context(snapshot, tz=UTC):
     end = max((s[-1][0] for s in (*rss_samples.values(), *cpu_samples.values()) if s),
               default=None)
     workers, running = [], []
+    pools = (server.get("supervisor") or {}).get("pools") or []
+    pooled = len(pools) > 1 or any(p.get("queues") for p in pools)  # OPTIONS["POOLS"] is set
     for worker in health["workers"]:
         rss, cpu = rss_samples[worker["id"]], cpu_samples[worker["id"]]
         current = worker.get("current_tasks") or []
         workers.append({
             "id": worker["id"], "pid": worker["pid"], "state": worker["state"],
+            "pool": worker.get("pool") if pooled else None,
             "rss": size(worker.get("rss_bytes")), "cpu": worker.get("cpu_percent"),
             "rss_spark": sparkline([(t, v / MIB) for t, v in rss], rss_top, end),
             "rss_range": _range([v for _, v in rss], lambda v: size(v)),
@@ -175,12 +179,43 @@ def overview_context(snapshot, tz=UTC):
         "pending": health["pending"], "results_info": health["results"],
         "chart": chart(history.get("rate") or []),
         "rss_scale": f"0–{rss_top:g} MiB", "cpu_scale": f"0–{cpu_top:g} %",
+        "pools": pools if pooled else [], "workflows": workflows_context(health),
         "rows": rows, "offset": results["offset"], "limit": results["limit"],
         "more": results["more"], "first": results["offset"] + 1,
         "last": results["offset"] + len(rows),
         "newer": max(results["offset"] - results["limit"], 0) if results["offset"] else None,
         "older": results["offset"] + results["limit"] if results["more"] else None,
     }
+
+
+def workflows_context(health):
+    """The overview's workflow card: unique keys held, the busiest limit keys, dependents
+    waiting; None when no task of the server uses them."""
+    flows = health.get("workflows") or {}
+    unique, limits = flows.get("unique") or {}, flows.get("limits") or {}
+    waiting = flows.get("waiting_on_dependencies") or 0
+    if not (unique.get("held") or limits.get("keys") or waiting):
+        return None
+    return {"unique_held": unique.get("held", 0), "unique_keys": unique.get("keys") or [],
+            "limit_keys": limits.get("keys", 0), "waiting": waiting,
+            "limits": [dict(row, rate=describe_rate(row.get("rate")))
+                       for row in limits.get("busiest") or []]}
+
+
+def workflow_facts(record):
+    """A task's workflow fields for its page: (label, value, link id or None) rows."""
+    facts = []
+    if "unique" in record:
+        facts.append(("unique key", f"{record['unique']['key']} (held until "
+                                    f"{record['unique']['until']})", None))
+    spec = record.get("limit")
+    if spec:
+        parts = [f"concurrency {spec['concurrency']}" if spec.get("concurrency") else "",
+                 f"rate {describe_rate(spec.get('rate'))}" if spec.get("rate") else ""]
+        facts.append(("limit", f"{spec['key']}: " + ", ".join(p for p in parts if p), None))
+    for parent in record.get("after") or ():
+        facts.append(("after", parent, parent))
+    return facts
 
 
 def _json(value):
@@ -232,4 +267,5 @@ def task_context(record, tz=UTC, now=None):
                   ("finished", _clock(finished, tz)),
                   ("ran for" if finished else "running for", ran or "-")],
         "attempts": attempts,
+        "workflow": workflow_facts(record),
     }
