@@ -15,7 +15,7 @@ _PUBLIC = {
     "retry": "client.retry", "progress": "client.progress",
     "set_progress": "worker.progress", "current_result_id": "worker.execution",
     "unique": "client.workflows", "limit": "client.workflows", "after": "client.workflows",
-    "dependency_results": "worker.workflow",
+    "dependency_results": "worker.workflow", "enqueue_many": "client.bulk",
 }
 
 __all__ = sorted(_PUBLIC)

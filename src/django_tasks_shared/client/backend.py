@@ -294,9 +294,9 @@ def _with_task_id(exc, task, task_id):
     return exc
 
 
-def _json_arguments(task, args, kwargs, max_payload=None):
+def _json_arguments(task, args, kwargs, max_payload=None, with_size=False):
     """Arguments exactly as a worker will see them, or a TypeError naming the culprit (or
-    PayloadTooLarge over MAX_PAYLOAD bytes of JSON)."""
+    PayloadTooLarge over MAX_PAYLOAD bytes of JSON); `with_size`: and their JSON size."""
     try:
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
         size = len(json.dumps([args, kwargs]))
@@ -317,6 +317,8 @@ def _json_arguments(task, args, kwargs, max_payload=None):
             f"arguments of task {task.module_path!r} take {size} bytes as JSON, over "
             f"MAX_PAYLOAD={max_payload}; nothing was enqueued. Pass a reference to the data (a "
             f"file path, a database id) instead, or raise OPTIONS['MAX_PAYLOAD'].")
+    if with_size:
+        return args, kwargs, size
     return args, kwargs
 
 

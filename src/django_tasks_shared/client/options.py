@@ -22,7 +22,7 @@ DEFAULTS = {
     "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
     "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
     "MAX_CONNECTIONS": 4096, "SCHEDULE": None, "RETRY": None, "MAX_TASK_MEMORY": None,
-    "POOLS": None,
+    "POOLS": None, "PREFETCH": 8,
 }
 # The keys of one OPTIONS["POOLS"] entry: its queues and size, and the limits it may override
 # (None: the backend's own option).
@@ -131,7 +131,21 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
         max_payload=_number(opts, "MAX_PAYLOAD", minimum=1024),
         journal_limit=_number(opts, "JOURNAL_LIMIT", minimum=4096),
         max_connections=_number(opts, "MAX_CONNECTIONS"), schedules=schedule,
+        prefetch=_prefetch(opts),
     )
+
+
+def _prefetch(opts):
+    """OPTIONS["PREFETCH"]: tasks a worker thread may hold at once (the one it runs and the ones
+    reserved behind it); 1 turns prefetch off."""
+    value = _number(opts, "PREFETCH")
+    if value is None:
+        raise ConfigError("OPTIONS['PREFETCH'] must be a whole number >= 1 (1: no prefetch), "
+                          "got None.")
+    if value > 256:
+        raise ConfigError(f"OPTIONS['PREFETCH'] must be at most 256, got {value}: a higher "
+                          f"priority task may wait behind PREFETCH - 1 reserved ones.")
+    return value
 
 
 def _pool_size(opts, kind):

@@ -92,11 +92,12 @@ def _user_key(task, kind, function, args, kwargs):
     return str(value)
 
 
-def fields(task, args, kwargs) -> dict[str, Any] | None:
+def fields(task, args, kwargs, with_after=True) -> dict[str, Any] | None:
     """The record's workflow fields for this enqueue, or None (a plain task: the usual path).
-    `args` and `kwargs` are the JSON-normalised ones the worker will see."""
+    `args` and `kwargs` are the JSON-normalised ones the worker will see. `with_after` False
+    (enqueue_many): the parents of an after() call around it are not this task's."""
     marks = getattr(task.func, ATTRIBUTE, None)
-    parents = _after.get()
+    parents = _after.get() if with_after else None
     if marks is None and parents is None:
         return None
     if parents is not None:

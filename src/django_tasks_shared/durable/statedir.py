@@ -32,6 +32,7 @@ from . import format as fmt
 from .format import StateError, frame, fsync_dir, read_entries
 from .journal import Journal
 from .restore import Restored
+from .starts import PreviousStarts
 
 logger = logging.getLogger("django_tasks_shared.state")
 
@@ -161,8 +162,9 @@ class StateDir:
         who = state.server or {}
         # (end_interrupted adds whether it runs again)
         interrupted = f"the task server (pid {who.get('pid', '?')}) died while this task ran"
+        starts = PreviousStarts(self.path)  # reserved tasks: started, or back to the queue
         pending, results, running = store.restore(state.records, state.durable,
-                                                  state.counters)
+                                                  state.counters, started=starts.started)
         self._store = store
         self._facts = facts
         # The restored state becomes snapshot N+1, taken at the moment journal N+1 starts; the
@@ -171,6 +173,7 @@ class StateDir:
         self._compact(background=False, first=True)
         store.end_interrupted(running, interrupted)
         store.commit()
+        starts.remove()
         gc.freeze()
         self.restored = {"pending": pending, "results": results, "interrupted": len(running)}
         logger.info("state restored from %s in %.2f s: %d pending, %d results, %d interrupted%s",

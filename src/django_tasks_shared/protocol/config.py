@@ -47,6 +47,9 @@ class Config:
     # normalised OPTIONS["POOLS"] entries (client/options.py pools()); (): one pool serves every
     # queue with `workers` x `threads` (supervision/pools.py)
     pools: tuple = ()
+    # tasks a worker thread holds at once: the one it runs and up to prefetch - 1 reserved
+    # (store/reservations.py); 1: none reserved. Off with FSYNC="always" (see effective_prefetch)
+    prefetch: int = 8
 
     @property
     def address_text(self):
@@ -55,6 +58,15 @@ class Config:
     @property
     def can_start(self):
         return self.embedded or self.autostart
+
+    @property
+    def effective_prefetch(self):
+        """PREFETCH as the server applies it: 1 with STATE_DIR and FSYNC="always", whose
+        promise is that a task's start is on disk before it runs (a reserved task's start is
+        written to its worker's start table, not fsynced)."""
+        if self.state_dir is not None and self.fsync == "always":
+            return 1
+        return self.prefetch
 
     def to_spec(self):
         spec = asdict(self)

@@ -134,13 +134,14 @@ def python_path():
     return os.pathsep.join(os.path.abspath(p or ".") for p in sys.path if p is not None)
 
 
-def start_python(command, *, env=None, out=None):
+def start_python(command, *, env=None, out=None, pass_fds=()):
     """`python -c command` in a session of its own (Ctrl-C in a terminal reaches its starter
-    only), with this process's sys.path; its stdin is a pipe for send_spec()."""
+    only), with this process's sys.path; its stdin is a pipe for send_spec(). `pass_fds` stay
+    open in it under the same numbers (a worker's start table)."""
     return subprocess.Popen(
         [sys.executable, "-c", command], stdin=subprocess.PIPE, stdout=out, stderr=out,
         env=dict(os.environ, PYTHONPATH=python_path(), **(env or {})),
-        start_new_session=True, close_fds=True)
+        start_new_session=True, close_fds=True, pass_fds=pass_fds)
 
 
 def send_spec(popen, spec):

@@ -71,6 +71,11 @@ class Record(TypedDict):
     after: NotRequired[list[str]]   # ids of the tasks it waits for (all must succeed)
     # Only on the copy a worker claims (never stored): the return values of `after`, in order.
     dependency_results: NotRequired[dict[str, Any]]
+    # Prefetch (v0.3, store/reservations.py): [worker, thread, rseq] while reserved by a worker
+    # (READY); None once started or given back (a journal entry). `rseq` only on the copy the
+    # worker gets: its number in the worker's start table (protocol/starts.py).
+    reserved: NotRequired[list | None]
+    rseq: NotRequired[int]
 
 
 class Outcome(TypedDict):
@@ -83,6 +88,9 @@ class Outcome(TypedDict):
     retry: NotRequired[bool]        # the failed attempt gets another try (policy matched)
     metadata: NotRequired[dict[str, Any]]  # progress still held back when the task ended
     attempt: NotRequired[int]       # len(worker_ids) of the record run: one report per attempt
+    # A task that was reserved (prefetch): its reservation and its real start (time.time())
+    rseq: NotRequired[int]
+    started_at: NotRequired[float]
 
 
 def new_record(

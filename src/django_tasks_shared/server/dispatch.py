@@ -5,7 +5,7 @@
                        accept_connection, get_methods): a stock proxy works too
       "wait":          polls.watch(id, watcher) ─finished─> reply now
                                                 └─else──> Parked (timer heap) ─┐
-      "finish_and_claim", "report_and_claim" (with a claim token):                │
+      "finish_and_claim", "report_and_claim" (with a claim token), "claim_batch":  │
                         polls.claim_now(...) ─record / STOP─> reply now         │
                                              └─NOTHING──> Parked + claimers ───┤
       any other:       the store's method ─> ("#RETURN", value) | ("#ERROR", exc) │
@@ -51,11 +51,12 @@ class LoopPort(Protocol):
 class Parked:
     """A long-poll waiting in the loop: a claim (`worker`) or a wait (`task`)."""
 
-    __slots__ = ("peer", "worker", "task", "deadline", "done", "watcher", "token")
+    __slots__ = ("peer", "worker", "task", "deadline", "done", "watcher", "token", "want")
 
-    def __init__(self, peer, worker, task, deadline, token=None):
+    def __init__(self, peer, worker, task, deadline, token=None, want=None):
         self.peer, self.worker, self.task, self.deadline = peer, worker, task, deadline
         self.token = token  # a claim's (thread, seq), from report_and_claim
+        self.want = want    # a batch claim's size (prefetch), None for one task
         self.done = False
         self.watcher = None  # a wait's _Watcher, registered with the store
 
@@ -110,6 +111,8 @@ class Dispatcher:
                 return self._claim(peer, *args, **kwds)
             if method == "report_and_claim":
                 return self._claim_with_token(peer, *args, **kwds)
+            if method == "claim_batch":
+                return self._claim_batch(peer, *args, **kwds)
             if method == "wait":
                 return self._wait(peer, *args, **kwds)
             function = self.calls.get(method)
@@ -139,17 +142,20 @@ class Dispatcher:
         return ("#ERROR", AttributeError(
             f"method {method!r} of the task store is not exposed (ident {ident!r})"))
 
-    def _claim(self, peer, worker_id, outcome, timeout, token=None):
-        got = self.polls.claim_now(worker_id, outcome, token)
+    def _claim(self, peer, worker_id, outcome, timeout, token=None, want=None):
+        got = self.polls.claim_now(worker_id, outcome, token, want)
         if got is NOTHING:
             parked = self._park(peer, Parked(peer, worker_id, None, time.monotonic() + timeout,
-                                             token))
+                                             token, want))
             self.claimers.append(parked)
             return
         self.loop.send(peer, ("#RETURN", got))
 
     def _claim_with_token(self, peer, worker_id, outcome, timeout, thread, seq):
         self._claim(peer, worker_id, outcome, timeout, (thread, seq))
+
+    def _claim_batch(self, peer, worker_id, outcomes, timeout, thread, seq, want):
+        self._claim(peer, worker_id, list(outcomes), timeout, (thread, seq), want)
 
     def _wait(self, peer, task_id, timeout):
         parked = Parked(peer, None, task_id, time.monotonic() + timeout)
@@ -213,7 +219,7 @@ class Dispatcher:
         if not claimers:
             self.claimers.clear()
             return
-        results = self.polls.claim_for([(p.worker, p.token) for p in claimers])
+        results = self.polls.claim_for([(p.worker, p.token, p.want) for p in claimers])
         self.claimers = deque()
         for parked, got in zip(claimers, results, strict=True):
             if got is NOTHING:
@@ -223,7 +229,7 @@ class Dispatcher:
 
     def _expire(self, parked):
         if parked.worker is not None:  # a claim: one last look, else "nothing yet"
-            got = self.polls.claim_for([(parked.worker, parked.token)])[0]
+            got = self.polls.claim_for([(parked.worker, parked.token, parked.want)])[0]
             self._unpark(parked, None if got is NOTHING else got)
         else:
             self.polls.unwatch(parked.task, parked.watcher)

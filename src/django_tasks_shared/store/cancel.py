@@ -1,6 +1,8 @@
 """Cancelling a task (`django_tasks_shared.cancel`, the page's button).
 
     cancel(id) ── READY ───> FAILED TaskCancelled at once; it leaves the queue (queue.drop)
+              │              reserved by a worker (prefetch): revoked in its start table, so
+              │              its worker skips it; or it started already: RUNNING, as below
               └─ RUNNING ──> FAILED TaskCancelled at once (a late report of its worker is
                              ignored), the worker takes no new task (retiring), and a kill
                              request for the supervisor, whose thread is woken (on_kill):
@@ -30,9 +32,13 @@ class Cancels:
             if record is None or record["status"] in FINISHED:
                 return False
             if record["status"] == READY:
-                store.end_pending(record, TASK_CANCELLED,
-                                  f"{TASK_CANCELLED}: task {task_id} was cancelled before it ran\n")
-                return True
+                # Reserved by a worker (prefetch): revoked in its start table, unless it
+                # started already: then it is RUNNING now and cancelled as such, below.
+                queued = task_id not in store.reservations.by_task
+                if queued or store.reservations.revoke(task_id):
+                    store.end_pending(record, TASK_CANCELLED, f"{TASK_CANCELLED}: task "
+                                      f"{task_id} was cancelled before it ran\n", queued)
+                    return True
             worker_id = store.running.get(task_id)
             if worker_id is None:
                 return False

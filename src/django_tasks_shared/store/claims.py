@@ -13,6 +13,10 @@ socket timeout, a connection cut): without the memo, the task stays RUNNING unde
 never saw it, until that worker dies and the task ends WorkerLost (or runs twice, with a retry
 policy on WorkerLost). One entry per worker thread: (seq, task id, attempt).
 
+A batch claim (prefetch, claim_batch) is remembered the same way: note_batch / repeat_batch
+give a repeated batch claim the same batch, its first task if still running here and its
+reserved ones if still reserved here (reservations.py); the rest was ended meanwhile.
+
 Reports are the other half: TaskStore._finish accepts an outcome once per task and attempt.
 """
 
@@ -21,6 +25,7 @@ class ClaimMemo:
     def __init__(self, store):
         self.store = store
         self.last: dict[str, dict[int, tuple[int, str, int]]] = {}  # worker -> thread -> memo
+        self.batches: dict[str, dict[int, tuple[int, list]]] = {}  # the same, of batch claims
 
     def repeat(self, worker_id, token):
         """The record copy to hand out again for a repeated claim, or None (lock held)."""
@@ -41,5 +46,31 @@ class ClaimMemo:
         self.last.setdefault(worker_id, {})[token[0]] = (
             token[1], record["id"], len(record["worker_ids"]))
 
+    def note_batch(self, worker_id, token, records):
+        """A batch handed out for a token (prefetch): the first task (running) and the
+        reserved ones, (id, attempt) and (id, rseq)."""
+        self.batches.setdefault(worker_id, {})[token[0]] = (token[1], [
+            (r["id"], "rseq" in r, r["rseq"] if "rseq" in r else len(r["worker_ids"]))
+            for r in records])
+
+    def repeat_batch(self, worker_id, token):
+        """The batch to hand out again for a repeated batch claim, or None (lock held): its
+        tasks still running (the first) or still reserved here, as they stand now."""
+        memo = self.batches.get(worker_id, {}).get(token[0])
+        if memo is None or memo[0] != token[1]:
+            return None
+        store = self.store
+        reservations = store.reservations
+        out = []
+        for task_id, reserved, number in memo[1]:
+            if reserved:
+                if reservations.by_task.get(task_id) == (worker_id, token[0], number):
+                    out.append(reservations.copy(store.records[task_id]))
+            elif store.running.get(task_id) == worker_id and \
+                    len(store.records[task_id]["worker_ids"]) == number:
+                out.append(dict(store.records[task_id]))
+        return out or None
+
     def forget(self, worker_id):
         self.last.pop(worker_id, None)
+        self.batches.pop(worker_id, None)

@@ -10,6 +10,8 @@ method that `calls()` names is one socket round trip for a client.
                 (once per task and attempt: a resent report is ignored)
         a repeated claim (same token, claims.py) ──> the task handed out for it, again
         hand out: queue.pop ──> record RUNNING, owned by the worker
+    claim_batch(worker, outcomes, token, want)  (prefetch, reservations.py): the outcomes,
+        then the task to run now and up to want - 1 reserved ones (READY until they start)
     get(id) / get_many / wait ──> record copy (a hit refreshes LRU recency)
     supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
 
@@ -26,6 +28,8 @@ its lock and the methods marked "lock held":
     journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
     claims    ClaimMemo        the last task handed out per worker thread (claims.py)
     notices   Notices          task_finished of server-ended tasks   (notices.py)
+    reservations Reservations  prefetch: reserved tasks, start tables (reservations.py)
+    bulk      Bulk             enqueue_many: chunks staged, stored all or nothing (bulk.py)
     flows     Workflows        unique keys, dependencies; limits sit  (workflows.py, unique.py,
                                in the queue (queue.limits)             dependencies.py, limits.py)
 
@@ -52,6 +56,7 @@ from ..protocol.status import (
     SUCCESSFUL,
     WORKER_LOST,
 )
+from .bulk import Bulk
 from .cancel import Cancels
 from .claims import ClaimMemo
 from .journaler import Journaler
@@ -59,6 +64,7 @@ from .listing import Listing
 from .longpoll import NOTHING, LongPolls
 from .notices import Notices
 from .queue import PendingQueue
+from .reservations import Reservations
 from .results import FinishedResults
 from .schedule_state import ScheduleState
 from .stats import Stats
@@ -97,6 +103,9 @@ class TaskStore:
         self.claims = ClaimMemo(self)
         self.notices = Notices(self)
         self.flows = Workflows(self)
+        self.reservations = Reservations(self)
+        self.bulk = Bulk(self)
+        self._reserved = self.reservations.by_task  # id -> (worker, thread, rseq) (one dict)
         self._dependents = self.flows.deps.children  # parent id -> blocked children (one dict)
         self._pins = self.flows.deps.pins  # result id -> dependents not ended (one dict)
 
@@ -107,12 +116,13 @@ class TaskStore:
             "enqueue": self.enqueue, "get": self.get, "get_many": self.get_many,
             "wait": polls.wait, "finish_and_claim": polls.finish_and_claim,
             "report_and_claim": polls.report_and_claim,
+            "claim_batch": polls.claim_batch, "report": self.report,
             "worker_failed": self.worker_failed, "ping": self.ping, "health": self.health,
             "reload": self.reload, "save_metadata": self.save_metadata,
             "metadata": self.metadata, "cancel": self.cancels.cancel,
             "results": self.listing.results, "overview": self.listing.overview,
             "take_notices": self.notices.take,
-            "enqueue_workflow": self.flows.enqueue,
+            "enqueue_workflow": self.flows.enqueue, "enqueue_many": self.bulk.enqueue_many,
         }
 
     # ---- client operations -----------------------------------------------------------------
@@ -136,6 +146,8 @@ class TaskStore:
         """Merge `fields` into a RUNNING task's metadata (or replace it with them); False when
         the task is unknown or not running any more (finished, or ended by the supervisor)."""
         with self.lock:
+            if task_id in self._reserved:  # started from a reservation: RUNNING since then
+                self.reservations.sync_task(task_id)
             record = self.records.get(task_id)
             if record is None or record["status"] != RUNNING:
                 return False
@@ -170,11 +182,12 @@ class TaskStore:
         """A JSON-compatible snapshot for `tasks_health`; supervisor fields are cached stats."""
         with self.lock:
             self.expire()
+            self.reservations.sync_all()  # reserved tasks a worker started are RUNNING
             now = self.clock()
             return {
                 "server": dict(self.meta, uptime=round(now - self.meta["started_at"], 3),
                                draining=self.draining),
-                "queues": self.queue.counts(),
+                "queues": self.reservations.add_counts(self.queue.counts()),
                 "pending": self.pending_count(),
                 "workflows": self.flows.report(now),
                 "running": len(self.running),
@@ -200,6 +213,7 @@ class TaskStore:
         return {k: v for k, v in worker.items() if k not in ("current", "claimed")} | {
             "current_tasks": current, "current_task": current[0] if current else None,
             "state": "busy" if current else worker["state"],
+            "reserved": self.reservations.of_worker(worker["id"]),
             "uptime": round(now - worker["started_at"], 3)}
 
     def history_snapshot(self):
@@ -208,8 +222,11 @@ class TaskStore:
 
     # ---- supervisor operations (same process, never exposed) -------------------------------
 
-    def register_worker(self, worker_id, pid, **info):
+    def register_worker(self, worker_id, pid, table=None, **info):
+        """A worker the supervisor started; `table`: its start table (prefetch)."""
         with self.lock:
+            if table is not None:
+                self.reservations.attach(worker_id, table)
             self.workers[worker_id] = {
                 "id": worker_id, "pid": pid, "state": "starting", "started_at": self.clock(),
                 "ready_at": None, "tasks_done": 0, "claimed": 0, "current": {},
@@ -226,6 +243,7 @@ class TaskStore:
 
     def worker_info(self, worker_id):
         with self.lock:
+            self.reservations.sync(worker_id)
             worker = self.workers.get(worker_id)
             return None if worker is None else dict(worker, current=dict(worker["current"]))
 
@@ -237,6 +255,7 @@ class TaskStore:
     def worker_exited(self, worker_id, exception_path, message):
         """Forget the worker; its running tasks end FAILED with `exception_path`."""
         with self.lock:
+            self.reservations.worker_gone(worker_id)  # started: RUNNING, ends below; else back
             worker = self.workers.pop(worker_id, None)
             self.claims.forget(worker_id)
             failed = []
@@ -256,8 +275,9 @@ class TaskStore:
     def overdue(self, time_limit):
         """(worker id, task id, seconds running) for every task whose current attempt has run
         longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at)."""
-        now = self.clock()
         with self.lock:
+            self.reservations.sync_all()  # a reserved task runs from its real start
+            now = self.clock()
             return [(wid, tid, now - self.records[tid]["last_attempted_at"])
                     for tid, wid in self.running.items()
                     if now - self.records[tid]["last_attempted_at"] > time_limit]
@@ -266,6 +286,8 @@ class TaskStore:
         """Hand out no more tasks: every claim now returns STOP."""
         with self.lock:
             self.draining = True
+            for worker_id in list(self.reservations.by_worker):
+                self.reservations.recall(worker_id)  # not started: back to the queue
             self.polls.notify_work(everyone=True)
 
     def running_count(self):
@@ -296,6 +318,9 @@ class TaskStore:
     def commit(self):
         """Make the journaled changes durable before a reply goes out (see journaler.py)."""
         self.journal.commit()
+        if self.reservations.closing:  # gone workers' start tables, now that it is journaled
+            with self.lock:
+                self.reservations.release_closed()
 
     def lost_at_stop(self):
         """What a server without STATE_DIR loses when it stops now (for its last log line)."""
@@ -305,13 +330,16 @@ class TaskStore:
 
     # ---- a restored state (STATE_DIR start, before serving) ----------------------------------
 
-    def restore(self, records, durable, counters):
+    def restore(self, records, durable, counters, started=None):
         """Take over a restored state: `records` with the finished ones in LRU order; pending
         ones keep their FIFO `seq`. Returns (pending, results, running) where `running` lists
         the records that were RUNNING when the previous server stopped: give them to
-        end_interrupted() once a journal is attached."""
+        end_interrupted() once a journal is attached. `started(worker, thread, rseq)` reads
+        the previous workers' start tables: a task reserved then is READY again unless its
+        worker started it (reservations.py)."""
         with self.lock:
             now = self.clock()
+            self.reservations.restored(records.values(), started, now)
             self.counters.update(counters)
             self.durable.update(durable)
             if self.records:
@@ -339,6 +367,7 @@ class TaskStore:
         may have had effects, so they are never run again (at most once), unless their retry
         policy names WorkerLost in `on` (then they go back to the queue, see fail)."""
         with self.lock:
+            self.reservations.journal_restored()  # reservations of the previous server
             for task_id in task_ids:
                 record = self.records[task_id]
                 again = retries_supervisor_end(record.get("retry"), WORKER_LOST,
@@ -379,8 +408,8 @@ class TaskStore:
         return now
 
     def pending_count(self):
-        """READY tasks: queued, deferred, and blocked on their dependencies."""
-        return len(self.queue) + self.flows.blocked_count()
+        """READY tasks: queued, deferred, reserved, and blocked on their dependencies."""
+        return len(self.queue) + len(self._reserved) + self.flows.blocked_count()
 
     def lookup(self, task_id):
         """The record (not a copy), or None; a finished one is touched (LRU) or expired."""
@@ -392,6 +421,8 @@ class TaskStore:
                 self.counters["expired"] += 1
                 return None
             self.finished.touch(task_id)
+        elif task_id in self._reserved:  # READY until its worker's table says it started
+            self.reservations.sync_task(task_id)
         return record
 
     def claim(self, worker_id: str, outcome: Outcome | None = None, token=None):
@@ -405,6 +436,56 @@ class TaskStore:
             again = self.claims.repeat(worker_id, token)
             if again is not None:
                 return again
+        stop = self._may_claim(worker)
+        if stop is not None:
+            return stop
+        assert worker is not None  # (_may_claim answers STOP for an unknown worker)
+        now = self.clock()
+        record = self.queue.pop(now, worker["queues"])  # its pool's queues (None: all)
+        if record is None:
+            return NOTHING
+        got = self._start(record, worker_id, worker, now)
+        if token is not None:
+            self.claims.note(worker_id, token, got)
+        return got
+
+    def claim_batch(self, worker_id: str, outcomes, token, want):
+        """Prefetch (reservations.py): report `outcomes`, then hand out a list: the task to
+        run now (RUNNING, as claim() hands it) and up to `want` - 1 reserved ones (each with
+        its "rseq"; READY here until the worker's start table says it started). STOP or
+        NOTHING as claim(). A repeated claim (same token) gets the same batch again."""
+        worker = self.workers.get(worker_id)
+        for outcome in outcomes:
+            self._finish(outcome, worker_id)
+        if worker is not None:
+            again = self.claims.repeat_batch(worker_id, token)
+            if again is not None:
+                return again
+        stop = self._may_claim(worker)
+        if stop is not None:
+            return stop
+        assert worker is not None  # (_may_claim answers STOP for an unknown worker)
+        now = self.clock()
+        record = self.queue.pop(now, worker["queues"])
+        if record is None:
+            return NOTHING
+        n = self.reservations.size(worker_id, worker, token[0], want)
+        got = [self._start(record, worker_id, worker, now)]
+        if n > 1:
+            got += self.reservations.reserve(worker_id, worker, token[0], n - 1, now)
+        self.claims.note_batch(worker_id, token, got)
+        return got
+
+    def report(self, worker_id, outcomes):
+        """Outcomes a worker sends before its next claim (prefetch: an early task of a batch
+        whose next task runs long). Idempotent like a claim's report; returns how many."""
+        with self.lock:
+            for outcome in outcomes:
+                self._finish(outcome, worker_id)
+            return len(outcomes)
+
+    def _may_claim(self, worker):
+        """None when the worker may get a task now, else STOP (lock held)."""
         if worker is not None and worker["state"] == "starting" and not self.draining \
                 and not worker["retiring"]:  # a worker told to stop at once never was ready
             worker["state"] = "idle"
@@ -416,14 +497,7 @@ class TaskStore:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
             return STOP
-        now = self.clock()
-        record = self.queue.pop(now, worker["queues"])  # its pool's queues (None: all)
-        if record is None:
-            return NOTHING
-        got = self._start(record, worker_id, worker, now)
-        if token is not None:
-            self.claims.note(worker_id, token, got)
-        return got
+        return None
 
     def retire(self, worker_id, reason):
         """The worker takes no new task (its threads get STOP once idle)."""
@@ -431,6 +505,7 @@ class TaskStore:
         if worker is not None and not worker["retiring"]:
             worker["retiring"] = True
             worker["retire_reason"] = reason
+            self.reservations.recall(worker_id)  # for the other workers (not started yet)
             self.polls.notify_work(everyone=True)
 
     def fail(self, task_id, exception_path, message):
@@ -459,11 +534,11 @@ class TaskStore:
         self.notices.add(record)  # no worker sends task_finished for it: one will (notices.py)
         return True
 
-    def end_pending(self, record, exception_path, message):
+    def end_pending(self, record, exception_path, message, queued=True):
         """End a READY task FAILED with `exception_path` without running it (a cancel, a failed
-        dependency)."""
+        dependency). `queued` False: it is in no queue (a reservation revoked)."""
         now = self.clock()
-        if not self.flows.left_queue(record):  # a task blocked on dependencies is in no queue
+        if queued and not self.flows.left_queue(record):  # blocked on dependencies: no queue
             self.queue.drop(record, now)
         record["status"], record["finished_at"] = FAILED, now
         record["errors"] = record["errors"] + [
@@ -531,7 +606,8 @@ class TaskStore:
 
     def _finish(self, outcome: Outcome, worker_id: str):
         task_id = outcome["id"]
-        if self.running.get(task_id) != worker_id:
+        if self.running.get(task_id) != worker_id and not (
+                task_id in self._reserved and self.reservations.begin_reported(outcome, worker_id)):
             return  # already ended by the supervisor (time limit, worker lost), or resent
         record = self.records[task_id]
         if outcome.get("attempt", len(record["worker_ids"])) != len(record["worker_ids"]):

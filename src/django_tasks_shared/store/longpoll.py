@@ -7,8 +7,9 @@ for the event loop (server/dispatch.py), which parks the request instead of a th
                                                   (from any thread, store lock held)
     finish_and_claim(w, out, t)    ──blocks on `work`──> record | None | STOP
     report_and_claim(w, out, t, thread, seq)  the same with a claim token (store/claims.py)
-    claim_now(w, outcome, token)   ──> record | STOP | NOTHING (nothing ready: park the claim)
-    claim_for([(w, token), ...])   ──> one of those per parked worker thread, one lock hold
+    claim_batch(w, outs, t, thread, seq, want)  prefetch: a list of records (reservations.py)
+    claim_now(w, outcome, token, want)  ──> record(s) | STOP | NOTHING (nothing ready: park it)
+    claim_for([(w, token, want), ...])  ──> one of those per parked worker thread, one lock hold
     on_work()                      <── notify_work(): a task became ready, or a worker must stop
                                        (drain, retire, cancel): the loop retries parked claims
 
@@ -41,13 +42,14 @@ class LongPolls:
             self.unwatch(task_id, event)
         return self.store.get(task_id)
 
-    def finish_and_claim(self, worker_id, outcome, timeout, token=None):
+    def finish_and_claim(self, worker_id, outcome, timeout, token=None, want=None):
         """Report the outcome of the worker thread's last task (or None), then block up to
-        `timeout` seconds for the next one. Returns a record, None (nothing to do yet) or STOP."""
+        `timeout` seconds for the next one. Returns a record, None (nothing to do yet) or STOP
+        (with `want`: `outcome` is a list, and a list of records comes back, see claim_batch)."""
         store = self.store
         deadline = store.clock() + timeout
         with store.lock:
-            got = store.claim(worker_id, outcome, token)
+            got = self._claim(worker_id, outcome, token, want)
             while got is NOTHING:
                 now = store.clock()
                 remaining = deadline - now
@@ -57,13 +59,22 @@ class LongPolls:
                 if due is not None:
                     remaining = min(remaining, max(due - now, 0.001))
                 self.work.wait(remaining)
-                got = store.claim(worker_id, None, token)
+                got = self._claim(worker_id, None, token, want)
             return got
 
     def report_and_claim(self, worker_id, outcome, timeout, thread, seq):
         """finish_and_claim with the claim token (thread, seq): idempotent (store/claims.py)."""
         return self.finish_and_claim(worker_id, outcome, timeout, (thread, seq))
 
+    def claim_batch(self, worker_id, outcomes, timeout, thread, seq, want):
+        """Prefetch: report `outcomes`, then a batch (TaskStore.claim_batch), waiting up to
+        `timeout` seconds for the first task."""
+        return self.finish_and_claim(worker_id, list(outcomes), timeout, (thread, seq), want)
+
+    def _claim(self, worker_id, outcome, token, want):
+        if want is None:
+            return self.store.claim(worker_id, outcome, token)
+        return self.store.claim_batch(worker_id, outcome or (), token, want)
     # ---- non-blocking forms (the event loop) -----------------------------------------------
 
     def watch(self, task_id, watcher):
@@ -84,17 +95,16 @@ class LongPolls:
                 if not watchers:
                     del self.waiters[task_id]
 
-    def claim_now(self, worker_id, outcome, token=None):
-        """finish_and_claim without the wait: record, STOP, or NOTHING (park and retry)."""
+    def claim_now(self, worker_id, outcome, token=None, want=None):
+        """finish_and_claim without the wait: record(s), STOP, or NOTHING (park and retry)."""
         with self.store.lock:
-            return self.store.claim(worker_id, outcome, token)
+            return self._claim(worker_id, outcome, token, want)
 
     def claim_for(self, claims):
-        """Retry parked claims, (worker id, token) pairs, in their order (first parked, first
-        served)."""
-        store = self.store
-        with store.lock:
-            return [store.claim(worker_id, None, token) for worker_id, token in claims]
+        """Retry parked claims, (worker id, token, want) triples, in their order (first parked,
+        first served)."""
+        with self.store.lock:
+            return [self._claim(worker_id, None, token, want) for worker_id, token, want in claims]
 
     def next_due(self):
         """The earliest run_after of a deferred task (time.time()), or None."""

@@ -8,6 +8,7 @@
                  slot), then the best top among the ready heaps of `queues` (a worker pool's
                  queues; None: all of them). Entries left stale (a cancel, a head replaced)
                  are skipped when they reach a top.
+    push(record, now, keep_seq=True): a reservation given back (reservations.py), at its place
     drop(record, now): a cancelled READY record leaves the counts at once; its heap entry is
                  skipped when popped (lazy removal: seq in `dropped`)
 
@@ -46,9 +47,13 @@ class PendingQueue:
             heap = self.ready[queue] = []
         return heap
 
-    def push(self, record, now):
-        """Queue a READY record (new, or back in the queue) with a new FIFO position `seq`."""
-        record["seq"] = seq = next(self._seq)
+    def push(self, record, now, keep_seq=False):
+        """Queue a READY record (new, or back in the queue) with a new FIFO position `seq`;
+        with `keep_seq`, at the position it had (a reservation given back: its place)."""
+        if keep_seq:
+            seq = record["seq"]
+        else:
+            record["seq"] = seq = next(self._seq)
         counts = self.by_queue.get(record["queue"])
         if counts is None:
             counts = self.by_queue[record["queue"]] = [0, 0]

@@ -48,19 +48,23 @@ class Workflows:
     def enqueue(self, record):
         """Store a record with workflow fields; returns the record that stands for it (a copy):
         the new one, or the task already holding its unique key. Idempotent per id."""
+        with self.store.lock:
+            return self.enqueue_locked(record)
+
+    def enqueue_locked(self, record):
+        """enqueue() with the store's lock held (enqueue_many's records too, store/bulk.py)."""
         store = self.store
-        with store.lock:
-            existing = store.records.get(record["id"])
-            if existing is not None:  # a retried call after a dropped connection
-                return dict(existing)
-            if "unique" in record:
-                holder = self.unique.holder(record)
-                if holder is not None:
-                    return dict(holder)
-            if record.get("after"):
-                self.deps.check(record["after"])
-            store.enqueue_locked(record)
-            return dict(store.records[record["id"]])
+        existing = store.records.get(record["id"])
+        if existing is not None:  # a retried call after a dropped connection
+            return dict(existing)
+        if "unique" in record:
+            holder = self.unique.holder(record)
+            if holder is not None:
+                return dict(holder)
+        if record.get("after"):
+            self.deps.check(record["after"])
+        store.enqueue_locked(record)
+        return dict(store.records[record["id"]])
 
     # ---- hooks (lock held) --------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ def pools_of(config):
 
 def register_info(pool):
     """The fields the store keeps for a worker of `pool` (TaskStore.register_worker)."""
-    info = {"pool": pool.name, "queues": None if pool.queues is None else list(pool.queues)}
+    info = {"pool": pool.name, "queues": None if pool.queues is None else list(pool.queues),
+            # the threads sharing its queues: a batch claim takes its share of them
+            "pool_threads": pool.workers * pool.threads}
     if pool.max_tasks_per_worker is not None:
         info["max_tasks"] = pool.max_tasks_per_worker
     return info

@@ -31,6 +31,7 @@ Each worker belongs to a pool (pools.py; one pool serving every queue without OP
 its pool's size is kept, and its pool's TIME_LIMIT, MAX_WORKER_MEMORY and MAX_TASK_MEMORY apply.
 """
 
+import contextlib
 import logging
 import os
 import secrets
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from ..protocol.paths import send_spec, start_python
+from ..protocol.starts import STARTS_DIR, StartTable
 from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
 from ..protocol.text import plural
 from .leftovers import Leftovers
@@ -159,6 +161,10 @@ class Supervisor:
                                      f"(shutdown grace {grace:g} s)")
                 # Its task's children that ignored the SIGTERM must not outlive the server.
                 self.leftovers.adopt(worker.id, worker.popen.pid, time.monotonic())
+            self.store.commit()  # the workers' ends journaled: their start tables go
+            if self.config.state_dir is not None:  # STATE_DIR/starts, empty now
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(self.config.state_dir, STARTS_DIR))
         if self.memory_watcher is not None:  # it held the cap during the grace period too
             self.memory_watcher.stop()
 
@@ -414,10 +420,17 @@ class Supervisor:
         worker_id = f"{config.alias}-{secrets.token_hex(4)}"
         env = {"DJANGO_SETTINGS_MODULE": config.settings_module} if config.settings_module \
             else None
-        popen = start_python(WORKER_CMD, env=env)
+        table = self._start_table(worker_id, pool)
+        try:
+            popen = start_python(WORKER_CMD, env=env,
+                                 pass_fds=() if table is None else (table.fd,))
+        except BaseException:
+            if table is not None:
+                self.store.reservations.closing.append(table)
+            raise
         proc = psutil.Process(popen.pid)
         generation = generation or self.reloads.spawn_generation
-        self.store.register_worker(worker_id, popen.pid, generation=generation,
+        self.store.register_worker(worker_id, popen.pid, table=table, generation=generation,
                                    **register_info(pool))
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
@@ -425,12 +438,32 @@ class Supervisor:
                 "threads": pool.threads,
                 "server_pid": os.getpid(), "timeout": config.connect_timeout,
                 "max_payload": config.max_payload}
+        if table is not None:  # prefetch (worker/prefetch.py); an older worker ignores it
+            spec["starts"] = {"fd": table.fd}
         send_spec(popen, spec)  # False when it died at once: the next tick reaps it
         self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation,
                                          pool=pool.name)
         if replacement:
             self.store.count("worker_restarts")
         return worker_id
+
+    def _start_table(self, worker_id, pool):
+        """The worker's start table (protocol/starts.py), or None without prefetch. With a
+        STATE_DIR it is a file there, so that a restart after a crash can read it."""
+        capacity = self.config.effective_prefetch
+        if capacity <= 1:
+            return None
+        path = None
+        if self.config.state_dir is not None:
+            folder = os.path.join(self.config.state_dir, STARTS_DIR)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            path = os.path.join(folder, worker_id)
+        try:
+            return StartTable.create(pool.threads, capacity, path)
+        except OSError as exc:  # a full STATE_DIR: this worker claims one task at a time
+            logger.warning("worker %s: no start table (%s); it runs without prefetch",
+                           worker_id, exc)
+            return None
 
     def kill(self, worker, sig):
         """Signal the worker's process group (its own session: the task's children too).

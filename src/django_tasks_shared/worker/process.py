@@ -5,6 +5,9 @@
                    loop: next = report_and_claim(worker, outcome, CLAIM_WAIT, thread, seq)
                          (claims.py: 1 round trip; sent again until the server answers)
                          STOP -> exit | None -> poll again | record -> outcome = execute(record)
+                   with a start table in the spec (a server with prefetch): prefetch.py's
+                   loop instead, a batch per claim_batch round trip, outcomes reported by
+                   the thread's next claim or, if they wait, by the outcome-reporter thread
     watchdog:      the server (our parent) is gone -> os._exit: no orphan outlives it
     end notices:   one more thread sends task_finished for the tasks the server ended
                    (worker/notices.py), stopped after the task threads
@@ -27,7 +30,9 @@ import time
 import traceback
 
 from ..client.connection import StoreClient
+from ..protocol.starts import StartTable
 from ..protocol.status import FAILED, STOP, class_path
+from . import prefetch
 from .claims import Claimer
 
 CLAIM_WAIT = 1.0  # server-side long-poll; at most half the socket timeout (see _loop)
@@ -41,7 +46,13 @@ def _watch_parent(server_pid):
         time.sleep(0.25)
 
 
-def _loop(client, worker_id, thread, sender, execute, max_payload):
+def _loop(client, worker_id, thread, sender, execute, max_payload, batches=None):
+    if batches is not None:  # prefetch: (start table, server pid, reporter)
+        table, server_pid, reporter = batches
+        if prefetch.run_thread(client, worker_id, thread, sender, execute, max_payload, table,
+                               server_pid, reporter, min(CLAIM_WAIT, client.timeout / 2)) \
+                != prefetch.FALLBACK:
+            return
     outcome = record = None
     claimer = Claimer(client, worker_id, thread, min(CLAIM_WAIT, client.timeout / 2))
     while True:
@@ -105,8 +116,12 @@ def main():
         sys.exit(3)
     if os.environ.get("DJANGO_TASKS_SHARED_PROFILE"):
         _profile(os.environ["DJANGO_TASKS_SHARED_PROFILE"])
+    batches = reporter = None
+    if spec.get("starts"):  # a server with prefetch gave us a start table (protocol/starts.py)
+        reporter = prefetch.Reporter(client, worker_id).start()
+        batches = (StartTable.attach(spec["starts"]["fd"]), spec["server_pid"], reporter)
     threads = [threading.Thread(target=_loop, args=(client, worker_id, i, sender, execute,
-                                                  spec.get("max_payload")),
+                                                  spec.get("max_payload"), batches),
                                 name=f"task-thread-{i}", daemon=True)
                for i in range(spec["threads"])]
     notice_sender = notices.start(client, worker_id, sender)  # connected before the first claim
@@ -114,6 +129,8 @@ def main():
         thread.start()
     for thread in threads:
         thread.join()
+    if reporter is not None:
+        reporter.stop()  # what another thread's last task left held
     notice_sender.stop()  # its last acknowledgements, within a few seconds
     logging.shutdown()
     os._exit(0)  # daemon threads still inside a task (server gone) must not block exit

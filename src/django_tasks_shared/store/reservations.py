@@ -1,0 +1,341 @@
+"""Prefetch: tasks reserved for a worker thread behind the one it runs now (issue 16).
+
+    claim_batch (TaskStore, lock held): the first task as any claim (queue.pop -> _start:
+        RUNNING now), then reserve(): up to n - 1 more, each
+        queue.pop -> take: its concurrency slot held (limits.take), its parents' results
+            copied, a reservation number `rseq` per worker thread; the record stays READY (and
+            counted pending), out of the ready heaps; journaled ("reserved": [w, thread, rseq])
+        n = 1 + min(want - 1, ready // the pool's threads): 1 while the queue is shallow
+    worker: start table (protocol/starts.py): STARTED rseq at t, then it runs the task
+    begin(id, t) <── its outcome's "started_at" (report, or the next batch claim)
+                └─── sync(): the table read (health and every view of it, the supervisor's tick
+                     for TIME_LIMIT, a worker's info, a batch claim of the same thread)
+        RUNNING exactly as _start makes it, started at t (the real start: started_at,
+        TIME_LIMIT), its unique key (until="started") freed
+    give_back(id): its worker died, retires or the server drains before it started ->
+        READY in the queue at its place (its seq kept), its slot released. Never WorkerLost.
+    revoke(id): a cancel -> REVOKED in the table (the worker skips it) and ended pending; or
+        too late, it started: a running task's cancel
+
+A reserved task holds its slot, its unique key and its pool's queue as a running one does,
+and gives them back through the same release (TaskStore._ended, or give_back here). A rate
+limit ends a batch (a rate-limited task is handed out only first, started at its claim): its
+window counts real starts, and a reserved task's start is not known when it is counted.
+No lock of its own: the store's lock is held by every caller.
+"""
+
+import os
+
+from ..protocol.starts import UNKNOWN
+from ..protocol.status import RUNNING
+
+
+class Reservations:
+    def __init__(self, store):
+        self.store = store
+        self.by_task: dict[str, tuple[str, int, int]] = {}  # id -> (worker, thread, rseq)
+        self.by_worker: dict[str, dict[str, tuple[int, int]]] = {}  # worker -> id -> (t, rseq)
+        self.tables: dict = {}          # worker id -> its StartTable (protocol/starts.py)
+        self.closing: list = []         # tables of gone workers, closed after the next commit
+        self._next: dict[tuple[str, int], int] = {}  # (worker, thread) -> the next rseq
+        self.given_back = 0             # reservations put back in the queue (health)
+
+    def __len__(self):
+        return len(self.by_task)
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def attach(self, worker_id, table):
+        """A new worker's start table (the supervisor made it): prefetch for its threads."""
+        self.tables[worker_id] = table
+
+    def worker_gone(self, worker_id):
+        """The worker exited (lock held): what it started becomes RUNNING (the store then ends
+        it WorkerLost with its other tasks); the rest goes back to the queue at its place."""
+        mine = self.by_worker.get(worker_id)
+        table = self.tables.pop(worker_id, None)
+        if table is not None:
+            self.closing.append(table)
+        for key in [k for k in self._next if k[0] == worker_id]:
+            del self._next[key]
+        if not mine:
+            self.by_worker.pop(worker_id, None)
+            return
+        # The process is gone, so is its lock: the table is exact now. Could not be read
+        # (unlikely): assume each started, never run one twice.
+        started = None if table is None else table.started(mine.values(), patience=0.05)
+        now = self.store.clock()
+        for task_id, (thread, rseq) in list(mine.items()):
+            at = started.get((thread, rseq)) if isinstance(started, dict) else now
+            if at is None:
+                self.give_back(task_id, now)
+            else:
+                self.begin(task_id, at)
+        self.by_worker.pop(worker_id, None)
+
+    def release_closed(self):
+        """Close the start tables of gone workers (and remove a STATE_DIR's file), once what
+        they told is journaled (TaskStore.commit calls this after the journal's commit)."""
+        closing, self.closing = self.closing, []
+        for table in closing:
+            table.close()
+            if table.path is not None:
+                try:
+                    os.unlink(table.path)
+                except OSError:
+                    pass
+
+    # ---- the claim ---------------------------------------------------------------------------
+
+    def size(self, worker_id, worker, thread, want):
+        """How many tasks this batch claim hands out in all (the first one included)."""
+        table = self.tables.get(worker_id)
+        if table is None or want is None or want <= 1 or not 0 <= thread < table.threads:
+            return 1
+        want = min(want, table.capacity)
+        limit = worker["max_tasks"]
+        if limit is not None:
+            want = min(want, limit - worker["claimed"])  # the first one included
+        if want <= 1:
+            return 1
+        queue = self.store.queue
+        queues = worker["queues"]
+        counts = queue.by_queue
+        ready = sum(c[0] for c in counts.values()) if queues is None else \
+            sum(counts[q][0] for q in queues if q in counts)
+        share = ready // max(1, worker.get("pool_threads") or 1)  # shallow queue: 1 each
+        return 1 + min(want - 1, share)
+
+    def reserve(self, worker_id, worker, thread, count, now):
+        """Up to `count` READY tasks reserved for the worker's `thread`: their record copies as
+        the worker runs them (status RUNNING, this attempt's worker_ids, "rseq")."""
+        store = self.store
+        queue, flows = store.queue, store.flows
+        self.sync_thread(worker_id, thread)  # what it started of its last batch: exact now
+        out = []
+        for _ in range(count):
+            record = queue.pop(now, worker["queues"])
+            if record is None:
+                break
+            limit = record.get("limit")
+            if limit is not None and limit.get("rate"):
+                queue.push(record, now, keep_seq=True)  # its start counts when it starts
+                break
+            key = (worker_id, thread)
+            rseq = self._next.get(key, 1)
+            self._next[key] = rseq + 1
+            worker["claimed"] += 1
+            if limit is not None:
+                flows.limits.take(record, now)  # holds its concurrency slot
+            task_id = record["id"]
+            self.by_task[task_id] = (worker_id, thread, rseq)
+            self.by_worker.setdefault(worker_id, {})[task_id] = (thread, rseq)
+            record["reserved"] = [worker_id, thread, rseq]
+            store.journal.set(record, "reserved")
+            out.append(self.copy(record))
+        return out
+
+    def copy(self, record):
+        """The record as the worker that reserved it runs it (lock held)."""
+        worker_id, _, rseq = self.by_task[record["id"]]
+        copy = dict(record)
+        del copy["reserved"]
+        copy["status"] = RUNNING
+        copy["worker_ids"] = record["worker_ids"] + [worker_id]
+        copy["rseq"] = rseq
+        if record.get("after"):
+            copy["dependency_results"] = self.store.flows.deps.results_of(record)
+        return copy
+
+    # ---- a reservation starts, or goes back -----------------------------------------------------
+
+    def begin(self, task_id, at):
+        """The worker started reserved task `task_id` at `at` (its clock, this host): RUNNING
+        as TaskStore._start makes it; its slot was taken when it was reserved."""
+        worker_id, _, _ = self.by_task.pop(task_id)
+        mine = self.by_worker.get(worker_id)
+        if mine is not None:
+            mine.pop(task_id, None)
+        store = self.store
+        record = store.records[task_id]
+        at = max(at, record["enqueued_at"] or 0.0)
+        record["status"] = RUNNING
+        if record["started_at"] is None:  # Django's started_at: the FIRST start
+            record["started_at"] = at
+        record["last_attempted_at"] = at
+        record["worker_ids"] = record["worker_ids"] + [worker_id]
+        record["reserved"] = None  # journaled as gone, then dropped from the record
+        store.journal.set(record, "status", "started_at", "last_attempted_at", "worker_ids",
+                          "reserved")
+        del record["reserved"]
+        store.running[task_id] = worker_id
+        store.stats.started(record, at)
+        worker = store.workers.get(worker_id)
+        if worker is not None:
+            worker["current"][task_id] = at
+        if "unique" in record:
+            store.flows.unique.started(record)  # until="started": free from now on
+
+    def begin_reported(self, outcome, worker_id):
+        """An outcome of a reserved task whose start the server has not seen yet: begin it at
+        the start the worker reports. False when it is not this worker's reservation."""
+        task_id = outcome["id"]
+        held = self.by_task.get(task_id)
+        if held is None or held[0] != worker_id or held[2] != outcome.get("rseq"):
+            return False
+        self.begin(task_id, outcome["started_at"])
+        return True
+
+    def give_back(self, task_id, now):
+        """A reservation that never started: READY in the queue at its place again."""
+        worker_id, _, _ = self.by_task.pop(task_id)
+        mine = self.by_worker.get(worker_id)
+        if mine is not None:
+            mine.pop(task_id, None)
+        store = self.store
+        record = store.records[task_id]
+        record["reserved"] = None
+        store.journal.set(record, "reserved")
+        del record["reserved"]
+        worker = store.workers.get(worker_id)
+        if worker is not None:
+            worker["claimed"] -= 1
+        if "limit" in record:
+            store.flows.limits.release(record, now)
+        store.queue.push(record, now, keep_seq=True)
+        store.polls.notify_work()
+        self.given_back += 1
+
+    def revoke(self, task_id):
+        """Cancel a reservation (lock held): True when the worker will not run it (the
+        reservation is gone and its slot free: end it as a pending task); False when it
+        started already (or could not be told apart from started): it is RUNNING now."""
+        worker_id, thread, rseq = self.by_task[task_id]
+        table = self.tables.get(worker_id)
+        at = UNKNOWN if table is None else table.revoke(thread, rseq)
+        if at is None:
+            del self.by_task[task_id]
+            self.by_worker[worker_id].pop(task_id, None)
+            store = self.store
+            record = store.records[task_id]
+            record["reserved"] = None
+            store.journal.set(record, "reserved")
+            del record["reserved"]
+            worker = store.workers.get(worker_id)
+            if worker is not None:
+                worker["claimed"] -= 1
+            if "limit" in record and store.flows.limits.release(record, store.clock()):
+                store.polls.notify_work()
+            return True
+        self.begin(task_id, self.store.clock() if at is UNKNOWN else at)
+        return False
+
+    def recall(self, worker_id):
+        """The worker retires (or the server drains): its reservations that did not start go
+        back to the queue for the other workers; it skips them (REVOKED)."""
+        mine = self.by_worker.get(worker_id)
+        table = self.tables.get(worker_id)
+        if not mine or table is None:
+            return
+        now = self.store.clock()
+        for task_id, (thread, rseq) in list(mine.items()):
+            at = table.revoke(thread, rseq)
+            if at is None:
+                self.give_back(task_id, now)
+            elif at is not UNKNOWN:
+                self.begin(task_id, at)
+            # UNKNOWN: the worker is inside its lock; the next sync tells
+
+    # ---- what the workers started: read their tables ------------------------------------------
+
+    def sync(self, worker_id, only=None):
+        """Begin the reservations of `worker_id` (or just `only`, (thread, rseq) pairs) that
+        the worker's table shows started. Never blocks; a busy lock means "next time"."""
+        mine = self.by_worker.get(worker_id)
+        table = self.tables.get(worker_id)
+        if not mine or table is None or getattr(self.store.journal, "failing", False):
+            return
+        wanted = list(mine.values()) if only is None else only
+        started = table.started(wanted)
+        if not isinstance(started, dict) or not started:
+            return  # UNKNOWN (a worker thread inside its lock), or none started
+        for task_id, key in list(mine.items()):
+            at = started.get(key)
+            if at is not None:
+                self.begin(task_id, at)
+
+    def sync_task(self, task_id):
+        held = self.by_task.get(task_id)
+        if held is not None:
+            self.sync(held[0], [(held[1], held[2])])
+
+    def sync_thread(self, worker_id, thread):
+        """Before numbering a thread's new reservations: its earlier ones it started (their
+        outcomes may still be on their way) are begun, so a reused table entry hides none."""
+        mine = self.by_worker.get(worker_id)
+        if mine:
+            wanted = [key for key in mine.values() if key[0] == thread]
+            if wanted:
+                self.sync(worker_id, wanted)
+
+    def sync_all(self):
+        for worker_id in [w for w, mine in self.by_worker.items() if mine]:
+            self.sync(worker_id)
+
+    # ---- views -------------------------------------------------------------------------------
+
+    def add_counts(self, counts):
+        """Reserved tasks are READY in health's queue counts ({queue: {"ready", ...}})."""
+        records = self.store.records
+        for task_id in self.by_task:
+            queue = records[task_id]["queue"]
+            entry = counts.setdefault(queue, {"ready": 0, "deferred": 0})
+            entry["ready"] += 1
+        return counts
+
+    def of_worker(self, worker_id):
+        mine = self.by_worker.get(worker_id)
+        return len(mine) if mine else 0
+
+    # ---- a STATE_DIR restore ------------------------------------------------------------------
+
+    def restored(self, records, started, now):
+        """Before the restored records are loaded (lock held): each READY record that was
+        reserved when the previous server stopped is either READY again (its worker never
+        started it) or RUNNING (it started, or its start table could not tell), which ends it
+        WorkerLost with the tasks that were RUNNING: nothing lost, nothing run twice.
+        `started(worker, thread, rseq)` -> start time, None or UNKNOWN. Returns the ids whose
+        resolution must be journaled (journal_restored(), once a journal is attached)."""
+        changed = []
+        for record in records:
+            held = record.get("reserved")
+            if not held or record["status"] != "READY":
+                if "reserved" in record:
+                    del record["reserved"]  # a None left by an earlier journal entry
+                continue
+            worker_id, thread, rseq = held
+            at = UNKNOWN if started is None else started(worker_id, thread, rseq)
+            del record["reserved"]
+            if at is not None:
+                at = now if at is UNKNOWN else at
+                record["status"] = RUNNING
+                if record["started_at"] is None:
+                    record["started_at"] = at
+                record["last_attempted_at"] = at
+                record["worker_ids"] = record["worker_ids"] + [worker_id]
+            changed.append(record["id"])
+        self._restored = changed
+        return changed
+
+    def journal_restored(self):
+        """Journal what restored() decided (after attach: a second crash replays the same)."""
+        store = self.store
+        for task_id in getattr(self, "_restored", ()):
+            record = store.records.get(task_id)
+            if record is None:
+                continue
+            record["reserved"] = None
+            store.journal.set(record, "status", "started_at", "last_attempted_at",
+                              "worker_ids", "reserved")
+            del record["reserved"]
+        self._restored = []
