@@ -191,6 +191,8 @@ class TaskStore:
                 "pending": self.pending_count(),
                 "workflows": self.flows.report(now),
                 "running": len(self.running),
+                "reserved": len(self._reserved),  # prefetch: READY, counted in "pending" too
+                "prefetch": self.reservations.report(),
                 "results": {"stored": len(self.finished), "max": self.finished.max_results,
                             "ttl": self.finished.ttl, "evicted": self.counters["evicted"],
                             "expired": self.counters["expired"]},

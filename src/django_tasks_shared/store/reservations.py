@@ -5,7 +5,8 @@
         queue.pop -> take: its concurrency slot held (limits.take), its parents' results
             copied, a reservation number `rseq` per worker thread; the record stays READY (and
             counted pending), out of the ready heaps; journaled ("reserved": [w, thread, rseq])
-        n = 1 + min(want - 1, ready // the pool's threads): 1 while the queue is shallow
+        n = min(want, the ready tasks // the pool's threads), at least 1: 1 while the queue is
+        shallow, so that no idle thread waits while another holds reserved tasks
     worker: start table (protocol/starts.py): STARTED rseq at t, then it runs the task
     begin(id, t) <── its outcome's "started_at" (report, or the next batch claim)
                 └─── sync(): the table read (health and every view of it, the supervisor's tick
@@ -39,6 +40,7 @@ class Reservations:
         self.closing: list = []         # tables of gone workers, closed after the next commit
         self._next: dict[tuple[str, int], int] = {}  # (worker, thread) -> the next rseq
         self.given_back = 0             # reservations put back in the queue (health)
+        self.made = 0                   # reservations made since the server started (health)
 
     def __len__(self):
         return len(self.by_task)
@@ -103,8 +105,10 @@ class Reservations:
         counts = queue.by_queue
         ready = sum(c[0] for c in counts.values()) if queues is None else \
             sum(counts[q][0] for q in queues if q in counts)
-        share = ready // max(1, worker.get("pool_threads") or 1)  # shallow queue: 1 each
-        return 1 + min(want - 1, share)
+        # its share of the ready tasks (the one popped for it included): 1 while the queue
+        # is shallow, so that an idle thread of the pool takes the next task at once
+        share = (ready + 1) // max(1, worker.get("pool_threads") or 1)
+        return max(1, min(want, share))
 
     def reserve(self, worker_id, worker, thread, count, now):
         """Up to `count` READY tasks reserved for the worker's `thread`: their record copies as
@@ -125,6 +129,7 @@ class Reservations:
             rseq = self._next.get(key, 1)
             self._next[key] = rseq + 1
             worker["claimed"] += 1
+            self.made += 1
             if limit is not None:
                 flows.limits.take(record, now)  # holds its concurrency slot
             task_id = record["id"]
@@ -292,6 +297,11 @@ class Reservations:
             entry = counts.setdefault(queue, {"ready": 0, "deferred": 0})
             entry["ready"] += 1
         return counts
+
+    def report(self):
+        """For health: reservations now, made and given back since the server started."""
+        return {"reserved": len(self.by_task), "reserved_total": self.made,
+                "given_back": self.given_back}
 
     def of_worker(self, worker_id):
         mine = self.by_worker.get(worker_id)
