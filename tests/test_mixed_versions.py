@@ -20,7 +20,7 @@ import tarfile
 
 import pytest
 
-from django_tasks_shared import progress, wait
+from django_tasks_shared import enqueue_many, progress, wait
 from helpers import MANAGE, TESTS_DIR, ServerProcess, temp_dir, wait_until
 from testproject import flow_tasks, tasks
 
@@ -58,6 +58,9 @@ def test_new_clients_and_reloaded_workers_work_with_a_0_1_0_server():
             with pytest.raises(NotImplementedError, match="older release"):
                 flow_tasks.unique_job.enqueue("mixed")
             assert srv.client().call("health")["counters"]["enqueued"] == 1
+            # enqueue_many: that server has no "enqueue_many": one enqueue per task instead
+            many = enqueue_many(tasks.add, [((i, 1), {}) for i in range(3)])
+            assert [wait(r, 20).return_value for r in many] == [1, 2, 3]
 
             # the deploy: the package on disk becomes this release, then a reload
             shutil.rmtree(os.path.join(code, "django_tasks_shared"))

@@ -277,6 +277,57 @@ def test_a_table_locked_by_another_process_is_unknown_never_guessed():
     table.close()
 
 
+class ScriptedClient:
+    """Answers calls from a script: an exception to raise, or a value."""
+
+    def __init__(self, *script):
+        self.script, self.calls = list(script), []
+
+    def call(self, method, *args):
+        self.calls.append((method, args))
+        answer = self.script.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+@pytest.mark.timeout(10)
+def test_a_worker_falls_back_to_one_task_per_claim_when_batches_are_not_served():
+    from django_tasks_shared.exceptions import ServerStalled
+    from django_tasks_shared.worker import prefetch
+
+    not_exposed = AttributeError("method 'claim_batch' of the task store is not exposed")
+    claimer = prefetch.BatchClaimer(ScriptedClient(not_exposed), "w", 0, 0.5, 8)
+    assert claimer.next([]) == prefetch.FALLBACK
+    # an answered batch claim, then a stall: the same outcomes and seq again
+    outcome = {"id": "a", "status": SUCCESSFUL, "finished_at": 1.0, "attempt": 1}
+    client = ScriptedClient([{"id": "b"}], ServerStalled("no answer"), STOP)
+    claimer = prefetch.BatchClaimer(client, "w", 0, 0.5, 8)
+    assert claimer.next([]) == [{"id": "b"}]
+    assert claimer.next([outcome]) == STOP
+    assert client.calls[1:] == [("claim_batch", ("w", [outcome], 0.5, 0, 1, 8))] * 2
+
+
+@pytest.mark.timeout(10)
+def test_the_reporter_sends_an_outcome_held_too_long_and_leaves_the_rest_to_the_claim():
+    from django_tasks_shared.worker import prefetch
+
+    client = ScriptedClient(1, 1)
+    reporter = prefetch.Reporter(client, "w", delay=0.05).start()
+    try:
+        reporter.hold({"id": "a"})
+        assert reporter.take() == [{"id": "a"}]  # the next claim took it: nothing sent
+        time.sleep(0.15)
+        assert client.calls == []
+        reporter.hold({"id": "b"})
+        time.sleep(0.3)  # its thread runs a long task: sent on its own
+        assert client.calls == [("report", ("w", [{"id": "b"}]))]
+        reporter.hold({"id": "c"})
+    finally:
+        reporter.stop()  # what is held goes out before the worker exits
+    assert client.calls[-1] == ("report", ("w", [{"id": "c"}]))
+
+
 # ---- a property: whatever the interleaving, nothing lost, nothing run twice ------------------
 
 STEPS = st.lists(st.tuples(st.sampled_from(  # (repeated: weights)
@@ -288,7 +339,7 @@ STEPS = st.lists(st.tuples(st.sampled_from(  # (repeated: weights)
 @given(STEPS)
 def test_every_task_ends_once_and_a_started_one_never_runs_again(steps):
     store = TaskStore()
-    tables, held, done, alive = {}, {}, set(), []
+    tables, held, alive = {}, {}, []
     started = {}  # task id -> how many times a worker started it
     count = 0
 

@@ -7,7 +7,7 @@ nothing (as RQ's `Queue.enqueue_many`).
       ours ──> the task validated once; every call's arguments checked (JSON, MAX_PAYLOAD) and
                its record built BEFORE anything is sent: a bad one raises, naming its index,
                and nothing is stored
-           ──> chunks of at most CHUNK records (and about MAX_PAYLOAD / 2 bytes):
+           ──> chunks of at most CHUNK records (and half the server's request limit):
                "enqueue_many"(records, batch, index, final) -- one round trip each; the server
                stages the chunks and stores the whole call at the last one, or nothing
                (QueueFull, a draining server, an unknown after() parent, a refused STATE_DIR
@@ -125,7 +125,8 @@ def _enqueue_shared(backend, task, calls):
 def _send(backend, records, sizes, max_payload):
     """The chunks, one round trip each; the last one's reply stands for the whole call."""
     batch = secrets.token_hex(8)
-    budget = max(max_payload // 2, 64 * 1024)
+    # the server drops a request over MAX_PAYLOAD + 1 MiB (server/process.py): half of that
+    budget = (max_payload + (1 << 20)) // 2
     chunks: list[list] = [[]]
     used = 0
     for record, size in zip(records, sizes, strict=True):
