@@ -103,3 +103,18 @@ def test_wait_polling_gives_up_after_its_timeout():
     with pytest.raises(TimeoutError, match="1 of 2 results still pending"):
         bench_portable.wait_polling([Pending(1), Pending(10**9)], lambda r: r.done(),
                                     interval=0.001, timeout=0.05)
+
+
+def test_the_in_order_wait_refreshes_each_result_until_it_is_done_in_order():
+    seen = []
+    polls = {"a": 3, "b": 1, "c": 2}  # refreshes until each is done
+
+    def is_done(name):
+        seen.append(name)
+        polls[name] -= 1
+        return polls[name] <= 0
+
+    bench_portable.wait_in_order(["a", "b", "c"], is_done, interval=0)
+    assert seen == ["a", "a", "a", "b", "c", "c"]
+    with pytest.raises(TimeoutError, match="1 of 1 results still pending"):
+        bench_portable.wait_in_order(["x"], lambda r: False, interval=0.01, timeout=0.05)

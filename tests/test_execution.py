@@ -15,12 +15,15 @@ import psutil
 import pytest
 from django.tasks.base import TaskResultStatus
 from django.tasks.signals import task_finished, task_started
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_tasks_shared import current_result_id, set_progress, wait
 from django_tasks_shared.client.connection import StoreClient
+from django_tasks_shared.protocol.payload import arguments_bound, json_bound
 from django_tasks_shared.protocol.records import new_record
 from django_tasks_shared.protocol.status import RUNNING
-from django_tasks_shared.worker.execution import _json_bound, execute
+from django_tasks_shared.worker.execution import execute
 from django_tasks_shared.worker.progress import _reporter
 from helpers import running_server, temp_dir
 from testproject import tasks
@@ -56,13 +59,26 @@ class Small(IntEnum):
     float("nan"), float("inf"), float("-inf"), "", "x", "é", "\x00", "\U0001F600" * 50,
     "\u2028" * 7, '"\\' * 9])
 def test_the_json_bound_is_never_below_the_real_size(value):
-    assert _json_bound(value) >= len(json.dumps(value))
+    assert json_bound(value) >= len(json.dumps(value))
 
 
 def test_no_bound_for_other_types_they_are_measured():
     for value in (2**63, -(2**63), 10**5000, [], {}, ["x"], Small.ONE,
                   type("S", (str,), {})("x"), b"x"):
-        assert _json_bound(value) is None, type(value)
+        assert json_bound(value) is None, type(value)
+
+
+SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-(2**63) + 1, 2**63 - 1),
+                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(SCALAR, max_size=6), st.dictionaries(st.text(max_size=8), SCALAR, max_size=4))
+def test_the_arguments_bound_of_an_enqueue_is_never_below_the_real_size(args, kwargs):
+    """The client skips normalize_json and json.dumps of scalar arguments under this bound
+    (client/backend.py): it must hold for every such call."""
+    assert arguments_bound(args, kwargs) >= len(json.dumps([args, kwargs]))
+    assert arguments_bound([[1]], {}) is None and arguments_bound([], {1: 2}) is None
 
 
 def test_a_success_sends_both_signals_with_the_running_then_finished_result():

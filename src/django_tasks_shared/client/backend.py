@@ -37,6 +37,7 @@ from ..exceptions import (
 )
 from ..protocol.config import Config
 from ..protocol.paths import UnsafePath
+from ..protocol.payload import arguments_bound
 from ..protocol.records import new_record
 from ..protocol.status import FINISHED
 from ..schedules.entries import ScheduleError
@@ -296,7 +297,13 @@ def _with_task_id(exc, task, task_id):
 
 def _json_arguments(task, args, kwargs, max_payload=None, with_size=False):
     """Arguments exactly as a worker will see them, or a TypeError naming the culprit (or
-    PayloadTooLarge over MAX_PAYLOAD bytes of JSON); `with_size`: and their JSON size."""
+    PayloadTooLarge over MAX_PAYLOAD bytes of JSON); `with_size`: and their JSON size (an upper
+    bound for plain scalars)."""
+    bound = arguments_bound(args, kwargs)
+    if bound is not None and (max_payload is None or bound <= max_payload):
+        # ids, short strings, numbers: normalize_json would return them as they are, and
+        # json.dumps cannot make them larger than the bound (protocol/payload.py)
+        return (list(args), dict(kwargs), bound) if with_size else (list(args), dict(kwargs))
     try:
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
         size = len(json.dumps([args, kwargs]))

@@ -24,6 +24,7 @@ from django.utils.json import normalize_json
 
 from ..client.results import to_datetime, to_task_result
 from ..exceptions import PayloadTooLarge
+from ..protocol.payload import json_bound
 from ..protocol.retry_policy import wants_retry
 from ..protocol.status import FAILED, SUCCESSFUL, class_path
 from . import workflow
@@ -40,30 +41,11 @@ def _error(exc):
             "traceback": "".join(format_exception(exc))}
 
 
-# Return values whose JSON size has a small bound, by exact type (subclasses take the full path):
-# None/bool -> 5 bytes at most, an int below 2**63 -> 20, a float -> 24 (repr), a str -> at most
-# 12 bytes per character (\ud83d\ude00 for one emoji) + 2 quotes. Anything else is measured.
-_SMALL = {type(None): 5, bool: 5, float: 24}
-
-
-def _json_bound(value):
-    """An upper bound of len(json.dumps(value)) when it is cheap to know, else None."""
-    kind = type(value)
-    bound = _SMALL.get(kind)
-    if bound is not None:
-        return bound
-    if kind is int and -(2**63) < value < 2**63:
-        return 20
-    if kind is str:
-        return 12 * len(value) + 2
-    return None
-
-
 def _check_size(value, max_payload):
     """A return value over MAX_PAYLOAD fails the task instead of bloating the server."""
     if max_payload is None:
         return
-    bound = _json_bound(value)
+    bound = json_bound(value)  # None, bool, int, float, str: a bound (protocol/payload.py)
     if bound is not None and bound <= max_payload:
         return  # cannot be over: no json.dumps of every return value
     size = len(json.dumps(value))
