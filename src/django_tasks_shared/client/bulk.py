@@ -20,6 +20,7 @@ nothing (as RQ's `Queue.enqueue_many`).
     A server of 0.2 or older (no "enqueue_many"): enqueue() in a loop, as on other backends.
 """
 
+import os
 import secrets
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from ..exceptions import PayloadTooLarge, ServerUnavailable
 from ..protocol.records import new_record
 from .results import to_task_result, to_timestamp
 from .retry import effective_policy
+from .workflows import ATTRIBUTE
 from .workflows import fields as workflow_fields
 
 CHUNK = 500  # records per round trip: the server stores a chunk's records in one lock hold
@@ -76,9 +78,15 @@ def _enqueue_shared(backend, task, calls):
     retry = effective_policy(task.func, config.retry)
     metadata = getattr(task, "metadata", None)
     metadata = cast(dict, normalize_json(dict(metadata))) if metadata else None
-    common = {"task": task.module_path, "priority": task.priority, "queue": task.queue_name,
-              "run_after": to_timestamp(task.run_after), "takes_context": task.takes_context,
-              "backend": backend.alias, "retry": retry}
+    # Every record is this one with its own id and arguments (its inner lists are never
+    # mutated: they are pickled, and TaskResults get their own).
+    base = new_record(id="", task=task.module_path, args=[], kwargs={}, priority=task.priority,
+                      queue=task.queue_name, run_after=to_timestamp(task.run_after),
+                      takes_context=task.takes_context, backend=backend.alias, retry=retry)
+    if metadata:
+        base["metadata"] = metadata
+    marked = getattr(task.func, ATTRIBUTE, None) is not None  # @unique / @limit
+    ids = os.urandom(16 * len(calls)).hex()  # one system call, 32 hex digits per task
     records, sizes = [], []
     for index, (args, kwargs) in enumerate(calls):
         try:
@@ -87,12 +95,13 @@ def _enqueue_shared(backend, task, calls):
         except (TypeError, ValueError, PayloadTooLarge) as exc:
             exc.args = (f"enqueue_many(): call {index}: {exc.args[0]}", *exc.args[1:])
             raise
-        record = new_record(id=secrets.token_hex(16), args=args, kwargs=kwargs, **common)
-        if metadata:
-            record["metadata"] = metadata
-        flow = workflow_fields(task, args, kwargs, with_after=False)
-        if flow:
-            record.update(flow)  # type: ignore[typeddict-item]
+        record = base.copy()
+        record["id"], record["args"], record["kwargs"] = ids[32 * index:32 * index + 32], \
+            args, kwargs
+        if marked:
+            flow = workflow_fields(task, args, kwargs, with_after=False)
+            if flow:
+                record.update(flow)  # type: ignore[typeddict-item]
         records.append(record)
         sizes.append(size + 400)  # its JSON arguments and the rest of a pickled record
     if not records:

@@ -140,7 +140,10 @@ class TaskStore:
 
     def get_many(self, task_ids):
         with self.lock:
-            return [None if (r := self.lookup(i)) is None else dict(r) for i in task_ids]
+            if self._reserved:  # one read of each worker's start table, not one per id
+                self.reservations.sync_ids(task_ids)
+            return [None if (r := self.lookup(i, sync=False)) is None else dict(r)
+                    for i in task_ids]
 
     def save_metadata(self, task_id, fields, replace=False):
         """Merge `fields` into a RUNNING task's metadata (or replace it with them); False when
@@ -413,8 +416,10 @@ class TaskStore:
         """READY tasks: queued, deferred, reserved, and blocked on their dependencies."""
         return len(self.queue) + len(self._reserved) + self.flows.blocked_count()
 
-    def lookup(self, task_id):
-        """The record (not a copy), or None; a finished one is touched (LRU) or expired."""
+    def lookup(self, task_id, sync=True):
+        """The record (not a copy), or None; a finished one is touched (LRU) or expired; a
+        reserved one RUNNING if its worker's start table says it started (unless `sync` is
+        False: the caller read the tables already)."""
         record = self.records.get(task_id)
         if record is not None and record["status"] in FINISHED:
             if self.finished.is_expired(record, self.clock()) and \
@@ -423,7 +428,7 @@ class TaskStore:
                 self.counters["expired"] += 1
                 return None
             self.finished.touch(task_id)
-        elif task_id in self._reserved:  # READY until its worker's table says it started
+        elif sync and task_id in self._reserved:  # READY until its worker's table says so
             self.reservations.sync_task(task_id)
         return record
 

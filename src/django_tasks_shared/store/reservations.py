@@ -274,6 +274,17 @@ class Reservations:
         if held is not None:
             self.sync(held[0], [(held[1], held[2])])
 
+    def sync_ids(self, task_ids):
+        """sync() each worker that holds some of `task_ids`, once (get_many)."""
+        by_task = self.by_task
+        wanted: dict[str, list] = {}
+        for task_id in task_ids:
+            held = by_task.get(task_id)
+            if held is not None:
+                wanted.setdefault(held[0], []).append((held[1], held[2]))
+        for worker_id, keys in wanted.items():
+            self.sync(worker_id, keys)
+
     def sync_thread(self, worker_id, thread):
         """Before numbering a thread's new reservations: its earlier ones it started (their
         outcomes may still be on their way) are begun, so a reused table entry hides none."""

@@ -21,6 +21,7 @@ falling back to one task per claim (worker/claims.py), as for any older server.
 """
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -176,7 +177,7 @@ def run_thread(client, worker_id, thread, sender, execute, max_payload, table, s
         for i, record in enumerate(batch):
             rseq = record.get("rseq")
             if rseq is not None:
-                at = table.start(thread, rseq, server_pid)
+                at = _start(table, thread, rseq, server_pid)
                 if at is REVOKED:
                     continue  # cancelled, or given back to the queue for another worker
                 if at is GONE:
@@ -192,6 +193,16 @@ def run_thread(client, worker_id, thread, sender, execute, max_payload, table, s
                 outcomes.append(outcome)  # the next claim goes out now: it carries it
             else:
                 reporter.hold(outcome)
+
+
+def _start(table, thread, rseq, server_pid):
+    try:
+        return table.start(thread, rseq, server_pid)
+    except Exception:  # the table cannot be locked or written: nothing is known of this start,
+        # so run nothing more; the supervisor ends what this worker started (WorkerLost) and
+        # puts its other reservations back in the queue
+        logger.exception("worker: the start table failed; exiting")
+        os._exit(4)
 
 
 def _run(execute, record, sender, max_payload, client):
