@@ -127,6 +127,13 @@ def _limits_lines(doc):
     return [f"limits    {'  '.join(limits)}"] if limits else []
 
 
+def _reserved(doc):
+    """", 3 reserved by workers (prefetch; counted pending)" when any are."""
+    prefetch = doc.get("prefetch") or {}
+    n = prefetch.get("reserved") or 0
+    return f"  ({n} reserved by workers, ready: counted pending)" if n else ""
+
+
 def _queue_lines(doc):
     queues = doc.get("queues") or {}
     queue_text = "  ".join(f"{name}: {q['ready']} ready, {q['deferred']} deferred"
@@ -136,7 +143,7 @@ def _queue_lines(doc):
     c = doc.get("counters") or {}
     return [
         f"queues    {queue_text}  (pending {doc.get('pending', 0)})",
-        f"running   {doc.get('running', 0)}",
+        f"running   {doc.get('running', 0)}" + _reserved(doc),
         f"results   {results.get('stored', 0)} stored (max {results.get('max')}"
         + (f", ttl {ttl:g} s" if ttl is not None else "") + f")  "
         f"{results.get('evicted', 0)} evicted  {results.get('expired', 0)} expired",

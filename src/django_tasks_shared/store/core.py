@@ -589,6 +589,47 @@ class TaskStore:
             else:
                 self._evict(self.finished.unhold(task_id, record["finished_at"]))
 
+    def reserve_record(self, record, held):
+        """Prefetch (reservations.py): a READY record reserved by [worker, thread, rseq]."""
+        record["reserved"] = held
+        self.journal.set(record, "reserved")
+
+    def start_reserved(self, record, worker_id, at):
+        """A reserved record's worker started it at `at` (its start table, or its report):
+        RUNNING as _start makes it, from its real start (its slot was taken when reserved)."""
+        at = max(at, record["enqueued_at"] or 0.0)
+        record["status"] = RUNNING
+        if record["started_at"] is None:  # Django's started_at: the FIRST start
+            record["started_at"] = at
+        record["last_attempted_at"] = at
+        record["worker_ids"] = record["worker_ids"] + [worker_id]
+        record["reserved"] = None  # journaled as gone, then dropped from the record
+        self.journal.set(record, "status", "started_at", "last_attempted_at", "worker_ids",
+                         "reserved")
+        del record["reserved"]
+        self.running[record["id"]] = worker_id
+        self.stats.started(record, at)
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker["current"][record["id"]] = at
+        if "unique" in record:
+            self.flows.unique.started(record)  # until="started": free from now on
+
+    def unreserve(self, record, worker_id, now, requeue):
+        """A reservation that never started: its slot released, and with `requeue` back in the
+        queue at its place (its own seq); without, the caller ends it (a cancel)."""
+        record["reserved"] = None
+        self.journal.set(record, "reserved")
+        del record["reserved"]
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker["claimed"] -= 1
+        released = "limit" in record and self.flows.limits.release(record, now)
+        if requeue:
+            self.queue.push(record, now, keep_seq=True)
+        if released or requeue:
+            self.polls.notify_work()  # a parked claim may take it (or the key's next task)
+
     # ---- internals (lock held) --------------------------------------------------------------
 
     def _push(self, record, now):

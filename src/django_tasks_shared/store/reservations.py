@@ -11,15 +11,18 @@
     begin(id, t) <── its outcome's "started_at" (report, or the next batch claim)
                 └─── sync(): the table read (health and every view of it, the supervisor's tick
                      for TIME_LIMIT, a worker's info, a batch claim of the same thread)
-        RUNNING exactly as _start makes it, started at t (the real start: started_at,
-        TIME_LIMIT), its unique key (until="started") freed
+        -> TaskStore.start_reserved: RUNNING exactly as _start makes it, started at t (the
+        real start: started_at, TIME_LIMIT), its unique key (until="started") freed
     give_back(id): its worker died, retires or the server drains before it started ->
-        READY in the queue at its place (its seq kept), its slot released. Never WorkerLost.
+        TaskStore.unreserve: READY in the queue at its place (its seq kept), its slot
+        released. Never WorkerLost.
     revoke(id): a cancel -> REVOKED in the table (the worker skips it) and ended pending; or
         too late, it started: a running task's cancel
 
 A reserved task holds its slot, its unique key and its pool's queue as a running one does,
-and gives them back through the same release (TaskStore._ended, or give_back here). A rate
+and gives them back through the same release (TaskStore._ended, or give_back here). This part
+keeps the index (which worker thread holds what, under which rseq) and the tables; the records
+change through the store's lock-held methods reserve_record, start_reserved and unreserve. A rate
 limit ends a batch (a rate-limited task is handed out only first, started at its claim): its
 window counts real starts, and a reserved task's start is not known when it is counted.
 No lock of its own: the store's lock is held by every caller.
@@ -135,8 +138,7 @@ class Reservations:
             task_id = record["id"]
             self.by_task[task_id] = (worker_id, thread, rseq)
             self.by_worker.setdefault(worker_id, {})[task_id] = (thread, rseq)
-            record["reserved"] = [worker_id, thread, rseq]
-            store.journal.set(record, "reserved")
+            store.reserve_record(record, [worker_id, thread, rseq])
             out.append(self.copy(record))
         return out
 
@@ -156,30 +158,9 @@ class Reservations:
 
     def begin(self, task_id, at):
         """The worker started reserved task `task_id` at `at` (its clock, this host): RUNNING
-        as TaskStore._start makes it; its slot was taken when it was reserved."""
-        worker_id, _, _ = self.by_task.pop(task_id)
-        mine = self.by_worker.get(worker_id)
-        if mine is not None:
-            mine.pop(task_id, None)
-        store = self.store
-        record = store.records[task_id]
-        at = max(at, record["enqueued_at"] or 0.0)
-        record["status"] = RUNNING
-        if record["started_at"] is None:  # Django's started_at: the FIRST start
-            record["started_at"] = at
-        record["last_attempted_at"] = at
-        record["worker_ids"] = record["worker_ids"] + [worker_id]
-        record["reserved"] = None  # journaled as gone, then dropped from the record
-        store.journal.set(record, "status", "started_at", "last_attempted_at", "worker_ids",
-                          "reserved")
-        del record["reserved"]
-        store.running[task_id] = worker_id
-        store.stats.started(record, at)
-        worker = store.workers.get(worker_id)
-        if worker is not None:
-            worker["current"][task_id] = at
-        if "unique" in record:
-            store.flows.unique.started(record)  # until="started": free from now on
+        from then on (TaskStore.start_reserved); its slot was taken when it was reserved."""
+        worker_id = self._drop(task_id)
+        self.store.start_reserved(self.store.records[task_id], worker_id, at)
 
     def begin_reported(self, outcome, worker_id):
         """An outcome of a reserved task whose start the server has not seen yet: begin it at
@@ -193,23 +174,17 @@ class Reservations:
 
     def give_back(self, task_id, now):
         """A reservation that never started: READY in the queue at its place again."""
+        worker_id = self._drop(task_id)
+        self.store.unreserve(self.store.records[task_id], worker_id, now, requeue=True)
+        self.given_back += 1
+
+    def _drop(self, task_id):
+        """Forget a reservation (the record is changed by the caller); its worker's id."""
         worker_id, _, _ = self.by_task.pop(task_id)
         mine = self.by_worker.get(worker_id)
         if mine is not None:
             mine.pop(task_id, None)
-        store = self.store
-        record = store.records[task_id]
-        record["reserved"] = None
-        store.journal.set(record, "reserved")
-        del record["reserved"]
-        worker = store.workers.get(worker_id)
-        if worker is not None:
-            worker["claimed"] -= 1
-        if "limit" in record:
-            store.flows.limits.release(record, now)
-        store.queue.push(record, now, keep_seq=True)
-        store.polls.notify_work()
-        self.given_back += 1
+        return worker_id
 
     def revoke(self, task_id):
         """Cancel a reservation (lock held): True when the worker will not run it (the
@@ -219,18 +194,9 @@ class Reservations:
         table = self.tables.get(worker_id)
         at = UNKNOWN if table is None else table.revoke(thread, rseq)
         if at is None:
-            del self.by_task[task_id]
-            self.by_worker[worker_id].pop(task_id, None)
+            self._drop(task_id)
             store = self.store
-            record = store.records[task_id]
-            record["reserved"] = None
-            store.journal.set(record, "reserved")
-            del record["reserved"]
-            worker = store.workers.get(worker_id)
-            if worker is not None:
-                worker["claimed"] -= 1
-            if "limit" in record and store.flows.limits.release(record, store.clock()):
-                store.polls.notify_work()
+            store.unreserve(store.records[task_id], worker_id, store.clock(), requeue=False)
             return True
         self.begin(task_id, self.store.clock() if at is UNKNOWN else at)
         return False
