@@ -44,6 +44,7 @@ class Reservations:
         self._next: dict[tuple[str, int], int] = {}  # (worker, thread) -> the next rseq
         self.given_back = 0             # reservations put back in the queue (health)
         self.made = 0                   # reservations made since the server started (health)
+        self._restored: list[str] = []  # decided by restored(), journaled by journal_restored()
 
     def __len__(self):
         return len(self.by_task)
@@ -169,7 +170,7 @@ class Reservations:
         held = self.by_task.get(task_id)
         if held is None or held[0] != worker_id or held[2] != outcome.get("rseq"):
             return False
-        self.begin(task_id, outcome["started_at"])
+        self.begin(task_id, outcome.get("started_at") or self.store.clock())
         return True
 
     def give_back(self, task_id, now):
@@ -317,7 +318,7 @@ class Reservations:
     def journal_restored(self):
         """Journal what restored() decided (after attach: a second crash replays the same)."""
         store = self.store
-        for task_id in getattr(self, "_restored", ()):
+        for task_id in self._restored:
             record = store.records.get(task_id)
             if record is None:
                 continue
