@@ -122,6 +122,7 @@ class TaskStore:
             record = self.records.get(task_id)
             if record is None or record["status"] != RUNNING:
                 return False
+            self.journal.check()  # a full disk: refused, nothing changes
             record["metadata"] = dict(fields) if replace else \
                 {**(record.get("metadata") or {}), **fields}
             self.journal.set(record, "metadata")
@@ -267,9 +268,10 @@ class TaskStore:
                 self.clock(), c["succeeded"] + c["failed"],
                 {wid: (w["rss_bytes"], w["cpu_percent"]) for wid, w in self.workers.items()})
 
-    def commit(self):
-        """Make the journaled changes durable before a reply goes out (see journaler.py)."""
-        self.journal.commit()
+    def commit(self) -> bool:
+        """Make the journaled changes durable before a reply goes out (see journaler.py);
+        False when some of them cannot be written yet (they stay buffered)."""
+        return self.journal.commit()
 
     # ---- a restored state (STATE_DIR start, before serving) ----------------------------------
 
@@ -317,7 +319,9 @@ class TaskStore:
     def enqueue_locked(self, record: Record) -> float | None:
         existing = self.records.get(record["id"])
         if existing is not None:  # a retried enqueue after a dropped connection
+            self.journal.depend()  # answered once the first one's entry is durable
             return existing["enqueued_at"]
+        self.journal.check()  # a full disk: refused before anything changes
         if self.draining:
             raise ServerUnavailable(
                 f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
@@ -352,6 +356,7 @@ class TaskStore:
         task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait)."""
         worker = self.workers.get(worker_id)
         if outcome is not None:
+            self.journal.check()  # a full disk: not applied; the worker sends it again
             self._finish(outcome, worker_id)
         if worker is not None and worker["state"] == "starting" and not self.draining \
                 and not worker["retiring"]:  # a worker told to stop at once never was ready
@@ -364,6 +369,8 @@ class TaskStore:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
             return STOP
+        if self.journal.failing:
+            return NOTHING  # a full disk: claims wait, no task is handed out (or burned)
         now = self.clock()
         record = self.queue.pop(now)
         if record is None:

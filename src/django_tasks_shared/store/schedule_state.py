@@ -22,6 +22,7 @@ class ScheduleState:
         skipped, not retried in a loop; a draining server notes nothing (the slot is missed)."""
         store = self.store
         with store.lock:
+            store.journal.check()  # a full disk: the run is skipped, nothing is noted
             try:
                 enqueued_at = store.enqueue_locked(record)
             except QueueFull as exc:
