@@ -7,12 +7,12 @@
     python -m stress --help
 
 Exit status 0 when every invariant holds, 1 when one fails, 2 when no server can be reached.
-See stress/harness_run.py (processes and faults) and stress/harness_check.py (invariants).
+See stress/harness/run.py (processes and faults) and stress/harness/check.py (invariants).
 """
 
 import sys
 
-from stress.harness_run import main
+from stress.harness.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

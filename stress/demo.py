@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 
-SETTINGS = "stress.bench_settings"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from stress.common.paths import ROOT
+
+SETTINGS = "stress.bench.settings"
 NAMES = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -43,8 +44,7 @@ def child(name, n_tasks):
     from django.tasks.exceptions import TaskResultDoesNotExist
 
     from django_tasks_shared import wait
-
-    from .bench_tasks import square
+    from stress.common.tasks import square
 
     t0 = time.perf_counter()
     results = [square.enqueue(i, name) for i in range(n_tasks)]
@@ -95,8 +95,7 @@ def main(argv=None):
     from django.tasks import default_task_backend
 
     from django_tasks_shared import wait
-
-    from .bench_tasks import square
+    from stress.common.tasks import square
 
     children = []
     problems = []

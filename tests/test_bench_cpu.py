@@ -1,13 +1,12 @@
-"""The benchmark's CPU clock of another process (stress/bench_cpu.py), on real processes."""
+"""The benchmark's CPU clock of another process (stress/bench/cpu.py), on real processes."""
 
 import os
 import subprocess
 import sys
 import time
 
-from stress.bench_cpu import cpu_of, process_cpu
-
 from helpers import stop_process
+from stress.bench.cpu import cpu_of, process_cpu
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2: pass\n" \
        "print('burnt', flush=True)\ntime.sleep(60)"

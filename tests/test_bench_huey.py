@@ -1,4 +1,4 @@
-"""The benchmark's Huey system (stress/bench_huey.py): skipped with a how-to-install line when
+"""The benchmark's Huey system (stress/bench/huey.py): skipped with a how-to-install line when
 redis-server is missing; when present, it starts its private redis-server and huey_consumer and
 stops both by pid, leaving no process and no temp dir behind (real processes, a few seconds)."""
 
@@ -7,7 +7,8 @@ import types
 
 import psutil
 import pytest
-from stress import bench_huey
+
+from stress.bench import huey as bench_huey
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,10 +1,12 @@
 """The benchmark's pure helpers (no processes): issue 9's targets judged per repeat with
-"met k/N" (stress/bench_targets.py), and the portable mode's polling loop
-(stress/bench_portable.py)."""
+"met k/N" (stress/bench/targets.py), and the portable mode's polling loop
+(stress/bench/portable.py)."""
 
 import pytest
-from stress import bench_portable, bench_targets
-from stress.bench_targets import Target
+
+from stress.bench import portable as bench_portable
+from stress.bench import targets as bench_targets
+from stress.bench.targets import Target
 
 
 def rep(shared, local=None, huey=None):
@@ -65,7 +67,7 @@ def test_report_lines_say_pass_or_miss_with_met_k_of_n():
 
 
 def test_every_issue_9_target_reads_a_figure_the_bench_produces():
-    from stress.bench import METRICS
+    from stress.bench.runner import METRICS
 
     produced = {key for key, *_ in METRICS}
     for t in bench_targets.TARGETS:

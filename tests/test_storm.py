@@ -17,10 +17,10 @@ from argparse import Namespace
 from multiprocessing import connection
 
 import pytest
-from stress.storm_net import close_all, open_storm
-from stress.storm_report import percentiles, verdicts
 
 from helpers import short_socket_path, stop_process
+from stress.storm.net import close_all, open_storm
+from stress.storm.report import percentiles, verdicts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONNECTIONS = 5000
@@ -66,7 +66,7 @@ def verdict(report, fragment):
 
 @pytest.mark.timeout(30)
 def test_storm_handshake_is_the_stdlib_protocol(tmp_path):
-    """storm_net's hand-written handshake against multiprocessing.connection's server side
+    """storm/net.py's hand-written handshake against multiprocessing.connection's server side
     (deliver_challenge, answer_challenge, then the accept_connection request); a wrong authkey
     is told apart."""
     address = short_socket_path()

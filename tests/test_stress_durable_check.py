@@ -2,7 +2,7 @@
 a task that died with a SIGKILLed server is told apart from one that was lost, and is accepted
 only when the server it names was SIGKILLed by the harness after the task started."""
 
-from stress import harness_durable
+from stress.harness import durable as harness_durable
 
 WL = "django_tasks_shared.exceptions.WorkerLost"
 KILL = {"pid": 101, "signal": "kill", "t": 1000.0, "new_pid": 102}

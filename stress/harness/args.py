@@ -1,4 +1,4 @@
-"""Command line of `python -m stress` (see stress/harness_run.py for what runs).
+"""Command line of `python -m stress` (see stress/harness/run.py for what runs).
 
     argv -> parse_args() -> args with defaults filled in (--quick ones where it says so),
             args.fault_set, args.mix_weights; bad flags end with a usage error naming the fix
@@ -38,7 +38,8 @@ def parse_args(argv):
                         "SIGTERM (a graceful drain, then exit), or both in turn starting with "
                         "SIGKILL (default kill; --quick: both)")
     p.add_argument("--address", help="use the server at this socket path or host:port (start "
-                   "it with DJANGO_SETTINGS_MODULE=stress.settings); default: a private one")
+                   "it with DJANGO_SETTINGS_MODULE=stress.harness.settings); default: a private "
+                   "one")
     p.add_argument("--workers", type=int, help="WORKERS of the server the harness starts "
                    "(default: CPU count)")
     p.add_argument("--time-limit", type=float,

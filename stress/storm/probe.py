@@ -1,7 +1,7 @@
 """The real client of the storm: enqueue a no-op task and `wait()` for it, over and over.
 
-    python -m stress.storm_probe      (started by stress/storm.py, never by hand)
-      env STRESS_ADDRESS / STRESS_OPTIONS -> stress.settings -> the server under the storm
+    python -m stress.storm.probe      (started by stress/storm/run.py, never by hand)
+      env STRESS_ADDRESS / STRESS_OPTIONS -> stress.harness.settings -> the server under the storm
       loop: t0 = monotonic(); noop.enqueue(); django_tasks_shared.wait(result); sleep(interval)
       stdout: "ready" once warmed up; at "stop" (or EOF) on stdin, one JSON line of samples
               [[t0, seconds or null, error or null], ...]
@@ -21,12 +21,12 @@ SAMPLE_TIMEOUT = 10.0  # seconds: a wait() longer than this counts as failed
 
 
 def main():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stress.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stress.harness.settings")
     import django
 
     django.setup()
     from django_tasks_shared import wait
-    from stress.bench_tasks import noop
+    from stress.common.tasks import noop
 
     interval = float(os.environ.get("STORM_PROBE_INTERVAL", "0.01"))
     stop = threading.Event()

@@ -1,6 +1,6 @@
 """Settings of the stress harness (`python -m stress`), run from the repository root.
 
-Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.settings). The backend's
+Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.harness.settings). The backend's
 OPTIONS come from the environment, set by the harness before anything imports Django, so that the
 harness, its client processes, every AUTOSTARTed server and its workers agree:
 
@@ -9,7 +9,7 @@ harness, its client processes, every AUTOSTARTed server and its workers agree:
 
 To stress a server you run yourself, start it with the same settings:
 
-    STRESS_ADDRESS=/tmp/s/tasks.sock DJANGO_SETTINGS_MODULE=stress.settings \\
+    STRESS_ADDRESS=/tmp/s/tasks.sock DJANGO_SETTINGS_MODULE=stress.harness.settings \\
         python -m django tasks_server
     python -m stress --address /tmp/s/tasks.sock
 """
@@ -17,14 +17,10 @@ To stress a server you run yourself, start it with the same settings:
 import json
 import os
 
+from stress.common.base_settings import *  # noqa: F403
+
 SECRET_KEY = os.environ.get("STRESS_SECRET_KEY",
                             "stress-secret-key-not-for-production-0123456789")
-DEBUG = False
-ALLOWED_HOSTS = ["*"]
-USE_TZ = True
-INSTALLED_APPS = ["django_tasks_shared"]
-DATABASES = {}
-MIDDLEWARE = []
 
 _options = {"WORKERS": 2, "AUTOSTART": True, "TIME_LIMIT": 2.0, "MAX_WORKER_MEMORY": 100,
             "MAX_RESULTS": 1000}
@@ -34,10 +30,4 @@ if os.environ.get("STRESS_ADDRESS"):
 
 TASKS = {
     "default": {"BACKEND": "django_tasks_shared.ProcessPoolBackend", "OPTIONS": _options},
-}
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_tasks_shared": {"handlers": ["console"], "level": "WARNING"}},
 }

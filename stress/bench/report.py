@@ -4,8 +4,8 @@
       -> table: one row per metric, one column per system (shared, local, raw, huey), then
          ours/local, ours/raw, ours/huey of the picked figures
       -> targets of issue 2 (on the picked figures, as before)
-      -> targets of issue 9 (stress/bench_targets.py: paired per repeat, median, met k/N)
-      -> W1 with a STATE_DIR (stress/bench_durable.py), when it ran
+      -> targets of issue 9 (stress/bench/targets.py: paired per repeat, median, met k/N)
+      -> W1 with a STATE_DIR (stress/bench/durable.py), when it ran
 """
 
 import json
@@ -13,7 +13,7 @@ import os
 import platform
 import statistics
 
-from . import bench_targets
+from . import targets as bench_targets
 
 COLUMNS = ("shared", "local", "raw", "huey")
 
@@ -49,7 +49,7 @@ def header(args):
 def report(args, metrics, systems, samples, iterations, counts, state_samples):
     state = state_lines = None
     if state_samples:
-        from . import bench_durable
+        from . import durable as bench_durable
 
         state = bench_durable.summarize(state_samples)
         state_lines = bench_durable.report_lines(state, counts["w1"])

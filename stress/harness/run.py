@@ -8,8 +8,8 @@
       │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one
       ├─ M client processes (spawn): enqueue, poll own ids, look up other clients' ids
       └─ checker: ledger files written by the tasks + what the clients saw + health samples
-                  -> invariants, report table, --json (harness_check.py; the STATE_DIR
-                     rules, "lost = 0 except WorkerLost at a server SIGKILL": harness_durable.py)
+                  -> invariants, report table, --json (check.py; the STATE_DIR
+                     rules, "lost = 0 except WorkerLost at a server SIGKILL": durable.py)
 """
 
 import contextlib
@@ -24,7 +24,9 @@ import tempfile
 import threading
 import time
 
-from .harness_args import parse_args
+from stress.common.paths import ROOT
+
+from .args import parse_args
 
 
 def make_plan(args, mix):
@@ -271,12 +273,11 @@ def main(argv=None):
         options.update(STATE_DIR=args.state_dir, FSYNC=args.fsync)
         if args.journal_limit:
             options["JOURNAL_LIMIT"] = args.journal_limit
-    os.environ["DJANGO_SETTINGS_MODULE"] = "stress.settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "stress.harness.settings"
     os.environ["STRESS_ADDRESS"] = address
     os.environ["STRESS_OPTIONS"] = json.dumps(options)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
 
     import django
 
@@ -286,7 +287,9 @@ def main(argv=None):
     from django_tasks_shared.client import launcher
     from django_tasks_shared.exceptions import ServerUnavailable
 
-    from . import harness_check, harness_client, harness_report
+    from . import check as harness_check
+    from . import client as harness_client
+    from . import report as harness_report
 
     backend = task_backends["default"]
     monitor = Monitor(backend)

@@ -5,10 +5,10 @@
     Huey.start()  redis-server --port 0 --unixsocket <new temp dir>/redis.sock --save ""
                     --appendonly no  (no TCP, no persistence; a unix socket like ours, so
                     both sides pay the same transport) -> PING answers (at most 10 s)
-                  huey_consumer stress.bench_huey_app.huey -k process -w 2
+                  huey_consumer stress.bench.huey_app.huey -k process -w 2
                     -> 20 warm-up tasks done; its children: the 2 workers and its scheduler
                        (which wakes once a second): their CPU is "worker CPU"
-    the workloads (stress/bench.py) call the same methods as on the other systems:
+    the workloads (stress/bench/runner.py) call the same methods as on the other systems:
         enqueue_noop / wait_all (Result.get(blocking=True): BLPOP on a notify key per result)
         is_done (Result.is_ready(): one HGET-and-delete; the portable and the polled modes)
         other_pids -> ([redis-server], [the consumer's worker processes])
@@ -86,16 +86,16 @@ class Huey:
             time.sleep(0.02)
         self.redis_version = conn.info("server")["redis_version"]
         conn.close()
-        from . import bench_huey_app
+        from . import huey_app as bench_huey_app
 
         self.app = bench_huey_app
         self.label = self.label.format(huey.__version__, self.redis_version)
         # the tasks module imports django.tasks' @task, which checks the settings' backends
-        env = dict(os.environ, DJANGO_SETTINGS_MODULE="stress.bench_settings",
+        env = dict(os.environ, DJANGO_SETTINGS_MODULE="stress.bench.settings",
                    PYTHONPATH=os.pathsep.join([self.root, os.environ.get("PYTHONPATH", "")]))
         consumer = os.path.join(os.path.dirname(sys.executable), "huey_consumer")
         self.consumer = subprocess.Popen(
-            [consumer, "stress.bench_huey_app.huey", "-k", "process", "-w", "2", "-q",
+            [consumer, "stress.bench.huey_app.huey", "-k", "process", "-w", "2", "-q",
              "--no-periodic", "-l", os.path.join(self.tmp, "consumer.log")],
             cwd=self.root, env=env, stdout=subprocess.DEVNULL)
         self._warm_up()
@@ -171,7 +171,7 @@ class Huey:
         return "FAILED" if value is EmptyData or isinstance(value, Error) else "SUCCESSFUL"
 
     def w4(self, n_ids, n_lookups):
-        from .bench import percentile, run_child
+        from .runner import percentile, run_child
 
         results = [self.app.noop() for _ in range(n_ids)]
         for r in results:  # preserve: the other process must still find them
@@ -187,7 +187,7 @@ class Huey:
 
 def w4_child(spec):
     """In the separate W4 process: look finished results up by id, then time bare PINGs."""
-    from .bench_huey_app import huey
+    from .huey_app import huey
 
     found = sum(huey.storage.has_data_for_key(i) for i in spec["ids"])  # stored, not taken
     ids, times, ping = spec["ids"], [], []

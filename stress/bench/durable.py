@@ -1,6 +1,6 @@
 """W1 with a STATE_DIR: what the journal costs, per FSYNC mode (in `python -m stress.bench`).
 
-    prepare(): BENCH_STATE_ROOT = a new directory (before django.setup(); bench_settings.py then
+    prepare(): BENCH_STATE_ROOT = a new directory (before django.setup(); settings.py then
                defines the aliases state_everysec, state_always, state_never, each an embedded
                server with 2 workers and STATE_DIR = BENCH_STATE_ROOT/<mode>)
     per repeat, in rotating order:  in memory (alias default) | everysec | always | never

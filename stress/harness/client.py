@@ -40,7 +40,7 @@ class Client:
         django.setup()
         from django.tasks import task_backends
 
-        from stress import tasks as workload_tasks
+        from stress.harness import tasks as workload_tasks
 
         self.p = params
         self.idx = params["idx"]

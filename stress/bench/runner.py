@@ -11,7 +11,7 @@ Everything runs in ONE run on this machine, the four systems back to back inside
             starts `django-admin tasks_server` on a private socket instead
     local   django_tasks_local.ProcessPoolBackend, MAX_WORKERS=2 (no sharing between processes)
     raw     concurrent.futures.ProcessPoolExecutor(2), plain functions, no Django
-    huey    Huey with a private redis-server (stress/bench_huey.py: both started and stopped by
+    huey    Huey with a private redis-server (stress/bench/huey.py: both started and stopped by
             pid here; skipped, saying how to install them, when redis-server or huey is missing)
 
     W1  2,000 no-op tasks: enqueue all, then wait for all -> tasks/s, and the CPU per task spent
@@ -21,8 +21,8 @@ Everything runs in ONE run on this machine, the four systems back to back inside
         raw calls Future.result() per future, Huey a blocking Result.get() per result.
         CPU per task: server (the embedded server's pid from health(); redis-server for Huey)
         and worker processes (health()'s workers; the pool's or the consumer's children), each
-        read from the process's CPU clock to the ns (stress/bench_cpu.py)
-    W1 portable (stress/bench_portable.py): W1 again, waited the way code for ANY backend
+        read from the process's CPU clock to the ns (stress/bench/cpu.py)
+    W1 portable (stress/bench/portable.py): W1 again, waited the way code for ANY backend
         waits: refresh() over the pending results every 1 ms (Huey: is_ready(); raw: done())
     W2  200 single tasks one after another: enqueue -> observed finished, p50/p99; polled with
         TaskResult.refresh() (Future.done() for raw), and blocking (django_tasks_shared.wait;
@@ -31,16 +31,16 @@ Everything runs in ONE run on this machine, the four systems back to back inside
         the task CPU measured inside the task (time.thread_time)
     W4  one get_result of a finished result from a process that did not enqueue it, p50/p99
         (a separate OS process; django-tasks-local cannot see other processes' results at all)
-    W5  (stress/bench_w5.py, ours only) 64 client processes enqueuing and waiting at once
+    W5  (stress/bench/w5.py, ours only) 64 client processes enqueuing and waiting at once
         against 1 client doing the same total -> tasks/s of each and the ratio
 
-    W1 with a STATE_DIR (stress/bench_durable.py): W1 again on three more embedded servers,
+    W1 with a STATE_DIR (stress/bench/durable.py): W1 again on three more embedded servers,
         STATE_DIR with FSYNC "everysec", "always", "never", paired per repeat with an in-memory
         W1 run next to them -> ratios (issue 7 target: everysec >= 0.85x in-memory)
 
 Prints a table, ratios (ours / local, ours / raw, ours / huey), PASS/MISS per target of issue 2
-(stress/bench_report.py) and per target of issue 9, judged per repeat with "met k/N"
-(stress/bench_targets.py). Not a test: exits 0 whatever the figures, unless something crashes.
+(stress/bench/report.py) and per target of issue 9, judged per repeat with "met k/N"
+(stress/bench/targets.py). Not a test: exits 0 whatever the figures, unless something crashes.
 Every process it starts is stopped by pid at the end.
 """
 
@@ -55,11 +55,16 @@ import tempfile
 import time
 import warnings
 
-from . import bench_portable, bench_report, bench_w5
-from .bench_cpu import cpu_of
+from stress.common.layout import internal
+from stress.common.paths import ROOT
 
-SETTINGS = "stress.bench_settings"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import durable as bench_durable
+from . import portable as bench_portable
+from . import report as bench_report
+from . import w5 as bench_w5
+from .cpu import cpu_of
+
+SETTINGS = "stress.bench.settings"
 FINISHED = ("SUCCESSFUL", "FAILED")
 
 FULL = {"w1": 2000, "w2": 200, "w3": 40, "w4": 1000, "w4_ids": 200, "w5": 2048}
@@ -119,8 +124,7 @@ class Shared:
         from django.tasks import task_backends
 
         from django_tasks_shared import wait, wait_all
-
-        from . import bench_tasks
+        from stress.common import tasks as bench_tasks
 
         self.args, self.counts, self.tasks, self.wait = args, counts, bench_tasks, wait
         self.wait_all_fn = wait_all
@@ -248,7 +252,7 @@ class Raw:
     label = "concurrent.futures.ProcessPoolExecutor(2), plain functions"
 
     def __init__(self, args, counts):
-        from . import bench_tasks
+        from stress.common import tasks as bench_tasks
 
         self.args, self.counts, self.tasks = args, counts, bench_tasks
         self.executor = None
@@ -420,7 +424,7 @@ def w4_child():
 
     spec = json.loads(sys.stdin.read())
     if spec.get("huey"):
-        from . import bench_huey
+        from . import huey as bench_huey
 
         return json.dump(bench_huey.w4_child(spec), sys.stdout)
     backend = task_backends[spec["alias"]]
@@ -460,40 +464,19 @@ def machine_busy():
 
 
 def run(args):
+    """Every workload of every system, --repeat times: (systems, samples, burn iterations,
+    counts, samples of W1 with a STATE_DIR). Sets args.load_before, args.skipped and
+    args.others_cpu_pct for the report."""
     counts = QUICK if args.quick else FULL
     args.load_before = os.getloadavg()
     busy0 = machine_busy()
     wall0 = time.perf_counter()
-    sock_dir = None
-    if args.server:
-        sock_dir = tempfile.mkdtemp(prefix="dts-bench-")
-        os.environ["BENCH_TASKS_ADDRESS"] = os.path.join(sock_dir, "tasks.sock")
-    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
-    state_root = None
-    if not args.no_state:
-        from . import bench_durable
+    sock_dir, state_root, server = set_up(args)
 
-        state_root = bench_durable.prepare()
-    import django
-
-    django.setup()
-    server = start_tasks_server() if args.server else None
-
-    from . import bench_tasks
+    from stress.common import tasks as bench_tasks
 
     iterations = bench_tasks.calibrate_burn(0.050)
-    classes = [] if args.state_only else [Shared, Local, Raw]
-    systems = [cls(args, counts) for cls in classes]
-    args.skipped = {}
-    if classes and not args.no_huey:
-        from . import bench_huey
-
-        why = bench_huey.available()
-        if why:
-            args.skipped["huey"] = why
-            print(f"  huey skipped: {why}", file=sys.stderr, flush=True)
-        else:
-            systems.append(bench_huey.Huey(args, counts, ROOT))
+    systems = build_systems(args, counts)
     samples = {s.name: [] for s in systems}
     durable = bench_durable.make_systems(Shared, args, counts) if state_root else []
     state_samples = {}
@@ -501,46 +484,105 @@ def run(args):
         for s in systems + durable:
             s.start()
         for rep in range(args.repeat):
-            if durable:
-                bench_durable.repeat(durable, rep, counts["w1"], _w1, state_samples)
-                print(f"  repeat {rep + 1}/{args.repeat} W1 STATE_DIR: " + ", ".join(
-                    f"{mode} {v[-1]['tps']:,.0f}/s" for mode, v in state_samples.items()),
-                    file=sys.stderr, flush=True)
-            if not systems:
-                continue
-            k = rep % len(systems)
-            for s in systems[k:] + systems[:k]:
-                t0 = time.perf_counter()
-                figures = {}
-                figures.update(w1(s, counts["w1"]))
-                figures.update(bench_portable.w1_portable(s, counts["w1"]))
-                figures.update(w2(s, counts["w2"]))
-                figures.update(w3(s, counts["w3"], iterations))
-                figures.update(s.w4(counts["w4_ids"], counts["w4"]))
-                w5_note = ""
-                if s.name == "shared":
-                    t5 = time.perf_counter()
-                    figures.update(bench_w5.w5(s, counts["w5"], rep, run_child, cpu_of))
-                    w5_note = (f", W5 {figures['w5_ratio']:.2f}x "
-                               f"({time.perf_counter() - t5:.1f} s)")
-                samples[s.name].append(figures)
-                print(f"  repeat {rep + 1}/{args.repeat} {s.name:<6} done in "
-                      f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s, "
-                      f"portable {figures['w1_portable_tps']:,.0f}/s{w5_note}",
-                      file=sys.stderr, flush=True)
+            run_repeat(args, rep, systems, durable, counts, iterations, samples, state_samples)
     finally:
-        for s in systems:
-            with contextlib.suppress(Exception):
-                s.stop()
-        stop_everything(server)
-        for directory in (state_root, sock_dir):  # the --server socket's dir too (was left)
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
+        tear_down(systems, server, (state_root, sock_dir))
     busy1 = machine_busy()
     wall = time.perf_counter() - wall0
-    others = (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])
-    args.others_cpu_pct = max(0.0, others) / (wall * (os.cpu_count() or 1)) * 100
+    args.others_cpu_pct = others_cpu_pct(busy0, busy1, wall)
     return systems, samples, iterations, counts, state_samples
+
+
+def set_up(args):
+    """The environment the settings read, django.setup() and, with --server, a started
+    tasks_server: (the --server socket's directory, the STATE_DIR root, the server's Popen)."""
+    sock_dir = None
+    if args.server:
+        sock_dir = tempfile.mkdtemp(prefix="dts-bench-")
+        os.environ["BENCH_TASKS_ADDRESS"] = os.path.join(sock_dir, "tasks.sock")
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
+    state_root = None
+    if not args.no_state:
+        state_root = bench_durable.prepare()
+    import django
+
+    django.setup()
+    server = start_tasks_server() if args.server else None
+    return sock_dir, state_root, server
+
+
+def build_systems(args, counts):
+    """The systems compared (none with --state-only); Huey too unless --no-huey, or unless it
+    cannot run here (args.skipped["huey"] says why)."""
+    classes = [] if args.state_only else [Shared, Local, Raw]
+    systems = [cls(args, counts) for cls in classes]
+    args.skipped = {}
+    if classes and not args.no_huey:
+        from . import huey as bench_huey
+
+        why = bench_huey.available()
+        if why:
+            args.skipped["huey"] = why
+            print(f"  huey skipped: {why}", file=sys.stderr, flush=True)
+        else:
+            systems.append(bench_huey.Huey(args, counts, ROOT))
+    return systems
+
+
+def run_repeat(args, rep, systems, durable, counts, iterations, samples, state_samples):
+    """Repeat `rep`: W1 with a STATE_DIR per FSYNC mode, then every workload of each system,
+    the systems' order rotated by `rep`; the figures appended to the samples."""
+    if durable:
+        bench_durable.repeat(durable, rep, counts["w1"], _w1, state_samples)
+        print(f"  repeat {rep + 1}/{args.repeat} W1 STATE_DIR: " + ", ".join(
+            f"{mode} {v[-1]['tps']:,.0f}/s" for mode, v in state_samples.items()),
+            file=sys.stderr, flush=True)
+    if not systems:
+        return
+    k = rep % len(systems)
+    for s in systems[k:] + systems[:k]:
+        t0 = time.perf_counter()
+        figures, w5_seconds = workloads(s, rep, counts, iterations)
+        samples[s.name].append(figures)
+        w5_note = ("" if w5_seconds is None else
+                   f", W5 {figures['w5_ratio']:.2f}x ({w5_seconds:.1f} s)")
+        print(f"  repeat {rep + 1}/{args.repeat} {s.name:<6} done in "
+              f"{time.perf_counter() - t0:5.1f} s: W1 {figures['w1_tps']:,.0f}/s, "
+              f"portable {figures['w1_portable_tps']:,.0f}/s{w5_note}",
+              file=sys.stderr, flush=True)
+
+
+def workloads(system, rep, counts, iterations):
+    """W1, W1 portable, W2, W3, W4 and, on ours, W5: (one system's figures of one repeat, the
+    seconds W5 took or None)."""
+    figures, w5_seconds = {}, None
+    figures.update(w1(system, counts["w1"]))
+    figures.update(bench_portable.w1_portable(system, counts["w1"]))
+    figures.update(w2(system, counts["w2"]))
+    figures.update(w3(system, counts["w3"], iterations))
+    figures.update(system.w4(counts["w4_ids"], counts["w4"]))
+    if system.name == "shared":
+        t5 = time.perf_counter()
+        figures.update(bench_w5.w5(system, counts["w5"], rep, run_child, cpu_of))
+        w5_seconds = time.perf_counter() - t5
+    return figures, w5_seconds
+
+
+def tear_down(systems, server, directories):
+    """Stop the systems and every process the run started, by pid; remove its directories."""
+    for s in systems:
+        with contextlib.suppress(Exception):
+            s.stop()
+    stop_everything(server)
+    for directory in directories:  # the --server socket's dir too (was left)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def others_cpu_pct(busy0, busy1, wall):
+    """% of the machine's CPU that OTHER processes used between two machine_busy() reads."""
+    others = (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])
+    return max(0.0, others) / (wall * (os.cpu_count() or 1)) * 100
 
 
 def start_tasks_server():
@@ -570,8 +612,8 @@ def stop_everything(server=None):
     then anything left among our descendants."""
     import psutil
 
-    from django_tasks_shared.client import launcher
-
+    # (this layout's path, or an older one's: profile_worker --src runs this on an older checkout)
+    launcher = internal("django_tasks_shared.client.launcher", "django_tasks_shared.launcher")
     me = psutil.Process()
     descendants = me.children(recursive=True)
     servers = [p.pid for p in launcher._owned.values() if p.poll() is None]

@@ -1,4 +1,4 @@
-"""Tasks of the benchmark and the demo.
+"""Tasks of the benchmark, the demo, the storm's probe and the profilers.
 
 Django resolves a task by its function's module path, so the `@task` functions keep their own
 names; the raw ProcessPoolExecutor pickles plain functions by name, so it gets `raw_*` twins

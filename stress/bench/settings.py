@@ -1,6 +1,6 @@
 """Settings of the benchmark and the demo (`python -m stress.bench`, `python -m stress.demo`).
 
-Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.bench_settings), so it is a
+Workers import this module by name (DJANGO_SETTINGS_MODULE=stress.bench.settings), so it is a
 real module, run from the repository root. Aliases:
 
     default  django_tasks_shared.ProcessPoolBackend, 2 workers, embedded server (no ADDRESS)
@@ -15,13 +15,9 @@ MAX_RESULTS is raised so that the 2,000 results of W1 are all still there when w
 
 import os
 
+from stress.common.base_settings import *  # noqa: F403
+
 SECRET_KEY = os.environ.get("BENCH_SECRET_KEY", "bench-secret-key-not-for-production-0123456789")
-DEBUG = False
-ALLOWED_HOSTS = ["*"]
-USE_TZ = True
-INSTALLED_APPS = ["django_tasks_shared"]
-DATABASES = {}
-MIDDLEWARE = []
 
 _options = {"WORKERS": int(os.environ.get("BENCH_WORKERS", "2")), "MAX_RESULTS": 10_000}
 if os.environ.get("BENCH_TASKS_ADDRESS"):
@@ -30,7 +26,7 @@ if os.environ.get("BENCH_TASKS_ADDRESS"):
 TASKS = {
     "default": {"BACKEND": "django_tasks_shared.ProcessPoolBackend", "OPTIONS": _options},
 }
-# W1 with a STATE_DIR (stress/bench_durable.py): one embedded server per FSYNC mode, each with
+# W1 with a STATE_DIR (stress/bench/durable.py): one embedded server per FSYNC mode, each with
 # its own state directory under BENCH_STATE_ROOT (set by the benchmark before django.setup()).
 if os.environ.get("BENCH_STATE_ROOT"):
     _embedded = {k: v for k, v in _options.items() if k != "ADDRESS"}  # one server per alias
@@ -46,10 +42,3 @@ except ImportError:
 else:
     TASKS["local"] = {"BACKEND": "django_tasks_local.ProcessPoolBackend",
                       "OPTIONS": {"MAX_WORKERS": 2, "MAX_RESULTS": 10_000}}
-
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_tasks_shared": {"handlers": ["console"], "level": "WARNING"}},
-}

@@ -1,6 +1,6 @@
 """The speed targets of issue 9, judged per repeat and summed up over the repeats.
 
-    samples: {system name: [figures of repeat 1, figures of repeat 2, ...]}  (stress/bench.py)
+    samples: {system name: [figures of repeat 1, figures of repeat 2, ...]}  (runner.py)
     per repeat r: value = TARGET.value({name: samples[name][r]}) -- a ratio of two systems of
                   the SAME repeat (paired: the machine's noise moves both), or a figure of ours
     summary per target: the values, their median, how many repeats met it ("met 7/10"), and

@@ -1,9 +1,9 @@
 """The report table of a stress run (what `python -m stress` prints), from check()'s report.
 
-    harness_check.check() -> report dict -> render() -> text (config, tasks, figures, invariants)
+    check.check() -> report dict -> render() -> text (config, tasks, figures, invariants)
 """
 
-from . import harness_durable
+from . import durable as harness_durable
 
 
 def render(report):

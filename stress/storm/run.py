@@ -3,17 +3,17 @@
     storm (this process)
       ├─ server: `tasks_server --grace G` on a private unix socket in a temp dir, WORKERS=2,
       │          MAX_CONNECTIONS raised (8192) so that 5,000 fit; or --address of a running one
-      ├─ probe:  stress/storm_probe.py, a process of its own: enqueue a no-op + wait(), every
+      ├─ probe:  stress/storm/probe.py, a process of its own: enqueue a no-op + wait(), every
       │          10 ms, timed (the latency a real client sees during the storm)
       ├─ sampler thread: psutil on the server pid every 50 ms (num_threads, memory_info().rss)
-      └─ phases (--phases; stress/storm_net.py opens the sockets from one selectors loop),
+      └─ phases (--phases; stress/storm/net.py opens the sockets from one selectors loop),
          each after the server's threads are back at the baseline (else the rest is skipped):
            raw     N connections at once, held --hold s, closed at once
            half    N at once, N/2 of them through the whole handshake; held; closed at once
            idle    N/2 handshaken connections at once, held: RSS delta / connection
          then SIGTERM, with the idle ones still open (every web process holds connections):
          the seconds until the server has exited
-      -> report (stress/storm_report.py): counts, timings, probe p50/p99, server threads and
+      -> report (stress/storm/report.py): counts, timings, probe p50/p99, server threads and
          RSS at baseline / peak / 2 s after, cost per idle connection, SIGTERM exit time,
          PASS/MISS per target of issue 9; --json FILE
 
@@ -37,10 +37,11 @@ import time
 
 import psutil
 
-from stress.storm_net import close_all, open_storm
-from stress.storm_report import BACK_WITHIN, percentiles, print_report, verdicts
+from stress.common.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .net import close_all, open_storm
+from .report import BACK_WITHIN, percentiles, print_report, verdicts
+
 # RSS may stay this much above its baseline and still count as "back". Memory a server frees
 # is not all returned to the OS at once (glibc and pymalloc keep some arenas), and that is not
 # a leak; 8 MiB over 5,000 connections is 1.7 KiB each: any real per-connection leftover
@@ -95,7 +96,7 @@ def raise_nofile(need):
 
 def child_env(address, options):
     env = {k: v for k, v in os.environ.items() if k not in ("STRESS_ADDRESS", "STRESS_OPTIONS")}
-    env.update(DJANGO_SETTINGS_MODULE="stress.settings", STRESS_ADDRESS=address,
+    env.update(DJANGO_SETTINGS_MODULE="stress.harness.settings", STRESS_ADDRESS=address,
                STRESS_OPTIONS=json.dumps(options),
                PYTHONPATH=os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p))
     return env
@@ -165,7 +166,7 @@ class StormRun:
                 options["AUTHKEY"] = args.authkey
                 self.authkey = args.authkey.encode()
             else:
-                from stress.settings import SECRET_KEY
+                from stress.harness.settings import SECRET_KEY
 
                 self.authkey = derive_authkey(SECRET_KEY, "default")
             self.env = child_env(args.address, options)
@@ -190,7 +191,7 @@ class StormRun:
             time.sleep(0.1)
         self.pid = pid
         self.probe = subprocess.Popen(
-            [sys.executable, "-m", "stress.storm_probe"], cwd=ROOT, env=dict(
+            [sys.executable, "-m", "stress.storm.probe"], cwd=ROOT, env=dict(
                 self.env, STORM_PROBE_INTERVAL=str(args.probe_interval)),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.children.append(self.probe)
@@ -331,7 +332,7 @@ def parse_args(argv):
     parser.add_argument("--hold", type=float, default=1.0, help="seconds a storm is held")
     parser.add_argument("--address", help="a running server instead of a started one")
     parser.add_argument("--authkey", help="its OPTIONS['AUTHKEY'] (default: derived from "
-                                          "stress.settings' SECRET_KEY)")
+                                          "stress.harness.settings' SECRET_KEY)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--grace", type=float, default=2.0, help="tasks_server --grace")
     parser.add_argument("--max-connections", type=int, default=8192,

@@ -1,6 +1,6 @@
-"""The Huey instance and tasks of the benchmark (`python -m stress.bench`, stress/bench_huey.py).
+"""The Huey instance and tasks of the benchmark (`python -m stress.bench`, stress/bench/huey.py).
 
-`huey_consumer stress.bench_huey_app.huey -k process -w 2` imports this module in the consumer
+`huey_consumer stress.bench.huey_app.huey -k process -w 2` imports this module in the consumer
 and the bench imports it to enqueue, so both find the private redis-server the same way: its
 unix socket is BENCH_REDIS_SOCKET (set by the bench before either imports this).
 
@@ -14,7 +14,7 @@ import os
 
 from huey import RedisHuey
 
-from .bench_tasks import _burn
+from stress.common.tasks import _burn
 
 huey = RedisHuey("dts-bench", url="unix://" + os.environ.get("BENCH_REDIS_SOCKET", "/nonexistent"),
                  results=True, store_none=True, notify_result=True)

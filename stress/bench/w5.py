@@ -100,8 +100,7 @@ def _client(each, ready_w, go_r, done_w):
     from django.tasks import task_backends
 
     from django_tasks_shared import wait_all
-
-    from . import bench_tasks
+    from stress.common import tasks as bench_tasks
 
     task_backends["default"].client.call("ping")  # connected before the start
     os.write(ready_w, b"r")

@@ -1,6 +1,6 @@
 """The storm's report: percentiles of the probe, PASS/MISS per target of issue 9, the text.
 
-    report dict (stress/storm.py) -> verdicts() -> [{target, result, measured}] -> print_report()
+    report dict (run.py) -> verdicts() -> [{target, result, measured}] -> print_report()
 """
 
 import math
