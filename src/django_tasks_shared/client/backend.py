@@ -23,12 +23,7 @@ from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
-from ..exceptions import (
-    PayloadTooLarge,
-    ServerAuthenticationError,
-    ServerUnavailable,
-    StorageUnavailable,
-)
+from ..exceptions import PayloadTooLarge, ServerAuthenticationError, ServerUnavailable
 from ..protocol.config import Config
 from ..protocol.records import new_record
 from ..protocol.status import FINISHED
@@ -90,8 +85,8 @@ class SharedBackend(BaseTaskBackend):
         """One round trip; in embedded/AUTOSTART mode a missing server is started first."""
         try:
             return self.client.call(method, *args)
-        except (ServerAuthenticationError, StorageUnavailable):
-            raise  # a server answered: starting one would not help
+        except ServerAuthenticationError:
+            raise
         except ServerUnavailable:
             if not self.config.can_start:
                 raise
