@@ -277,7 +277,7 @@ def test_state_files_removed_or_truncated_under_a_live_server_are_rewritten_from
             fault(state_dir)
             faulted_at = time.monotonic()
 
-            def rewritten(events_before=events_before, word=word):
+            def rewritten(srv=srv, events_before=events_before, word=word):
                 state = health(srv)["state"]
                 events = state["events"][events_before:]
                 return any(word in e["what"] for e in events) and \

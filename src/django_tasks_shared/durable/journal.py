@@ -75,6 +75,8 @@ class Journal:
         self.tainted = False  # this file may end in a partial entry: never append to it again
         self.cap: int | None = None  # a rewrite in progress: nothing past this is durable yet
         self.on_failure = None  # guard.py: called (write lock held) when writing starts failing
+        # The system calls, looked up here: a property test injects faults at this seam.
+        self._os_write, self._os_fsync = os.write, os.fsync
 
     @staticmethod
     def create(path, hello):
@@ -106,7 +108,7 @@ class Journal:
                 # Inside the lock: a commit() must never count bytes of the old file as synced
                 # because it fsynced the new one.
                 try:
-                    os.fsync(old)
+                    self._os_fsync(old)
                     self._synced = self._written
                 except OSError as exc:
                     self._fail(exc, "fsync", taint=True)
@@ -115,7 +117,7 @@ class Journal:
             old_ok = self.failure is None
         if self.fsync == "everysec" and old_ok:
             try:
-                os.fsync(old)
+                self._os_fsync(old)
             except OSError:
                 pass  # the snapshot of this switch covers what that file held
         os.close(old)
@@ -153,7 +155,7 @@ class Journal:
                     and self.failure is None:
                 written = self._written
                 try:
-                    os.fsync(self._fd)
+                    self._os_fsync(self._fd)
                     self._synced = written
                 except OSError as exc:
                     self._fail(exc, "fsync", taint=True)
@@ -169,7 +171,7 @@ class Journal:
                 return True
             written, fd = self._written, os.dup(self._fd)
         try:  # outside the write lock: requests keep writing while the disk catches up
-            os.fsync(fd)
+            self._os_fsync(fd)
         except OSError as exc:
             with self._write_lock:
                 self._fail(exc, "fsync", taint=True)
@@ -189,7 +191,7 @@ class Journal:
             written = self._written
             if self.fsync != "never":
                 try:
-                    os.fsync(self._fd)
+                    self._os_fsync(self._fd)
                 except OSError as exc:
                     self._fail(exc, "fsync", taint=True)
                     return False
@@ -230,7 +232,7 @@ class Journal:
         try:
             view = memoryview(data)
             while done < total:
-                done += os.write(self._fd, view[done:])
+                done += self._os_write(self._fd, view[done:])
         except OSError as exc:
             whole = kept_from = 0
             for chunk in chunks:  # the entries written whole
@@ -269,7 +271,7 @@ class Journal:
             written = self.failure is None and not self.tainted and self._write_buffered()
             if written and self.fsync != "never":
                 try:
-                    os.fsync(self._fd)
+                    self._os_fsync(self._fd)
                 except OSError:
                     pass
             os.close(self._fd)
