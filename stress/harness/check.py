@@ -21,6 +21,7 @@ import os
 import statistics
 from dataclasses import dataclass
 
+from . import disk as harness_disk
 from . import durable as harness_durable
 
 WORKER_LOST = "django_tasks_shared.exceptions.WorkerLost"
@@ -542,6 +543,12 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     rss, rss_summary = rss_bounded(o)
     survived, recovery = faults_survived(o, n_lost_kill)
     invariants += [stored, workers_back(o), rss, survived, run_after_honoured(o)]
+    disk = None
+    if getattr(faults, "disk", None) is not None:  # --faults enospc (disk.py)
+        ok, detail, bad, disk = harness_disk.check(faults.disk.report(), o.enqueue_errors,
+                                                   final_health)
+        invariants.append(_invariant("a full disk refused changes and the server resumed by "
+                                     "itself (enospc)", ok, detail, bad))
     if config["time_limit"]:
         invariants.append(time_limit_enforced(o))
     first = min((i["t_enq"] for i in o.tasks.values()), default=0)
@@ -560,5 +567,6 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         "results": results,
         "server_rss": rss_summary,
         "durability": durability,
+        "disk": disk,
         "invariants": invariants,
     }

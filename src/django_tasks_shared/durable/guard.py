@@ -51,6 +51,7 @@ class Guard:
         self.last_failure = None    # the previous failure, with recovered_at (health)
         self.failures = 0           # failures since the start (each one: refusals, then resume)
         self.current = None         # the failure being recovered from (journal.failure)
+        self._rewrite_started = None  # time.time() a rewrite began (its replies were held)
         self._rewrite = None        # why a rewrite is still needed (it failed; retried)
 
     # ---- the tick ------------------------------------------------------------------------------
@@ -92,7 +93,9 @@ class Guard:
         journal = self.state.journal
         journal.cap = None
         failure, self.current = self.current, None
+        since, self._rewrite_started = self._rewrite_started, None
         if failure is not None:
+            since = failure.since
             now = time.time()
             self.last_failure = dict(failure.as_dict(), recovered_at=now)
             logger.warning("STATE_DIR %s can be written again after %.1f s (%s); %d change(s) "
@@ -100,7 +103,7 @@ class Guard:
                            now - failure.since, failure.describe(), failure.refused)
             self._event(f"writing works again after {now - failure.since:.1f} s of "
                         f"{failure.errno}; {failure.refused} change(s) refused meanwhile")
-        self.state._store.journal.resumed()
+        self.state._store.journal.resumed(since)
 
     # ---- files under the server ----------------------------------------------------------------
 
@@ -171,6 +174,8 @@ class Guard:
             logger.error("STATE_DIR %s: %s; writing a fresh snapshot and journal from memory "
                          "(replies to changes wait until it is on disk)", state.path, reason)
         self._rewrite = reason
+        if self._rewrite_started is None:
+            self._rewrite_started = time.time()
         if journal.cap is None:
             journal.cap = journal.durable()
         journal.abandon()  # the buffer goes into the fresh journal, not this file

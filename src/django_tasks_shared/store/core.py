@@ -230,12 +230,16 @@ class TaskStore:
             return self.fail(task_id, exception_path, message)
 
     def overdue(self, time_limit):
-        """(worker id, task id, seconds running) for every task running longer than time_limit."""
+        """(worker id, task id, seconds running) for every task running longer than time_limit.
+        Time while the journal could not be written does not count (journaler.py: a task's
+        report is refused then, and one handed out in that turn waits for the disk)."""
         now = self.clock()
         with self.lock:
-            return [(wid, tid, now - self.records[tid]["started_at"])
-                    for tid, wid in self.running.items()
-                    if now - self.records[tid]["started_at"] > time_limit]
+            if self.journal.paused(now):
+                return []
+            ran = self.journal.ran
+            return [(wid, tid, elapsed) for tid, wid in self.running.items()
+                    if (elapsed := ran(self.records[tid]["started_at"], now)) > time_limit]
 
     def drain(self):
         """Hand out no more tasks: every claim now returns STOP."""

@@ -21,6 +21,9 @@ import time
 from ..durable.format import frame
 from ..exceptions import StorageUnavailable
 
+REPORT_GRACE = 2.0  # seconds after writing works again before TIME_LIMIT is judged again
+PAUSE_SLACK = 1.0   # seconds before a failure whose tasks' time is not counted either
+
 
 class Journaler:
     def __init__(self, store):
@@ -28,6 +31,7 @@ class Journaler:
         self.journal = None         # a durable.journal.Journal once a STATE_DIR is attached
         self._checkpointed = None   # the counters as last journaled
         self.need = 0               # position the current reply depends on (see take_need)
+        self.pause = None           # (since, until) of the last time writing failed
         self.on_durable = None      # the event loop's wake(): held replies may go out now
 
     # ---- storage faults (lock held) -------------------------------------------------------
@@ -60,6 +64,22 @@ class Journaler:
         if journal is not None:
             self.need = max(self.need, journal.appended)
 
+    def paused(self, now):
+        """True while changes cannot be made durable, and for REPORT_GRACE after: no task is
+        judged past TIME_LIMIT then (its report may be on its way again)."""
+        if self.failing:
+            return True
+        return self.pause is not None and now < self.pause[1] + REPORT_GRACE
+
+    def ran(self, started_at, now):
+        """Seconds a task started at `started_at` has run, less the last pause of the journal
+        (from PAUSE_SLACK before it began: a task handed out in the turn that first failed
+        waited for the disk with its reply)."""
+        pause = self.pause
+        if pause is None or started_at >= pause[1]:
+            return now - started_at
+        return now - started_at - (pause[1] - max(started_at, pause[0] - PAUSE_SLACK))
+
     def take_need(self):
         """The position the reply being sent depends on (0: none), reset for the next one."""
         need, self.need = self.need, 0
@@ -70,9 +90,12 @@ class Journaler:
         journal = self.journal
         return float("inf") if journal is None else journal.durable()
 
-    def resumed(self):
-        """Writing works again (the guard): parked claims are served, held replies go out."""
+    def resumed(self, since=None):
+        """Writing works again (the guard): parked claims are served, held replies go out.
+        `since`: when changes stopped being durable (the TIME_LIMIT clock skips that pause)."""
         with self.store.lock:
+            if since is not None:
+                self.pause = (since, self.store.clock())
             self.store.polls.notify_work(everyone=True)
         if self.on_durable is not None:
             self.on_durable()
