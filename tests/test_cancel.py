@@ -132,9 +132,16 @@ def test_cancels_racing_claims_and_finishes_give_exactly_one_outcome_each():
     for task_id in ids:
         store.enqueue(rec(task_id))
     cancelled, stop = [], threading.Event()
+    # Each worker holds a task before the first cancel, and the first cancel lands before the
+    # workers go on: the race is real whatever the scheduler does (on a loaded machine the
+    # workers used to drain all 3,000 before the cancelling thread ran at all).
+    claimed, first_cancel = threading.Semaphore(0), threading.Event()
 
     def work(worker_id):
-        outcome = None
+        outcome = store.polls.finish_and_claim(worker_id, None, 0)
+        outcome = {"id": outcome["id"], "status": "SUCCESSFUL", "return_value": 1}
+        claimed.release()
+        assert first_cancel.wait(10)
         while True:
             task = store.polls.finish_and_claim(worker_id, outcome, 0)
             if task is None or task == STOP:
@@ -147,9 +154,12 @@ def test_cancels_racing_claims_and_finishes_give_exactly_one_outcome_each():
             outcome = {"id": task["id"], "status": "SUCCESSFUL", "return_value": 1}
 
     def cancel_all():
+        for _ in range(3):
+            assert claimed.acquire(timeout=10)
         for task_id in reversed(ids):  # meets the workers somewhere in the middle
             if store.cancels.cancel(task_id):
                 cancelled.append(task_id)
+            first_cancel.set()
         stop.set()
 
     threads = [threading.Thread(target=work, args=(w,)) for w in ("w1", "w2", "w3")]

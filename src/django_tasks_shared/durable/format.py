@@ -57,7 +57,7 @@ def read_entries(path, kind):
     of a torn tail that was dropped (only a journal can have one: the crash came mid-write).
 
     Raises StateError naming the file and the byte offset for anything else: a wrong magic or
-    kind, a newer format version, a checksum mismatch followed by more data, bad JSON.
+    kind, a newer format version, a checksum mismatch followed by more data, an undecodable entry.
     """
     with open(path, "rb") as f:
         return decode_entries(f.read(), kind, path)

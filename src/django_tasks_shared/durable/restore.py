@@ -11,7 +11,7 @@ from .format import StateError
 
 
 class Restored:
-    """The state rebuilt from disk: apply() each operation in order (see journal.py)."""
+    """The state rebuilt from disk: apply() each operation in order (see format.py)."""
 
     def __init__(self):
         self.records = {}   # id -> record; finished ones in LRU order (last touched last)

@@ -17,6 +17,7 @@ def duration(seconds):
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
+
 def size(nbytes):
     if nbytes is None:
         return "-"
@@ -25,12 +26,14 @@ def size(nbytes):
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
 
+
 def clock(timestamp, now):
     if timestamp is None:
         return "-"
     moment = datetime.fromtimestamp(timestamp)
     fmt = "%H:%M:%S" if now - timestamp < 86400 else "%Y-%m-%d %H:%M"
     return f"{moment.strftime(fmt)} ({duration(max(0.0, now - timestamp))} ago)"
+
 
 def when(timestamp, now):
     """A clock time with how far away it is, past or future."""
@@ -41,7 +44,6 @@ def when(timestamp, now):
     moment = datetime.fromtimestamp(timestamp)
     fmt = "%H:%M:%S" if timestamp - now < 86400 else "%Y-%m-%d %H:%M"
     return f"{moment.strftime(fmt)} (in {duration(timestamp - now)})"
-
 
 
 def took(seconds):

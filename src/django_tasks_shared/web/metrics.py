@@ -3,7 +3,7 @@
     health snapshot (one round trip) -> HealthCollector.collect() -> metric families
                                      -> prometheus_client.generate_latest -> text/plain
 
-The histograms' bucket counts are kept in the server (history.Histogram), so every web process
+The histograms' bucket counts are kept in the server (store/stats.py), so every web process
 scraped reports the same figures. An unreachable server gives `django_tasks_shared_up 0` and
 nothing else, so an alert can tell "server down" from "scrape failed".
 """
