@@ -24,6 +24,7 @@ import subprocess
 import time
 
 RESUME_BOUND = 10.0  # seconds from freeing the disk to health showing no failure
+PAUSE_SLACK, REPORT_GRACE = 1.0, 2.0  # as in store/journaler.py (the TIME_LIMIT pause)
 HOLD = (0.5, 3.0)    # seconds a fill lasts (below CONNECT_TIMEOUT: held replies get through)
 
 
@@ -65,15 +66,19 @@ class DiskFaults:
 
     @property
     def full(self):
-        return self.free_at is not None
+        """Full, or freed but the server not seen resuming yet (no restart meanwhile)."""
+        return self.free_at is not None or (
+            bool(self.fills) and self.fills[-1]["resumed_s"] is None)
 
     def tick(self, restarting):
         now = time.monotonic()
         self._observe()
-        if self.full:
+        if self.free_at is not None:
             if now >= self.free_at:
                 self.free()
             return
+        if self.full:
+            return  # freed, the server not seen resuming yet
         if not restarting and now >= self.next_fill:
             self.fill()
 
@@ -121,7 +126,7 @@ class DiskFaults:
 
     def finish(self, timeout=RESUME_BOUND + 5):
         """Free the disk if it is full and wait for the server to say it resumed."""
-        if self.full:
+        if self.free_at is not None:
             self.free()
         deadline = time.monotonic() + timeout
         while self.fills and self.fills[-1]["resumed_s"] is None and \
@@ -132,6 +137,25 @@ class DiskFaults:
 
     def report(self):
         return [dict(f) for f in self.fills]
+
+
+def time_allowance(fills, info):
+    """Seconds a task may run past TIME_LIMIT + slack because a fill paused the server's
+    TIME_LIMIT clock while it ran (store/journaler.py: the pause, from PAUSE_SLACK before the
+    failure, is not counted, and nothing is judged for REPORT_GRACE after it)."""
+    started = info.get("started_at")
+    if started is None:
+        return 0.0
+    end = started + info.get("ran_max", 0.0)
+    allowance = 0.0
+    for f in fills:
+        if f["freed_at"] is None:
+            continue
+        resumed = f["freed_at"] + (f["resumed_s"] if f["resumed_s"] is not None
+                                   else RESUME_BOUND)
+        if started < resumed and end > f["t"] - PAUSE_SLACK:
+            allowance += resumed - f["t"] + PAUSE_SLACK + REPORT_GRACE
+    return allowance
 
 
 def check(fills, enqueue_errors, final_health):
