@@ -74,8 +74,8 @@ class StateDir:
         self.restored = {"pending": 0, "results": 0, "interrupted": 0}
         self.torn = []
         self.compactions = 0
-        self._lock_fd = None
-        self._dir_fd = None
+        self._lock_fd: int | None = None
+        self._dir_fd: int | None = None
         self.snapshot_file = None  # (path, (st_dev, st_ino)) of the newest snapshot written
         self.snapshot_error = None  # the last snapshot's error, until one succeeds
         self.guard = Guard(self)
@@ -98,8 +98,9 @@ class StateDir:
         try:
             self.relock_dir()
         except BaseException:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
             raise
 
     def relock_file(self):
@@ -308,6 +309,7 @@ class StateDir:
         final = os.path.join(self.path, _name("snapshot", number))
         tmp = final + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        is_open = True
         try:
             chunks = 0
             _write_all(fd, fmt.header(fmt.KIND_SNAPSHOT) + frame(["m", meta]))
@@ -316,12 +318,12 @@ class StateDir:
                 _write_all(fd, chunk)
             _write_all(fd, frame(["e", chunks]))
             os.fsync(fd)
+            is_open = False
             os.close(fd)
-            fd = None
             os.rename(tmp, final)
             fsync_dir(self.path)
         except BaseException:
-            if fd is not None:
+            if is_open:
                 os.close(fd)
             try:  # a full disk: give the space back (a renamed snapshot is complete, kept)
                 os.unlink(tmp)
