@@ -46,7 +46,8 @@ def _when(t):
 class Guard:
     def __init__(self, statedir):
         self.state = statedir
-        self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)  # {"at", "what"}: files found gone, recoveries
+        # {"at", "what"}: files found gone, rewrites, recoveries
+        self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)
         self.rewrites = 0
         self.last_failure = None    # the previous failure, with recovered_at (health)
         self.failures = 0           # failures since the start (each one: refusals, then resume)
