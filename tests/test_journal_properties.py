@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -263,3 +264,40 @@ def _run_and_check(directory, ops, fsync, cut):
             assert store2.records[task_id]["status"] in (READY, FAILED, SUCCESSFUL)
     finally:
         state2.close()
+
+
+def test_time_limit_does_not_count_the_time_the_journal_could_not_be_written():
+    """A task whose report is refused (or whose claim reply is held) while the disk is full is
+    not judged past TIME_LIMIT for that time, nor for REPORT_GRACE after it."""
+    directory = tempfile.mkdtemp(prefix="dts-prop-", dir=BASE)
+    every, statedir_module.FLUSH_EVERY = statedir_module.FLUSH_EVERY, 3600.0
+    now = [time.time()]  # the store's clock, moved by hand (a failure's `since` is real time)
+    store = TaskStore(clock=lambda: now[0])
+    state = StateDir(directory, "never")
+    try:
+        state.lock()
+        state.open(store, {"pid": 7, "version": "test"})
+        store.register_worker("w", pid=1)
+        store.enqueue(new_record(id="a", task="x.y", args=[], kwargs={}))
+        assert store.polls.claim_now("w", None)["id"] == "a"
+        store.commit()
+        faults = Faults(state.journal)
+        faults.writes = 1
+        store.enqueue(new_record(id="b", task="x.y", args=[], kwargs={}))
+        assert not store.commit() and store.journal.failing
+        now[0] += 30.0  # the disk stays full: nobody is judged meanwhile
+        assert store.overdue(5.0) == []
+        faults.heal()
+        state.guard.tick()  # writing works again
+        assert not store.journal.failing
+        now[0] += 1.0  # within REPORT_GRACE: reports on their way again
+        assert store.overdue(5.0) == []
+        now[0] += 2.0  # 33 s after it started, 30 of them the pause: ran about 3 s
+        assert store.overdue(5.0) == []
+        now[0] += 2.5
+        ((worker, task_id, ran),) = store.overdue(5.0)
+        assert (worker, task_id) == ("w", "a") and 5.0 < ran < 7.0
+    finally:
+        statedir_module.FLUSH_EVERY = every
+        state.close()
+        shutil.rmtree(directory)
