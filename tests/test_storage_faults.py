@@ -327,3 +327,54 @@ def test_two_servers_on_one_state_dir_are_impossible_even_without_the_lock_file(
         first.stop()
         if second is not None:
             second.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_compaction_on_a_full_disk_keeps_the_journals_and_is_tried_again():
+    """The journal passes JOURNAL_LIMIT while the disk is full: the compaction fails (its new
+    journal or its snapshot cannot be written), nothing is lost, health says so, and it is done
+    once there is room again; then a crash restores everything."""
+    from django_tasks_shared.durable import guard as guard_module
+    from django_tasks_shared.durable.statedir import StateDir
+    from django_tasks_shared.store import TaskStore
+
+    with tmpfs("1m") as mount:
+        directory = os.path.join(mount, "state")
+        store = TaskStore(max_results=10_000)
+        state = StateDir(directory, "never", journal_limit=4096)
+        state.lock()
+        state.open(store, {"pid": 7, "version": "test"})
+        state._stop.set()  # this test ticks the guard itself
+        retry, guard_module.SNAPSHOT_RETRY = guard_module.SNAPSHOT_RETRY, 0.0
+        try:
+            wait_until(lambda: not state._snapshotting.locked(), 10, message="first snapshot")
+            ids = []
+            for i in range(60):
+                ids.append(f"t{i}")
+                store.enqueue(new_record(id=ids[-1], task=TASK, args=["x" * 100], kwargs={}))
+            assert store.commit() and state.journal.bytes > 4096
+            ballast = fill(mount)
+            for _ in range(3):  # the compaction fails each time; the journal still writes
+                state.guard.tick()
+                wait_until(lambda: not state._snapshotting.locked(), 10, message="snapshot")
+            error = state.health()["error"]
+            assert error and "No space left" in error, error
+            os.unlink(ballast)
+            state.guard.tick()
+            wait_until(lambda: not state._snapshotting.locked(), 10, message="snapshot")
+            assert state.health()["error"] is None
+            assert len([n for n in os.listdir(directory) if n.startswith("journal-")]) == 1
+            store.enqueue(new_record(id="last", task=TASK, args=[], kwargs={}))
+            assert store.commit()
+            os.close(state.journal._fd)  # a crash: nothing more is written
+            os.close(state._lock_fd)
+            os.close(state._dir_fd)
+            state.journal._fd = state._lock_fd = state._dir_fd = None
+            again, state2 = TaskStore(max_results=10_000), StateDir(directory, "never")
+            state2.lock()
+            state2.open(again, {"pid": 8, "version": "test"})
+            assert set(again.records) == {*ids, "last"}
+            state2.close()
+        finally:
+            guard_module.SNAPSHOT_RETRY = retry
+            state.release()

@@ -5,7 +5,8 @@ harness fills and frees at random times (a real full disk, not a mock).
     tick():    every --enospc-every s (+-50 %): a ballast file fills the tmpfs to the last byte
                -> the server refuses changes (StorageUnavailable: clients retry), claims wait
                after 0.5-3 s: the ballast is removed -> the server must resume by itself
-               (health state.failure back to null) within RESUME_BOUND s
+               (health state.failure and state.error back to null: a snapshot that failed
+               meanwhile written too) within RESUME_BOUND s
     check():   every fill seen by the server (state.failure) and recovered from; the clients'
                refusals counted. Lost / run twice / burned tasks are the other invariants' job
                (ledger): a refused enqueue that ran anyway is an "unknown id" in the ledger, a
@@ -120,6 +121,8 @@ class DiskFaults:
         last = self.fills[-1]
         if state.get("failure"):
             last["failure_seen"] = True
+        elif state.get("error"):
+            pass  # e.g. a compaction's snapshot failed on the full disk: not over until retried
         elif self._freed_mono is not None and last["resumed_s"] is None and \
                 health is not None and sampled_at > self._freed_mono:  # sampled after the free
             last["resumed_s"] = round(time.time() - last["freed_at"], 3)

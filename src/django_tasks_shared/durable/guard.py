@@ -33,6 +33,7 @@ from .format import StateDirInUse
 logger = logging.getLogger("django_tasks_shared.state")
 
 EVENTS_KEPT = 10
+SNAPSHOT_RETRY = 10.0  # seconds between two tries of a snapshot that failed
 
 
 def _ident(st):
@@ -53,6 +54,7 @@ class Guard:
         self.failures = 0           # failures since the start (each one: refusals, then resume)
         self.current = None         # the failure being recovered from (journal.failure)
         self._rewrite_started = None  # time.time() a rewrite began (its replies were held)
+        self._snapshot_retry_at = 0.0  # monotonic: when a failed snapshot may be tried again
         self._rewrite = None        # why a rewrite is still needed (it failed; retried)
 
     # ---- the tick ------------------------------------------------------------------------------
@@ -74,8 +76,23 @@ class Guard:
         state._store.journal.checkpoint_counters()
         if not journal.sync():
             return  # failing now: on_failure logged it; the next tick retries
-        if journal.bytes > state.journal_limit and not state._snapshotting.locked():
+        if state._snapshotting.locked():
+            return
+        now = time.monotonic()
+        if state.snapshot_error:
+            # A compaction's snapshot failed (a full disk): its journals are kept, so nothing
+            # is lost, but they keep growing. Tried again now and then, as the journal writes.
+            if now < self._snapshot_retry_at:
+                return
+        elif journal.bytes <= state.journal_limit:
+            return
+        self._snapshot_retry_at = now + SNAPSHOT_RETRY
+        try:
             state._compact(background=True)
+        except OSError as exc:  # the new journal could not be made: nothing changed
+            state.snapshot_error = f"compaction failed: {exc}"
+            logger.error("STATE_DIR %s: compaction failed (%s); the journals are kept, tried "
+                         "again in %g s", state.path, exc, SNAPSHOT_RETRY)
 
     # ---- faults ----------------------------------------------------------------------------
 
