@@ -322,9 +322,8 @@ class EventLoop:
 
     def _on_peer(self, peer, events):
         try:
-            if events & OUT:
-                if peer in self._held:  # (never writing while held: one request at a time)
-                    return
+            # (a held reply is not written: never the case while writing, one request at a time)
+            if events & OUT and peer not in self._held:
                 if not peer.flush():
                     return
                 if peer.close_after_flush:
