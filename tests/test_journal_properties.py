@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 from hypothesis import HealthCheck, given, settings
@@ -160,6 +161,7 @@ def open_state(directory, fsync):
     if state._snapshot_thread is not None:
         state._snapshot_thread.join(10)
     store.register_worker("w", pid=1)
+    store.journal.owner = threading.get_ident()  # this thread plays the event loop
     return store, state
 
 

@@ -171,6 +171,12 @@ def test_a_full_disk_refuses_changes_loses_nothing_acknowledged_and_resumes_by_i
                     lambda: (h := health(srv))["state"]["failure"] and h, 20,
                     message="health to report the full disk")
                 wait_until(lambda: len(clients.refused) >= 20, 20, message="refused enqueues")
+                reader, some = srv.client(), next(iter(clients.acked.values()))
+                t0 = time.monotonic()
+                for _ in range(20):  # reads are served while the disk is full, never held
+                    assert reader.call("get", some)["id"] == some
+                    reader.call("overview")
+                read_seconds = time.monotonic() - t0
                 during = health(srv)
                 status, reasons = evaluate(during)
                 os.unlink(ballast)
@@ -189,6 +195,7 @@ def test_a_full_disk_refuses_changes_loses_nothing_acknowledged_and_resumes_by_i
             tag, (_, text) = next(iter(clients.refused.items()))
             assert state_dir in text and "ENOSPC" in text and "nothing was stored" in text
             assert resumed_in < 5, resumed_in  # the guard retries every second
+            assert read_seconds < 2, read_seconds  # 40 reads; held ones would take seconds
             after = health(srv)
             assert after["state"]["error"] is None and evaluate(after)[0] == HEALTHY
             assert after["state"]["last_failure"]["errno"] == "ENOSPC"

@@ -122,6 +122,7 @@ class EventLoop:
 
     def run(self):
         self._ident = threading.get_ident()
+        self._journal.owner = self._ident  # its appends are what replies wait for
         turn = self._poller.turn
         listen_fd, wake_fd = self.listener.fileno(), self._wakeup.fd
         peers, on_peer = self.peers, self._on_peer

@@ -12,11 +12,14 @@ that changes a record makes the change durable through these hooks, and only thr
 While the STATE_DIR cannot be written (durable/journal.py: `failure`), every change is refused
 BEFORE it is made: the change paths call check() first (StorageUnavailable, nothing stored), and
 claims hand nothing out (`failing`). `need` is the journal position the reply to the request
-being served depends on (the event loop holds the reply until the journal is durable there).
+being served depends on (the event loop holds the reply until the journal is durable there);
+only the event loop's own appends set it (`owner`), so a supervisor's change made meanwhile
+never holds a read's reply.
 """
 
 import os
 import time
+from threading import get_ident
 
 from ..durable.format import frame
 from ..exceptions import StorageUnavailable
@@ -31,6 +34,7 @@ class Journaler:
         self.journal = None         # a durable.journal.Journal once a STATE_DIR is attached
         self._checkpointed = None   # the counters as last journaled
         self.need = 0               # position the current reply depends on (see take_need)
+        self.owner = None           # the thread whose appends set `need` (the event loop's)
         self.pause = None           # (since, until) of the last time writing failed
         self.on_durable = None      # the event loop's wake(): held replies may go out now
 
@@ -61,7 +65,7 @@ class Journaler:
         """The reply reports a change made earlier (a retried enqueue of a stored id): it may
         go out only once everything journaled so far is durable."""
         journal = self.journal
-        if journal is not None:
+        if journal is not None and get_ident() == self.owner:
             self.need = max(self.need, journal.appended)
 
     def paused(self, now):
@@ -105,26 +109,33 @@ class Journaler:
     def put(self, record):
         """A new record, or one replaced as a whole."""
         if self.journal is not None:
-            self.need = self.journal.append(["p", record])
+            position = self.journal.append(["p", record])
+            if get_ident() == self.owner:
+                self.need = position
 
     def set(self, record, *fields):
         """`fields` of an existing record changed (e.g. "status", "finished_at", "errors")."""
         if self.journal is not None:
-            self.need = self.journal.append(["s", record["id"], {f: record[f] for f in fields}])
+            position = self.journal.append(["s", record["id"], {f: record[f] for f in fields}])
+            if get_ident() == self.owner:
+                self.need = position
 
     def forget(self, task_id):
-        """The record is gone (evicted, expired, removed)."""
+        """The record is gone (evicted, expired, removed). No reply waits for this entry: a
+        read that expires a result answers at once (lost at a crash, it expires again)."""
         if self.journal is not None:
-            self.need = self.journal.append(["f", task_id])
+            self.journal.append(["f", task_id])
 
     def durable(self, key):
         """store.durable[key] changed (or was deleted)."""
         if self.journal is not None:
             durable = self.store.durable
             if key in durable:
-                self.need = self.journal.append(["d", key, durable[key]])
+                position = self.journal.append(["d", key, durable[key]])
             else:
-                self.need = self.journal.append(["d", key])
+                position = self.journal.append(["d", key])
+            if get_ident() == self.owner:
+                self.need = position
 
     def commit(self):
         """Make the journaled changes durable (as FSYNC says) before a reply goes out. Called by
