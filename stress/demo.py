@@ -194,7 +194,7 @@ def _stop(children):
             popen.kill()
         with contextlib.suppress(Exception):
             popen.wait(5)
-    owned = [p for p in launcher._owned.values() if p.poll() is None]
+    owned = [p for p in launcher.owned_servers() if p.poll() is None]
     for popen in owned:
         popen.terminate()
     for popen in owned:

@@ -54,13 +54,16 @@ def test_unimportable_task_fails_clearly_and_the_worker_lives_on(
         assert server.client().call("health")["counters"]["worker_lost"] == 0
         assert wait(tasks.add.enqueue(1, 1), timeout=20).return_value == 2
 
-        # A process that cannot import the task gets the same clear error from get_result.
+        # A process that cannot import the task still reads the result (issue 17: no 500 in a
+        # view); its stand-in task raises the clear error when called.
         code = textwrap.dedent(f"""
             import django
             django.setup()
             from django.tasks import default_task_backend
+            result = default_task_backend.get_result({result.id!r})
+            print(result.status, result.task.module_path)
             try:
-                default_task_backend.get_result({result.id!r})
+                result.task.call()
             except ImportError as exc:
                 print("ImportError:", exc)
         """)
@@ -69,5 +72,6 @@ def test_unimportable_task_fails_clearly_and_the_worker_lives_on(
             p for p in env["PYTHONPATH"].split(os.pathsep) if p != directory)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, timeout=30)
+        assert f"FAILED {name}.only_here" in out.stdout, out.stdout + out.stderr
         assert "ImportError: task" in out.stdout, out.stdout + out.stderr
         assert "cannot be imported in this process" in out.stdout

@@ -27,7 +27,7 @@ def test_max_connections_refuses_with_the_reason_and_recovers():
         wait_until(lambda: all(w["ready_at"] for w in new_client(srv).call("health")["workers"]),
                    20, message="the worker connected")
         refused = None
-        for _ in range(10):  # the worker holds one connection already
+        for _ in range(10):  # the worker holds two already: its task thread, its notice thread
             client = new_client(srv)
             try:
                 client.call("ping")
@@ -36,7 +36,7 @@ def test_max_connections_refuses_with_the_reason_and_recovers():
                 break
             held.append(client)
         assert refused is not None
-        assert len(held) == 5  # 6 minus the worker's
+        assert len(held) == 4  # 6 minus the worker's two
         assert "refused the connection: the task server holds MAX_CONNECTIONS=6" in str(refused)
         for client in held:  # the held ones still work
             assert client.call("ping") == srv.popen.pid

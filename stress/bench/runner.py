@@ -616,7 +616,7 @@ def stop_everything(server=None):
     launcher = internal("django_tasks_shared.client.launcher", "django_tasks_shared.launcher")
     me = psutil.Process()
     descendants = me.children(recursive=True)
-    servers = [p.pid for p in launcher._owned.values() if p.poll() is None]
+    servers = [p.pid for p in launcher.owned_servers() if p.poll() is None]
     if server is not None and server.poll() is None:
         servers.append(server.pid)
     procs = []
@@ -635,7 +635,7 @@ def stop_everything(server=None):
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
-    for popen in list(launcher._owned.values()) + _children:
+    for popen in launcher.owned_servers() + _children:
         with contextlib.suppress(Exception):
             popen.wait(timeout=1)
 

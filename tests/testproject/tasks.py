@@ -104,10 +104,20 @@ def ledger(path):
 # ---- retries -----------------------------------------------------------------------------------
 
 def _signal_log(signal_name):
-    """Append "<signal> <result id>" to $TASKS_SIGNAL_LOG (set by a test): how often each fired."""
+    """Append "<signal> <result id> <status>" to $TASKS_SIGNAL_LOG (set by a test): how often
+    each fired. With $TASKS_SIGNAL_HOLD, task_finished first notes "<id> <pid>" in
+    <hold>.entered, then waits (60 s at most) while the file <hold> exists: a receiver caught
+    mid-delivery (test_end_notices.py)."""
     def receiver(sender, task_result, **kwargs):
         path = os.environ.get("TASKS_SIGNAL_LOG")
         if path:
+            hold = os.environ.get("TASKS_SIGNAL_HOLD")
+            if hold and signal_name == "task_finished" and os.path.exists(hold):
+                with open(hold + ".entered", "a") as f:
+                    f.write(f"{task_result.id} {os.getpid()}\n")
+                deadline = time.monotonic() + 60
+                while os.path.exists(hold) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             with open(path, "a") as f:
                 f.write(f"{signal_name} {task_result.id} {task_result.status}\n")
     return receiver
@@ -241,3 +251,39 @@ def grow_in_child(mib, path):
         f.write(str(child.pid))
     child.wait()
     return "child exited"
+
+
+# ---- the contract with Django (tests/test_contract.py, tests/test_end_notices.py) --------------
+
+@task
+def interrupt():
+    """Raises KeyboardInterrupt (a BaseException) in the worker thread that runs it."""
+    raise KeyboardInterrupt("the task interrupts itself")
+
+
+@task
+def exit_task():
+    """Calls sys.exit() (SystemExit, a BaseException) in the worker thread that runs it."""
+    import sys
+
+    sys.exit(3)
+
+
+@task
+def sleep_span(seconds):
+    """Sleeps; returns when it ran (time.time() at start and end) and in which pid."""
+    start = time.time()
+    time.sleep(seconds)
+    return {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+@task(takes_context=True)
+@retry(max_attempts=2, delay=0.1, on=(ConnectionError,))
+def slow_flaky(context, seconds):
+    """Each attempt runs `seconds`; the first then fails (retried), the second returns its
+    attempt number: with TIME_LIMIT between one attempt and two, only a per-attempt limit
+    lets it succeed."""
+    time.sleep(seconds)
+    if context.attempt == 1:
+        raise ConnectionError("the first attempt fails after a while")
+    return context.attempt

@@ -12,14 +12,17 @@ module-level StoreClient of its alias (one connection per process and thread, fo
 
 import ipaddress
 import json
+import logging
+import os
 import secrets
 import time
 from typing import cast
 
+from django.apps import apps
 from django.conf import settings
 from django.core import checks
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
@@ -37,20 +40,34 @@ from .retry import effective_policy
 
 _configs: dict[tuple, Config] = {}  # (alias, kind, options repr, queues, secret...) -> Config
 _clients: dict[tuple, StoreClient] = {}  # (alias, address, authkey, timeout) -> StoreClient
+# Backends built directly (`ThreadPoolBackend(alias="adhoc", params={})`), by alias: Django's
+# registry (task_backends) does not know them, so wait() / cancel() look here.
+direct_backends: dict[str, "SharedBackend"] = {}
 WAIT_SLICE = 2.0  # a server-side wait stays well inside the socket timeout
+logger = logging.getLogger("django_tasks_shared")
+_warned_app = False
+APP_HINT = ('add "django_tasks_shared" to INSTALLED_APPS: the commands tasks_server, '
+            'tasks_health and tasks_reload and the web page need it (the backend runs without it)')
+
+
+def settings_module():
+    """The module worker processes load Django from. `settings.SETTINGS_MODULE` is None under
+    override_settings (any override, in any thread): the environment still names it."""
+    return settings.SETTINGS_MODULE or os.environ.get("DJANGO_SETTINGS_MODULE") or None
 
 
 def get_config(alias, params, kind):
     queues = tuple(sorted(params.get("QUEUES") or ["default"]))
     options = params.get("OPTIONS") or {}
+    module = settings_module()
     key = (alias, kind, repr(sorted(options.items(), key=lambda kv: str(kv[0]))), queues,
-           settings.SECRET_KEY, settings.SETTINGS_MODULE, settings.TIME_ZONE)
+           settings.SECRET_KEY, module, settings.TIME_ZONE)
     config = _configs.get(key)
     if config is None:
         try:
             config = build_config(alias, options, kind=kind, queues=queues,
                                   secret_key=settings.SECRET_KEY,
-                                  settings_module=settings.SETTINGS_MODULE,
+                                  settings_module=module,
                                   time_zone=settings.TIME_ZONE)
         except ConfigError as exc:
             raise InvalidTaskBackend(f"TASKS[{alias!r}]: {exc}") from None
@@ -80,6 +97,11 @@ class SharedBackend(BaseTaskBackend):
         super().__init__(alias, params)
         self.config = get_config(alias, params, self.kind)
         self.client = get_client(self.config)
+        if alias not in (getattr(settings, "TASKS", None) or {}):
+            # Built directly, as django-tasks-local's users and tests do: Django's registry
+            # cannot find it by alias, wait() and cancel() can (docs/migration.md).
+            direct_backends[alias] = self
+        _warn_without_app()
 
     def call(self, method, *args):
         """One round trip; in embedded/AUTOSTART mode a missing server is started first."""
@@ -97,9 +119,23 @@ class SharedBackend(BaseTaskBackend):
                                      f"{exc}") from None
         return self.client.call(method, *args)
 
-    def enqueue(self, task, args, kwargs):
+    def validate_task(self, task):
+        super().validate_task(task)
+        missing = getattr(task.func, "missing_task", None)
+        if missing:  # the stand-in of a result whose task does not import (results.py)
+            raise InvalidTask(missing)
+        if task.func.__module__ == "__main__":
+            # Workers are other interpreters: they import the task by its module path, and
+            # `__main__` there is the worker itself. Django refuses nested functions likewise.
+            raise InvalidTask(
+                f"task {task.func.__qualname__!r} is defined in __main__ (the script being run),"
+                f" which worker processes cannot import; move it into a module of your project "
+                f"(e.g. myapp/tasks.py) and import it from there.")
+
+    def enqueue(self, task, args=None, kwargs=None):
+        """Queue `task`; `args` and `kwargs` may be None (django-tasks-local's signature)."""
         self.validate_task(task)
-        args, kwargs = _json_arguments(task, args, kwargs, self.config.max_payload)
+        args, kwargs = _json_arguments(task, args or (), kwargs or {}, self.config.max_payload)
         record = new_record(
             id=secrets.token_hex(16), task=task.module_path, args=args, kwargs=kwargs,
             priority=task.priority, queue=task.queue_name, run_after=to_timestamp(task.run_after),
@@ -140,8 +176,31 @@ class SharedBackend(BaseTaskBackend):
         """The server's health snapshot; never starts a server."""
         return self.client.call("health")
 
+    def close(self):
+        """django-tasks-local's close(): release this thread's connection to the server (the
+        next call makes a new one). The server, its workers and every task are untouched:
+        they belong to the deployment, not to this instance. An embedded server stops with the
+        process that started it."""
+        self.client.close()
+
     def check(self, **kwargs):
         messages: list[checks.CheckMessage] = []
+        if not apps.is_installed("django_tasks_shared"):
+            messages.append(checks.Warning(
+                f"TASKS[{self.alias!r}] uses django-tasks-shared, but django_tasks_shared is "
+                "not in INSTALLED_APPS.", hint=APP_HINT[0].upper() + APP_HINT[1:] + ".",
+                id="django_tasks_shared.W002"))
+        options = self.options or {}
+        for key in ("ADDRESS", "STATE_DIR"):
+            value = options.get(key)
+            if value is not None and _relative_path(value, tcp_ok=key == "ADDRESS"):
+                messages.append(checks.Warning(
+                    f"TASKS[{self.alias!r}] OPTIONS[{key!r}] {value!r} is a relative path: each "
+                    f"process resolves it from its own working directory (here "
+                    f"{os.path.abspath(os.fspath(value))}), so processes started elsewhere "
+                    f"{'look for another server' if key == 'ADDRESS' else 'use another state'}.",
+                    hint="Give an absolute path, e.g. built from BASE_DIR in settings.py.",
+                    id="django_tasks_shared.W003"))
         address = self.config.address
         if isinstance(address, tuple) and not _is_loopback(address[0]):
             messages.append(checks.Warning(
@@ -156,6 +215,30 @@ class SharedBackend(BaseTaskBackend):
                 hint="The task server enqueues each SCHEDULE entry by its dotted path.",
                 id="django_tasks_shared.E001") for error in errors]
         return messages
+
+
+def _relative_path(value, tcp_ok):
+    """An OPTIONS path value that each process resolves from its own working directory."""
+    if not isinstance(value, (str, os.PathLike)):
+        return False
+    text = os.fspath(value)
+    if tcp_ok and "/" not in text and ":" in text:  # host:port (parse_address)
+        return False
+    return bool(text) and not os.path.isabs(text)
+
+
+def _warn_without_app():
+    """Once per process: `manage.py check` runs the backend's checks only when something
+    imported django.tasks at start-up, which our app's ready() does; without the app, say it
+    here (unless SILENCED_SYSTEM_CHECKS silences W002)."""
+    global _warned_app
+    if _warned_app or not apps.ready:
+        return
+    _warned_app = True
+    if not apps.is_installed("django_tasks_shared") and "django_tasks_shared.W002" not in \
+            getattr(settings, "SILENCED_SYSTEM_CHECKS", ()):
+        logger.warning("django-tasks-shared: %s (system check django_tasks_shared.W002).",
+                       APP_HINT)
 
 
 def _is_loopback(host):

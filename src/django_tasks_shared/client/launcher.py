@@ -108,6 +108,11 @@ def _spawn(config):
     return popen
 
 
+def owned_servers():
+    """The embedded servers this process started (Popen objects), alive or not."""
+    return [popen for popen, owner in _owned.values() if owner == os.getpid()]
+
+
 @atexit.register
 def _stop_owned():
     """At our clean exit, stop the embedded servers we own (they would notice within 0.5 s)."""

@@ -2,6 +2,13 @@
 
 Runs in client and worker processes (never in the server). Task objects are resolved by module
 path once per process and cached, so a `get_result` costs one round trip plus a dataclass.
+
+    record["task"] ─import_string─> Task ─using(priority, queue, run_after, backend)─> cached
+                   └─ does not import (module gone, renamed, `__main__` of another process),
+                      or is no Task ─> a stand-in Task (missing_task): the result stays
+                      readable, calling the task raises ImportError saying why
+    record["backend"] not in settings.TASKS (a backend built directly) ─> the task keeps the
+                      backend its decorator named: Django's registry cannot find the alias
 """
 
 from dataclasses import fields
@@ -9,6 +16,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
+from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
 from django.utils.module_loading import import_string
 
 _tasks: dict[tuple, Task] = {}  # (path, priority, queue, run_after, backend) -> Task
@@ -40,6 +48,7 @@ def _converter():
 
 
 def resolve_task(record):
+    """The record's Task (cached), or a stand-in when its module path does not give one here."""
     key = (record["task"], record["priority"], record["queue"], record["run_after"],
            record["backend"])
     task = _tasks.get(key)
@@ -47,19 +56,61 @@ def resolve_task(record):
         try:
             base = import_string(record["task"])
         except ImportError as exc:
-            raise ImportError(
-                f"task {record['task']!r} (result {record['id']}) cannot be imported in this "
-                f"process: {exc}. Every process that enqueues, runs or reads results must be "
-                f"able to import the task's module.") from exc
-        if not hasattr(base, "using"):
-            raise ImportError(f"{record['task']!r} is not a Task: decorate it with "
-                              "@django.tasks.task.")
-        task = base.using(priority=record["priority"], queue_name=record["queue"],
-                          run_after=to_datetime(record["run_after"]), backend=record["backend"])
+            return missing_task(record, f"cannot be imported in this process: {exc}")
+        if not isinstance(base, Task):
+            return missing_task(record, "is not a Task: decorate it with @django.tasks.task")
+        task = _rebind(base, record)
         if len(_tasks) > 4096:
             _tasks.clear()
         _tasks[key] = task
     return task
+
+
+def _rebind(base, record):
+    """`base` with the record's priority, queue, run_after and backend alias. An alias that
+    settings.TASKS lacks (a backend built directly) is left as the decorator set it; a task
+    that Django's validation refuses now (settings changed since the enqueue) is still built,
+    unvalidated: a stored result must stay readable."""
+    changes = {"priority": record["priority"], "queue_name": record["queue"],
+               "run_after": to_datetime(record["run_after"])}
+    if record["backend"] in (getattr(settings, "TASKS", None) or {}):
+        changes["backend"] = record["backend"]
+    try:
+        return base.using(**changes)
+    except (InvalidTask, InvalidTaskBackend):
+        return _unvalidated(type(base), **{f.name: getattr(base, f.name) for f in fields(base)}
+                            | changes)
+
+
+def _unvalidated(cls, **values):
+    """A Task dataclass without its __post_init__ (which asks the backend to validate it)."""
+    task = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(task, name, value)
+    return task
+
+
+def missing_task(record, why):
+    """A stand-in Task for a result whose task this process cannot import (its module was
+    removed or renamed, it was defined in another process's `__main__`...). The result stays
+    readable: `task.module_path` and `task.name` are the recorded ones; calling it raises
+    ImportError with `why`, and enqueueing it is refused (SharedBackend.validate_task)."""
+    path = record["task"]
+    module, _, qualname = path.rpartition(".")
+    message = (f"task {path!r} (result {record['id']}) {why}. Every process that runs or "
+               f"re-enqueues a task must be able to import the task's module.")
+
+    def unavailable(*args, **kwargs):
+        raise ImportError(message)
+
+    unavailable.__module__ = module
+    unavailable.__qualname__ = qualname
+    unavailable.__name__ = qualname.rpartition(".")[2]
+    unavailable.missing_task = message  # type: ignore[attr-defined]
+    return _unvalidated(
+        Task, func=unavailable, priority=record["priority"], backend=record["backend"],
+        queue_name=record["queue"], run_after=to_datetime(record["run_after"]),
+        takes_context=record["takes_context"])
 
 
 def to_task_result(record, task=None):

@@ -10,9 +10,9 @@
 import time
 
 from django.tasks.base import TASK_REFRESH_ATTRS
-from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
 
-from .backend import SharedBackend
+from .backend import SharedBackend, direct_backends
 from .results import to_task_result
 
 
@@ -26,12 +26,22 @@ def _refresh_in_place(result, record):
 POLL_FIRST, POLL_FACTOR, POLL_MAX = 0.05, 1.5, 1.0  # seconds: the fallback's growing interval
 
 
+def _lookup(alias):
+    """TASKS[alias]'s backend, or one of ours built directly under that alias."""
+    from django.tasks import task_backends
+
+    try:
+        return task_backends[alias]
+    except InvalidTaskBackend:
+        if alias in direct_backends:
+            return direct_backends[alias]
+        raise
+
+
 def _backend(alias):
     """The backend of `alias`: ours, or another that can fetch results (then wait/wait_all
     poll it)."""
-    from django.tasks import task_backends
-
-    backend = task_backends[alias]
+    backend = _lookup(alias)
     if isinstance(backend, SharedBackend):
         return backend
     if not backend.supports_get_result:
@@ -91,8 +101,6 @@ def cancel(result, backend=None):
     stopped (its sibling tasks on that worker end WorkerLost) and the worker is replaced. A
     TaskResult passed in is refreshed in place. One round trip; never starts a server.
     """
-    from django.tasks import task_backends
-
     if isinstance(result, str):
         task_id, alias, result = result, backend or "default", None
     elif hasattr(result, "id") and hasattr(result, "backend"):
@@ -100,7 +108,7 @@ def cancel(result, backend=None):
     else:
         raise TypeError(f"cancel() takes a TaskResult or a result id, not "
                         f"{type(result).__name__}")
-    shared = task_backends[alias]
+    shared = _lookup(alias)
     if not isinstance(shared, SharedBackend):
         raise TypeError(f"TASKS[{alias!r}] is {type(shared).__name__}, not a django-tasks-shared "
                         f"backend: it cannot cancel tasks")

@@ -7,6 +7,7 @@
 
 import time
 
+from ..protocol.text import plural
 from .formatting import clock, duration, progress_text, size, when
 from .status import UNREACHABLE, expected_workers, next_try
 
@@ -102,8 +103,12 @@ def _server_line(doc):
     kind = "embedded, " if server.get("embedded") else ""
     return (f"server    pid {server.get('pid')}  {server.get('address')}  up "
             f"{duration(server.get('uptime'))}  version {server.get('version')}  python "
-            f"{server.get('python')}  ({kind}{expected_workers(doc)} worker(s) x "
-            f"{server.get('threads')} thread(s))")
+            f"{server.get('python')}  ({kind}{_count(expected_workers(doc), 'worker')} x "
+            f"{_count(server.get('threads'), 'thread')} each)")
+
+
+def _count(value, word):
+    return plural(value, word) if isinstance(value, int) else f"{value} {word}s"
 
 
 def _limits_lines(doc):

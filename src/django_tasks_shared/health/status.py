@@ -91,6 +91,7 @@ def report(snapshot, alias=None):
                     for worker in snapshot.get("workers") or ()],
         "schedules": snapshot.get("schedules") or [],
         "state": snapshot.get("state"),
+        "notices": snapshot.get("notices"),  # None from a 0.1.0 server
     }
 
 
@@ -103,5 +104,5 @@ def unreachable_report(address, reason, alias=None):
         "checked_at": time.time(),
         "server": {"address": address, "error": reason},
         "queues": {}, "pending": None, "running": None, "results": {}, "limits": {},
-        "counters": {}, "workers": [], "state": None, "schedules": [],
+        "counters": {}, "workers": [], "state": None, "schedules": [], "notices": None,
     }

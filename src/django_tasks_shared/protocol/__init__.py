@@ -10,6 +10,7 @@
     config.py        `Config`: a backend's validated OPTIONS, and the JSON spec a launched
                      server and its workers receive
     paths.py         where the embedded server's socket and side files live; workers' sys.path
+    text.py          counts in words (plural) for log lines and reports
 
 Imported by the client, the server, the workers and the web page alike; it imports nothing of
 this package but `exceptions` (a leaf module), which import-linter checks (pyproject.toml).

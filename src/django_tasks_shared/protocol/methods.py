@@ -12,8 +12,9 @@ REFUSED = "#REFUSED#"  # sent by a server instead of its challenge, with the rea
 # Called by web processes, shells and commands.
 CLIENT_METHODS = ("enqueue", "get", "get_many", "wait", "ping", "health", "reload", "metadata",
                   "cancel", "results", "overview")
-# Called by worker processes.
-WORKER_METHODS = ("finish_and_claim", "worker_failed", "save_metadata")
+# Called by worker processes (take_notices: new in 0.2; a worker under a 0.1.0 server, which
+# answers "not exposed", sends no end notices: that server keeps none).
+WORKER_METHODS = ("finish_and_claim", "worker_failed", "save_metadata", "take_notices")
 EXPOSED = CLIENT_METHODS + WORKER_METHODS
 
 # Calls repeated once on a new connection when a kept one turns out dead (the server restarted

@@ -36,6 +36,7 @@ from .. import __version__
 from ..durable.statedir import StateDir, StateDirInUse, StateError
 from ..protocol.config import Config
 from ..protocol.paths import side_file
+from ..protocol.text import plural
 from ..schedules.scheduler import Scheduler
 from ..store import TaskStore
 from ..supervision.supervisor import Supervisor
@@ -111,14 +112,17 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
         # connections wait in the listen backlog, well within their CONNECT_TIMEOUT).
         threading.Thread(target=_run_loop, args=(loop, stop), name="event-loop",
                          daemon=True).start()
-        logger.info("task server %s listening on %s (%d workers x %d threads)",
-                    __version__, config.address_text, config.workers, config.threads)
+        logger.info("task server %s listening on %s (%s x %s each)", __version__,
+                    config.address_text, plural(config.workers, "worker"),
+                    plural(config.threads, "thread"))
         if ready is not None:
             ready()
         while not stop.wait(0.5):
             pass
         scheduler.stop()
         _drain(supervisor, loop, grace, urgent)
+        if state is None:
+            _log_losses(store)
         if isinstance(address, str):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)
@@ -186,6 +190,16 @@ def _drain(supervisor, loop, grace, urgent):
     time.sleep(SHUTDOWN_LINGER)
     loop.stop()
     loop.stopped.wait(LOOP_STOP_TIMEOUT)
+
+
+def _log_losses(store):
+    """Without STATE_DIR the queue and the results die with the server: say what is lost."""
+    lost = store.lost_at_stop()
+    if any(lost.values()):
+        parts = [plural(n, what) for what, n in lost.items()
+                 if n or what in ("pending task", "result")]
+        logger.warning("%s are lost: no STATE_DIR (OPTIONS['STATE_DIR'] keeps them across "
+                       "restarts)", " and ".join([", ".join(parts[:-1]), parts[-1]]))
 
 
 def _run_loop(loop, stop):

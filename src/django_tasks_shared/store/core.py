@@ -22,6 +22,7 @@ its lock and the methods marked "lock held":
     schedules ScheduleState    the scheduler's runs and notes        (schedule_state.py)
     stats     Stats            histograms and history rings          (stats.py)
     journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
+    notices   Notices          task_finished of server-ended tasks   (notices.py)
 
 Records (protocol/records.py) are JSON-compatible dicts. Inner lists are replaced, never
 mutated, so a shallow copy handed to the pickler can never change under it. Timestamps are
@@ -50,6 +51,7 @@ from .cancel import Cancels
 from .journaler import Journaler
 from .listing import Listing
 from .longpoll import NOTHING, LongPolls
+from .notices import Notices
 from .queue import PendingQueue
 from .results import FinishedResults
 from .schedule_state import ScheduleState
@@ -85,6 +87,7 @@ class TaskStore:
         self.schedules = ScheduleState(self)
         self.stats = Stats()
         self.journal = Journaler(self)
+        self.notices = Notices(self)
 
     def calls(self):
         """The methods a client may call, by the wire's names (protocol/methods.py)."""
@@ -96,6 +99,7 @@ class TaskStore:
             "reload": self.reload, "save_metadata": self.save_metadata,
             "metadata": self.metadata, "cancel": self.cancels.cancel,
             "results": self.listing.results, "overview": self.listing.overview,
+            "take_notices": self.notices.take,
         }
 
     # ---- client operations -----------------------------------------------------------------
@@ -171,11 +175,13 @@ class TaskStore:
                 "workers": [self._worker_view(worker, now) for worker in self.workers.values()],
                 "state": self.state_health() if self.state_health else None,
                 "schedules": self.schedules.report(),
+                "notices": self.notices.report(),
             }
 
     def _worker_view(self, worker, now):
         current = [
-            {"id": tid, "name": r["task"], "running_for": round(now - r["started_at"], 3),
+            {"id": tid, "name": r["task"],
+             "running_for": round(now - r["last_attempted_at"], 3),  # this attempt's
              "attempt": len(r["worker_ids"]), "progress": r.get("metadata") or None}
             for tid in worker["current"] if (r := self.records.get(tid)) is not None]
         return {k: v for k, v in worker.items() if k not in ("current", "claimed")} | {
@@ -221,6 +227,7 @@ class TaskStore:
                 for task_id in list(worker["current"]):
                     self.fail(task_id, exception_path, message)
                     failed.append(task_id)
+            self.notices.release(worker_id)
             self.polls.notify_work(everyone=True)
             return worker, failed
 
@@ -230,16 +237,18 @@ class TaskStore:
             return self.fail(task_id, exception_path, message)
 
     def overdue(self, time_limit):
-        """(worker id, task id, seconds running) for every task running longer than time_limit.
-        Time while the journal could not be written does not count (journaler.py: a task's
-        report is refused then, and one handed out in that turn waits for the disk)."""
+        """(worker id, task id, seconds running) for every task whose current attempt has run
+        longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at). Time while
+        the journal could not be written does not count (journaler.py: a task's report is
+        refused then, and one handed out in that turn waits for the disk)."""
         now = self.clock()
         with self.lock:
             if self.journal.paused(now):
                 return []
             ran = self.journal.ran
             return [(wid, tid, elapsed) for tid, wid in self.running.items()
-                    if (elapsed := ran(self.records[tid]["started_at"], now)) > time_limit]
+                    if (elapsed := ran(self.records[tid]["last_attempted_at"], now))
+                    > time_limit]
 
     def drain(self):
         """Hand out no more tasks: every claim now returns STOP."""
@@ -277,6 +286,12 @@ class TaskStore:
         False when some of them cannot be written yet (they stay buffered)."""
         return self.journal.commit()
 
+    def lost_at_stop(self):
+        """What a server without STATE_DIR loses when it stops now (for its last log line)."""
+        with self.lock:
+            return {"pending task": len(self.queue), "result": len(self.finished),
+                    "task_finished notice": len(self.notices.pending)}
+
     # ---- a restored state (STATE_DIR start, before serving) ----------------------------------
 
     def restore(self, records, durable, counters):
@@ -303,6 +318,7 @@ class TaskStore:
             self.running.update(dict.fromkeys(running))  # owned by no worker of ours
             self.queue.continue_after(max((r.get("seq", 0) for r in values), default=-1))
             self.listing.rebuild()
+            self.notices.load()
             return len(self.queue), len(self.finished), running
 
     def end_interrupted(self, task_ids, text):
@@ -412,6 +428,7 @@ class TaskStore:
         self.journal.set(record, "status", "finished_at", "errors")
         self.counters["failed"] += 1
         self._ended(task_id, now)
+        self.notices.add(record)  # no worker sends task_finished for it: one will (notices.py)
         return True
 
     def end_pending(self, record, exception_path, message):
@@ -427,6 +444,7 @@ class TaskStore:
         if counter:
             self.counters[counter] += 1
         self._ended(record["id"], now)
+        self.notices.add(record)
 
     def forget(self, task_id):
         self.finished.remove(task_id)
@@ -447,7 +465,9 @@ class TaskStore:
 
     def _start(self, record, worker_id, worker, now):
         record["status"] = RUNNING
-        record["started_at"] = record["last_attempted_at"] = now
+        if record["started_at"] is None:  # Django's started_at: the FIRST start; a retry
+            record["started_at"] = now    # only moves last_attempted_at
+        record["last_attempted_at"] = now
         record["worker_ids"] = record["worker_ids"] + [worker_id]
         self.journal.set(record, "status", "started_at", "last_attempted_at", "worker_ids")
         self.running[record["id"]] = worker_id

@@ -95,11 +95,13 @@ class Listing:
 
 def _summary(record):
     errors = record["errors"]
-    started, finished = record["started_at"], record["finished_at"]
+    # "duration": how long the last attempt ran (started_at is the first attempt's start).
+    started, finished = record["last_attempted_at"], record["finished_at"]
     return {
         "id": record["id"], "task": record["task"], "queue": record["queue"],
         "status": record["status"], "priority": record["priority"],
-        "enqueued_at": record["enqueued_at"], "started_at": started, "finished_at": finished,
+        "enqueued_at": record["enqueued_at"], "started_at": record["started_at"],
+        "finished_at": finished,
         "duration": None if started is None else round(finished - started, 6),
         "error": errors[-1]["exception_class_path"].rsplit(".", 1)[-1] if errors else None,
         "worker": record["worker_ids"][-1] if record["worker_ids"] else None,

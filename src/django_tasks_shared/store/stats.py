@@ -95,8 +95,10 @@ class Stats:
         self.waits.observe(now - max(record["enqueued_at"], record["run_after"] or 0))
 
     def finished(self, record):
-        if record["started_at"] is not None:
-            self.durations.observe(record["finished_at"] - record["started_at"])
+        """A task ended: how long its last attempt ran (a retried task's earlier attempts and
+        back-off waits are not its duration)."""
+        if record["last_attempted_at"] is not None:
+            self.durations.observe(record["finished_at"] - record["last_attempted_at"])
 
     def histograms(self):
         return {"task_duration_seconds": self.durations.snapshot(),

@@ -37,6 +37,7 @@ import psutil
 
 from ..protocol.paths import send_spec, start_python
 from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
+from ..protocol.text import plural
 from .memwatch import MemoryWatcher
 from .reload import Reloads
 from .rss import children_of, total_rss
@@ -210,8 +211,8 @@ class Supervisor:
         reason = worker.kill_reason or how
         failed = self._forget(worker, f"worker {worker.id} (pid {worker.popen.pid}) {reason}")
         if failed:
-            logger.error("worker %s (pid %d) %s; %d task(s) failed with WorkerLost",
-                         worker.id, worker.popen.pid, reason, len(failed))
+            logger.error("worker %s (pid %d) %s; %s failed with WorkerLost",
+                         worker.id, worker.popen.pid, reason, plural(len(failed), "task"))
         if self.reloads.on_exit(worker, info):
             return
         if info.get("retiring") and worker.popen.returncode == 0:
@@ -365,7 +366,8 @@ class Supervisor:
         self.store.register_worker(worker_id, popen.pid, generation=generation)
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
-                "worker_id": worker_id, "alias": config.alias, "threads": config.threads,
+                "worker_id": worker_id, "alias": config.alias, "kind": config.kind,
+                "threads": config.threads,
                 "server_pid": os.getpid(), "timeout": config.connect_timeout,
                 "max_payload": config.max_payload}
         send_spec(popen, spec)  # False when it died at once: the next tick reaps it

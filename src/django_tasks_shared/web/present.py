@@ -115,7 +115,8 @@ def task_context(record, tz=UTC, now=None):
     """Template context for one task's page, from its record."""
     now = time.time() if now is None else now
     started, finished = record["started_at"], record["finished_at"]
-    ran = None if started is None else took((finished or now) - started)
+    attempt = record["last_attempted_at"]  # "ran for": this attempt (started_at is the first)
+    ran = None if attempt is None else took((finished or now) - attempt)
     return {
         "record": record, "status": record["status"],
         "finished": record["status"] in FINISHED,

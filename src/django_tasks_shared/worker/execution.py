@@ -141,18 +141,22 @@ def execute(record, sender, max_payload=None, client=None):
         try:
             value = _normalize(_call(result.task, result))
             _check_size(value, max_payload)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the task ends
+            # FAILED with it and the thread lives on. (Django's ImmediateBackend re-raises
+            # KeyboardInterrupt to let a user at the terminal stop; a worker ignores SIGINT, so
+            # here only the task itself can have raised it.)
             outcome = {"id": task_id, "status": FAILED, "finished_at": time.time(),
                        "errors": [_error(exc)]}
             policy = record.get("retry")
+            error = outcome["errors"][0]
+            attempt = _attempt_text(result.attempts, policy)
             if wants_retry(policy, exc, result.attempts):
                 outcome["retry"] = True  # not the end: task_finished waits for the last attempt
-                logger.info("task %s (%s) attempt %d of %d failed with %s; it will be retried",
-                            task_id, record["task"], result.attempts, policy["max_attempts"],
-                            outcome["errors"][0]["exception_class_path"])
+                logger.warning("task %s (%s) %s failed; it will be retried:\n%s", task_id,
+                               record["task"], attempt, error["traceback"].rstrip())
             else:
+                logger.error("task %s (%s) failed, %s:\n%s", task_id, record["task"], attempt,
+                             error["traceback"].rstrip())
                 _set(result, TaskResultStatus.FAILED, outcome["finished_at"])
                 result.errors.append(TaskError(**outcome["errors"][0]))
                 task_finished.send(sender=sender, task_result=result)
@@ -171,6 +175,23 @@ def execute(record, sender, max_payload=None, client=None):
         _close_old_connections()
         _reporter.reset(progress_token)
         current_result_id.reset(token)
+
+
+def _attempt_text(attempt, policy):
+    """"attempt 2 of 3" with a retry policy, "attempt 1" without one."""
+    return f"attempt {attempt} of {policy['max_attempts']}" if policy else f"attempt {attempt}"
+
+
+def sender_for(task_backends, alias, kind=None):
+    """The backend class the signals name as their sender: TASKS[alias]'s; for a backend built
+    directly (its alias is not in TASKS), ours of the spec's kind."""
+    from django.conf import settings
+
+    if alias in (getattr(settings, "TASKS", None) or {}):
+        return type(task_backends[alias])
+    from ..client.backend import ProcessPoolBackend, SharedBackend, ThreadPoolBackend
+
+    return {"process": ProcessPoolBackend, "thread": ThreadPoolBackend}.get(kind, SharedBackend)
 
 
 def _set(result, status, finished_at):

@@ -5,6 +5,8 @@
                    loop: next = finish_and_claim(worker_id, outcome, CLAIM_WAIT)   # 1 round trip
                          STOP -> exit | None -> poll again | record -> outcome = execute(record)
     watchdog:      the server (our parent) is gone -> os._exit: no orphan outlives it
+    end notices:   one more thread sends task_finished for the tasks the server ended
+                   (worker/notices.py), stopped after the task threads
 
 With DJANGO_TASKS_SHARED_PROFILE=<dir> in the server's environment, each worker runs under
 cProfile (every thread) and writes <dir>/worker-<pid>.prof when it is stopped (SIGTERM, as the
@@ -55,7 +57,8 @@ def _loop(client, worker_id, sender, execute, max_payload):
             return
         try:
             outcome = execute(record, sender, max_payload, client)
-        except Exception as exc:  # a signal receiver raised: the task still gets an outcome
+        except BaseException as exc:  # a signal receiver raised (even SystemExit): the task
+            # still gets an outcome and the thread lives on
             outcome = {"id": record["id"], "status": FAILED, "finished_at": time.time(),
                        "errors": [{"exception_class_path": class_path(type(exc)),
                                    "traceback": traceback.format_exc()}]}
@@ -90,9 +93,10 @@ def main():
         django.setup()
         from django.tasks import task_backends
 
-        from .execution import execute
+        from . import notices
+        from .execution import execute, sender_for
 
-        sender = type(task_backends[spec["alias"]])
+        sender = sender_for(task_backends, spec["alias"], spec.get("kind"))
     except Exception:
         text = traceback.format_exc()
         sys.stderr.write(f"django-tasks-shared worker {worker_id} cannot start:\n{text}")
@@ -107,9 +111,11 @@ def main():
                                                   spec.get("max_payload")),
                                 name=f"task-thread-{i}", daemon=True)
                for i in range(spec["threads"])]
+    notice_sender = notices.start(client, worker_id, sender)  # connected before the first claim
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    notice_sender.stop()  # its last acknowledgements, within a few seconds
     logging.shutdown()
     os._exit(0)  # daemon threads still inside a task (server gone) must not block exit

@@ -10,6 +10,7 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django_tasks_shared.durable.format import StateError
 from django_tasks_shared.durable.statedir import StateDirInUse
 from django_tasks_shared.management.commands._backend import shared_backend
+from django_tasks_shared.protocol.text import plural
 from django_tasks_shared.schedules.entries import ScheduleError
 from django_tasks_shared.schedules.resolve import resolve_config
 from django_tasks_shared.server.process import AlreadyRunning, serve
@@ -53,7 +54,8 @@ class Command(BaseCommand):
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
         self.stdout.write(f"django-tasks-shared server for {backend!r} on {config.address_text}: "
-                          f"{config.workers} worker(s) x {config.threads} thread(s)")
+                          f"{plural(config.workers, 'worker')} x "
+                          f"{plural(config.threads, 'thread')} each")
         self.stdout.flush()
         if discard_state and config.state_dir is None:
             raise CommandError("--discard-state needs OPTIONS['STATE_DIR']: without it nothing "
