@@ -10,6 +10,7 @@ why; with CI=true it fails instead, so CI can never skip it silently.
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import subprocess
@@ -321,12 +322,18 @@ def test_two_servers_on_one_state_dir_are_impossible_even_without_the_lock_file(
         assert second.popen.wait(30) == 1
         out = second.popen.stdout.read()
         assert "is in use by another task server" in out and state_dir in out, out
-        # the first one put its lock file back (so a 0.1.0 server, which knows only that
-        # file, is excluded too) and says so in health
-        wait_until(lambda: os.path.exists(os.path.join(state_dir, "lock")), 5,
-                   message="the lock file to be made again")
-        events = health(first)["state"]["events"]
-        assert any("lock was removed" in e["what"] for e in events), events
+        # the first one locks a lock file again (so a 0.1.0 server, which knows only that
+        # file, is excluded too) and says so in health. (The second one may have created the
+        # file before it found the directory locked: then it was "replaced", not "removed".)
+        wait_until(lambda: any("lock was" in e["what"] and "locked" in e["what"]
+                               for e in health(first)["state"]["events"]), 5,
+                   message="the lock file locked again")
+        fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
         third = ServerProcess(options=options)
         assert third.popen.wait(30) == 1
         assert "in use by another task server (pid" in third.popen.stdout.read()
