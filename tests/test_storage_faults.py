@@ -359,7 +359,8 @@ def test_a_compaction_on_a_full_disk_keeps_the_journals_and_is_tried_again():
         state.lock()
         state.open(store, {"pid": 7, "version": "test"})
         state._stop.set()  # this test ticks the guard itself
-        retry, guard_module.SNAPSHOT_RETRY = guard_module.SNAPSHOT_RETRY, 0.0
+        retry = guard_module.SNAPSHOT_RETRY_MIN, guard_module.SNAPSHOT_RETRY_MAX
+        guard_module.SNAPSHOT_RETRY_MIN = guard_module.SNAPSHOT_RETRY_MAX = 0.0
         try:
             wait_until(lambda: not state._snapshotting.locked(), 10, message="first snapshot")
             ids = []
@@ -390,5 +391,5 @@ def test_a_compaction_on_a_full_disk_keeps_the_journals_and_is_tried_again():
             assert set(again.records) == {*ids, "last"}
             state2.close()
         finally:
-            guard_module.SNAPSHOT_RETRY = retry
+            guard_module.SNAPSHOT_RETRY_MIN, guard_module.SNAPSHOT_RETRY_MAX = retry
             state.release()

@@ -33,7 +33,7 @@ from .format import StateDirInUse
 logger = logging.getLogger("django_tasks_shared.state")
 
 EVENTS_KEPT = 10
-SNAPSHOT_RETRY = 10.0  # seconds between two tries of a snapshot that failed
+SNAPSHOT_RETRY_MIN, SNAPSHOT_RETRY_MAX = 1.0, 30.0  # seconds: a failed snapshot tried again
 
 
 def _ident(st):
@@ -55,6 +55,7 @@ class Guard:
         self.current = None         # the failure being recovered from (journal.failure)
         self._rewrite_started = None  # time.time() a rewrite began (its replies were held)
         self._snapshot_retry_at = 0.0  # monotonic: when a failed snapshot may be tried again
+        self._snapshot_backoff = 0.0  # seconds to the try after that one (0: none failed)
         self._rewrite = None        # why a rewrite is still needed (it failed; retried)
 
     # ---- the tick ------------------------------------------------------------------------------
@@ -81,18 +82,25 @@ class Guard:
         now = time.monotonic()
         if state.snapshot_error:
             # A compaction's snapshot failed (a full disk): its journals are kept, so nothing
-            # is lost, but they keep growing. Tried again now and then, as the journal writes.
+            # is lost, but they keep growing. Tried again after 1 s, 2 s, 4 s... (at most
+            # SNAPSHOT_RETRY_MAX apart) as long as the journal itself writes.
+            if not self._snapshot_backoff:
+                self._snapshot_backoff = SNAPSHOT_RETRY_MIN
+                self._snapshot_retry_at = now + SNAPSHOT_RETRY_MIN
             if now < self._snapshot_retry_at:
                 return
-        elif journal.bytes <= state.journal_limit:
-            return
-        self._snapshot_retry_at = now + SNAPSHOT_RETRY
+            self._snapshot_backoff = min(2 * self._snapshot_backoff, SNAPSHOT_RETRY_MAX)
+            self._snapshot_retry_at = now + self._snapshot_backoff
+        else:
+            self._snapshot_backoff = 0.0
+            if journal.bytes <= state.journal_limit:
+                return
         try:
             state._compact(background=True)
         except OSError as exc:  # the new journal could not be made: nothing changed
             state.snapshot_error = f"compaction failed: {exc}"
-            logger.error("STATE_DIR %s: compaction failed (%s); the journals are kept, tried "
-                         "again in %g s", state.path, exc, SNAPSHOT_RETRY)
+            logger.error("STATE_DIR %s: compaction failed (%s); the journals are kept, and it "
+                         "is tried again", state.path, exc)
 
     # ---- faults ----------------------------------------------------------------------------
 
