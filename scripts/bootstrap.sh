@@ -40,6 +40,24 @@ if [ ! -f "$STAMP" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 
+# The interpreters of the supported Python versions for nox (noxfile.py), as directories to put
+# on PATH: pyenv's shims refuse `python3.12` without PYENV_VERSION, so each one's own bin/.
+supported_python_dirs() {
+    local minor c dirs=""
+    for minor in 3.12 3.13; do
+        if command -v "python$minor" >/dev/null 2>&1 && "python$minor" -c '' 2>/dev/null; then
+            continue
+        fi
+        for c in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$minor".*/bin/python"$minor" \
+                 /usr/local/bin/python"$minor" /usr/bin/python"$minor"; do
+            if [ -x "$c" ] && "$c" -c '' 2>/dev/null; then
+                dirs="$dirs:$(dirname "$c")"; break
+            fi
+        done
+    done
+    echo "${dirs#:}"
+}
+
 # The browser tests (tests/test_web_browser.py) drive Debian's chromium through Playwright; never a
 # downloaded browser. Installed here when missing and we may (root, apt-get present: CI is a fresh
 # Debian machine as root); otherwise those tests skip, saying why.

@@ -4,6 +4,7 @@ against real servers, and that it never starts a server."""
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -238,9 +239,18 @@ def test_healthy_then_degraded_report_json_watch_and_wrong_authkey():
         watch = subprocess.Popen([sys.executable, MANAGE, "tasks_health", "--watch", "0.3"],
                                  env=child_env(srv.address), stdout=subprocess.PIPE, text=True)
         try:
-            time.sleep(2.0)
+            # Interrupted once it has printed two reports, not after a fixed sleep: under load
+            # (CI runs several suites at once) Django's start-up alone can take seconds.
+            out, deadline = "", time.monotonic() + 30
+            while out.count("DEGRADED") < 2 and time.monotonic() < deadline:
+                if select.select([watch.stdout], [], [], 1.0)[0]:
+                    line = watch.stdout.readline()
+                    if not line:
+                        break
+                    out += line
             watch.send_signal(signal.SIGINT)
-            out, _ = watch.communicate(timeout=10)
+            rest, _ = watch.communicate(timeout=10)
+            out += rest
         finally:
             if watch.poll() is None:
                 watch.kill()

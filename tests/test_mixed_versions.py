@@ -22,7 +22,7 @@ import pytest
 
 from django_tasks_shared import progress, wait
 from helpers import MANAGE, TESTS_DIR, ServerProcess, temp_dir, wait_until
-from testproject import tasks
+from testproject import flow_tasks, tasks
 
 FIXTURE = os.path.join(TESTS_DIR, "fixtures", "django_tasks_shared-0.1.0-src.tar.gz")
 SRC = os.path.dirname(os.path.abspath(__import__("django_tasks_shared").__file__))
@@ -53,6 +53,11 @@ def test_new_clients_and_reloaded_workers_work_with_a_0_1_0_server():
             before = wait(tasks.add.enqueue(2, 3), 20)  # a 0.1.0 worker runs it
             assert before.status == "SUCCESSFUL" and before.return_value == 5
             assert tasks.add.get_result(before.id).return_value == 5
+            # a workflow task needs the new server's enqueue_workflow: a clear error, not a
+            # task enqueued without its unique key (or limit, or dependencies)
+            with pytest.raises(NotImplementedError, match="older release"):
+                flow_tasks.unique_job.enqueue("mixed")
+            assert srv.client().call("health")["counters"]["enqueued"] == 1
 
             # the deploy: the package on disk becomes this release, then a reload
             shutil.rmtree(os.path.join(code, "django_tasks_shared"))

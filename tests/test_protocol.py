@@ -18,6 +18,7 @@ def test_class_paths_are_pinned_and_import_to_their_classes():
         status.MEMORY_LIMIT_EXCEEDED: "django_tasks_shared.exceptions.MemoryLimitExceeded",
         status.TASK_CANCELLED: "django_tasks_shared.exceptions.TaskCancelled",
         status.PAYLOAD_TOO_LARGE: "django_tasks_shared.exceptions.PayloadTooLarge",
+        status.DEPENDENCY_FAILED: "django_tasks_shared.exceptions.DependencyFailed",
     }
     for derived, literal in pinned.items():
         assert derived == literal
@@ -25,7 +26,8 @@ def test_class_paths_are_pinned_and_import_to_their_classes():
     assert set(SUPERVISOR_ENDED) == {status.WORKER_LOST, status.TIME_LIMIT_EXCEEDED,
                                      status.MEMORY_LIMIT_EXCEEDED}
     assert set(NEVER) == {status.TASK_CANCELLED, status.PAYLOAD_TOO_LARGE}
-    assert set(status.END_COUNTERS) == set(pinned) - {status.PAYLOAD_TOO_LARGE}
+    assert set(status.END_COUNTERS) == set(pinned) - {status.PAYLOAD_TOO_LARGE,
+                                                      status.DEPENDENCY_FAILED}
 
 
 @pytest.mark.timeout(10)

@@ -121,3 +121,44 @@ def test_wait_on_a_backend_that_cannot_fetch_results_says_why():
             wait(result, timeout=1)
         with pytest.raises(NotImplementedError, match=message):
             wait_all([result], timeout=1)
+
+
+# @unique, @limit and after() on django-tasks-db: refused at enqueue, naming the backend, before
+# it stores anything (they would silently do nothing there).
+WORKFLOWS_ELSEWHERE = r"""
+import json
+import django
+django.setup()
+from django_tasks_db.models import DBTaskResult
+from django_tasks_shared import after
+from testproject import flow_tasks, tasks
+
+plain = tasks.add.enqueue(1, 2)
+errors = []
+for attempt in (lambda: flow_tasks.unique_job.enqueue("k"),
+                lambda: flow_tasks.limited.enqueue(0),
+                lambda: after([plain], tasks.add, 3, 4)):
+    try:
+        attempt()
+        errors.append(None)
+    except NotImplementedError as exc:
+        errors.append(str(exc))
+print(json.dumps({"errors": errors, "rows": DBTaskResult.objects.count()}))
+"""
+
+
+def test_unique_limit_and_after_refuse_another_backend_at_enqueue():
+    directory = temp_dir()
+    env = child_env(DJANGO_SETTINGS_MODULE="testproject.db_settings", TASKS_DB_DIR=directory)
+    migrate = subprocess.run([sys.executable, MANAGE, "migrate", "-v", "0"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert migrate.returncode == 0, migrate.stderr
+    client = subprocess.run([sys.executable, "-c", WORKFLOWS_ELSEWHERE], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert client.returncode == 0, client.stderr
+    out = json.loads(client.stdout)
+    assert out["rows"] == 1  # only the plain task: nothing stored for the refused ones
+    for error, what in zip(out["errors"], ("@unique", "@limit", "after()"), strict=True):
+        assert error is not None and error.startswith(what)
+        assert "django_tasks_db.backend.DatabaseBackend" in error
+        assert "Nothing was enqueued" in error

@@ -258,7 +258,7 @@ def test_fuzzy_snapshot_during_changes_replays_to_the_live_state():
     for i in range(3000):
         store.enqueue(rec(f"t{i}", priority=i % 3))
     for _ in range(1000):
-        finish(store, store.queue.ready[0][2])
+        finish(store, store.queue.ready["default"][0][2])
     ids = list(store.records)
     stop = threading.Event()
 

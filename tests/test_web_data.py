@@ -117,16 +117,83 @@ def test_results_page_is_fast_with_10000_stored_results():
     assert timings["task name matching nothing (scans all)"] < 50
 
 
-def test_chart_and_sparkline_points():
+def test_chart_has_one_figure_for_its_height_the_peak():
     chart = present.chart([[1000.0, 0.0], [1300.0, 5.0], [1600.0, 10.0]], window=600, width=600,
                           height=120)
     assert chart["points"] == "0.0,119.0 300.0,65.4 600.0,11.7"  # top = peak + 10 %
     assert chart["peak"] == 10.0 and chart["last"] == 10.0
-    assert present.chart([])["points"] == ""
-    spark = present.sparkline([0, 5, 10], width=20, height=10, top=10)
-    assert spark["points"] == "0.0,9.0 10.0,5.0 20.0,1.0"
+    assert chart["peak_y"] == "11.7"  # the dashed peak line goes through the highest point
+    assert "top" not in chart  # no second "maximum" beside the peak (issue 17)
+    assert chart["empty_until"] is None  # the window is full
+    young = present.chart([[1590.0, 2.0], [1600.0, 4.0]], window=600, width=600)
+    assert young["empty_until"] == "590.0"  # greyed: before the server's history starts
+    assert present.chart([])["points"] == "" and present.chart([])["peak_y"] is None
+
+
+def test_sparklines_start_at_zero_on_one_scale_and_follow_time():
+    # 40 -> 44.7 MiB on a 0-50 MiB scale: a rise of a tenth of the height, not a cliff.
+    spark = present.sparkline([(100.0, 40.0), (280.0, 44.7)], top=50.0, width=180, height=24)
+    (x0, y0), (x1, y1) = [tuple(map(float, p.split(","))) for p in spark["points"].split()]
+    assert (x0, x1) == (0.0, 180.0)
+    assert y0 == pytest.approx(24 - 40 / 50 * 22 - 1, abs=0.05)  # 1 px margins, 0.1 px steps
+    assert y1 == pytest.approx(24 - 44.7 / 50 * 22 - 1, abs=0.05)
+    assert (y0 - y1) / 22 < 0.1
+    # a worker 10 s old covers the last 10 s of the 180 s window, not the whole width
+    young = present.sparkline([(270.0, 10.0), (280.0, 10.0)], top=50.0, width=180)
+    assert young["points"].startswith("170.0,")
+    assert present.nice_top(44.7) == 50 and present.nice_top(46.2) == 50
+    assert present.nice_top(101) == 200 and present.nice_top(0) == 1 and present.nice_top(1) == 1
+    assert present.nice_top(2.1) == 2.5 and present.nice_top(0.3) == pytest.approx(0.5)
+
+
+def test_overview_workers_share_an_rss_scale_and_say_their_range():
+    clock = Clock()
+    store = make_store(clock, workers=("w1", "w2"))
+    for rss in (40, 42, 44.7):
+        clock.advance(1.0)
+        store.update_worker("w1", rss_bytes=int(rss * 1024 * 1024), cpu_percent=10.0)
+        store.update_worker("w2", rss_bytes=20 * 1024 * 1024, cpu_percent=0.0)
+        store.sample_history()
+    context = present.overview_context(store.listing.overview())
+    assert context["rss_scale"] == "0–50 MiB" and context["cpu_scale"] == "0–100 %"
+    w1, w2 = context["workers"]
+    assert w1["rss_range"] == "40.0 MiB–44.7 MiB" and w2["rss_range"] == "20.0 MiB"
+    assert w1["cpu_range"] == "10 %"
+    top_of_w1 = min(float(p.split(",")[1]) for p in w1["rss_spark"]["points"].split())
+    low_of_w2 = max(float(p.split(",")[1]) for p in w2["rss_spark"]["points"].split())
+    assert top_of_w1 < low_of_w2  # the same scale: the bigger worker draws higher
+
+
+def test_progress_bar_when_done_and_total_are_numbers():
+    bar = present.progress_bar({"done": 40, "total": 100, "phase": "slow"})
+    assert bar == {"width": "40.0", "percent": "40", "label": "40 / 100", "rest": "phase=slow"}
+    assert present.progress_bar({"done": 150, "total": 100})["width"] == "100.0"
+    for fields in ({"done": 1}, {"done": "1", "total": 2}, {"done": 1, "total": 0},
+                   {"done": True, "total": 2}, {}, None):
+        assert present.progress_bar(fields) is None, fields
     assert present.took(0.0042) == "4.2 ms" and present.took(0.25) == "250 ms"
     assert present.took(75) == "1m15s"
+
+
+def test_a_task_that_succeeded_after_retries_is_not_shown_as_an_error():
+    assert present.outcome_note("SUCCESSFUL", "ConnectionError", 2) == (
+        "succeeded on attempt 2", "retried")
+    assert present.outcome_note("SUCCESSFUL", None, 1) == ("", "")
+    assert present.outcome_note("SUCCESSFUL", "ConnectionError", None)[1] == "retried"  # 0.1.0
+    assert present.outcome_note("FAILED", "ValueError", 1) == ("ValueError", "error")
+    assert present.outcome_note("FAILED", "ValueError", 3) == (
+        "ValueError, after 3 attempts", "error")
+    clock = Clock()
+    store = make_store(clock, workers=("w1",))
+    store.enqueue(rec("flaky"))
+    claim(store, "w1")
+    claim(store, "w1", outcome={"id": "flaky", "status": "SUCCESSFUL", "errors": [
+        {"exception_class_path": "builtins.ConnectionError", "traceback": "ConnectionError"}]})
+    record = store.get("flaky")
+    record["worker_ids"] = ["w1", "w2"]  # as after two attempts
+    context = present.task_context(record)
+    assert context["errors_title"] == "Errors of the earlier attempts"
+    assert "succeeded on attempt 2" in context["errors_note"]
 
 
 def test_metrics_text_parses_with_every_promised_series():
@@ -220,3 +287,30 @@ def test_overview_shows_the_attempt_and_progress_of_running_tasks():
     assert running["attempt"] == 1
     assert running["progress"] == "done=40, of=100"  # keys starting with _ are the backend's
     assert present.progress_text({"note": "x" * 200}).endswith("…")
+
+
+def test_pools_and_limits_on_the_overview_and_in_metrics():
+    clock = Clock()
+    store = make_store(clock, workers=())
+    store.register_worker("a", pid=1, pool="web", queues=["default"])
+    store.set_meta(supervisor={"pools": [
+        {"name": "web", "queues": ["default"], "workers_expected": 1, "workers_alive": 1,
+         "threads": 1, "time_limit": None, "max_task_memory": None,
+         "max_worker_memory": None, "max_tasks_per_worker": None},
+        {"name": "reports", "queues": ["emails"], "workers_expected": 2, "workers_alive": 0,
+         "threads": 1, "time_limit": 3600.0, "max_task_memory": 2048,
+         "max_worker_memory": None, "max_tasks_per_worker": None}]})
+    limited = rec("l1")
+    limited["limit"] = {"key": "app.t:shop", "concurrency": 2, "rate": [10, 60.0]}
+    store.flows.enqueue(limited)
+    snapshot = store.listing.overview()
+    context = present.overview_context(snapshot)
+    assert [p["name"] for p in context["pools"]] == ["web", "reports"]
+    assert context["workers"][0]["pool"] == "web"
+    assert context["workflows"]["limits"][0]["rate"] == "10/m"
+    body, _ = metrics.render(store.health())
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert values[("django_tasks_shared_pool_workers", (("pool", "reports"),))] == 0
+    assert values[("django_tasks_shared_pool_workers_expected", (("pool", "reports"),))] == 2
+    assert values[("django_tasks_shared_unique_keys_held", ())] == 0

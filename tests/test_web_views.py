@@ -120,9 +120,17 @@ def test_task_page_cancel_and_enqueue_again_with_csrf(site, staff):
     site.client().call("cancel", copy_id)
 
     assert client.get(f"/tasks/lookup?id=+{result.id}+")["Location"] == f"/tasks/{result.id}/"
+    # as pasted from a log or a spreadsheet: capitals, quotes
+    pasted = f" '{result.id.upper()}' "
+    assert client.get("/tasks/lookup", {"id": pasted})["Location"] == f"/tasks/{result.id}/"
+    assert client.get(f"/tasks/{result.id.upper()}/")["Location"] == f"/tasks/{result.id}/"
     assert client.get("/tasks/lookup?id=a/b")["Location"] == "/tasks/"
+    finished = client.get(f"/tasks/{result.id}/").content.decode()
+    assert "the page no longer refreshes" in finished and "refreshes every" not in finished
     missing = client.get("/tasks/" + "0" * 32 + "/")
-    assert missing.status_code == 404 and b"evicted" in missing.content
+    html = missing.content.decode()
+    assert missing.status_code == 404 and "evicted" in html
+    assert "refreshes" not in html and 'id="updated"></span></footer>' in html  # no dangling ·
 
 
 def test_without_authentication_middleware_the_page_says_what_it_needs(site):
@@ -195,11 +203,43 @@ def test_unreachable_server_is_a_banner_not_a_500(staff):
         assert page.status_code == 503
         assert b'id="banner"' in page.content and b"does not answer" in page.content
         assert b"recovers by itself" in page.content and b"dashboard.js" in page.content
+        html = page.content.decode()
+        # a fresh load says the server is unreachable and why the cards are empty
+        assert 'class="pill unreachable" id="server-status"' in html and "healthy" not in html
+        assert 'id="results-waiting"' in html and "no finished result" not in html
+        # the live refresh's answer is the banner's plain text, not escaped HTML (the script
+        # puts it in with textContent)
         fragment = client.get("/tasks/?fragment=1")
-        assert fragment.status_code == 503 and b"does not answer" in fragment.content
-        assert client.get("/tasks/" + "0" * 32 + "/").status_code == 503
+        assert fragment.status_code == 503 and fragment["Content-Type"].startswith("text/plain")
+        text = fragment.content.decode()
+        assert "does not answer" in text and "OPTIONS['AUTOSTART']" in text and "&#" not in text
+        task_page = client.get("/tasks/" + "0" * 32 + "/")
+        assert task_page.status_code == 503 and b"not known for now" in task_page.content
         metrics = client.get("/tasks/metrics").content.decode()
         assert "django_tasks_shared_up 0.0" in metrics
+
+
+@pytest.mark.timeout(60)
+def test_a_web_thread_kept_from_before_a_server_restart_still_gets_the_page(staff):
+    """The page's reads are repeated once on a new connection, like `get`: a gthread worker (or
+    runserver's keep-alive thread) must not show the "does not answer" banner after a restart."""
+    first = ServerProcess(options={"WORKERS": 1}, args=("--grace", "1")).wait_ready()
+    second = None
+    try:
+        with first.settings():
+            client = logged_in(staff)
+            assert client.get("/tasks/?fragment=1").status_code == 200  # this thread connects
+            first.stop()
+            second = ServerProcess(address=first.address, options={"WORKERS": 1},
+                                   args=("--grace", "1")).wait_ready()
+            for url in ("/tasks/?fragment=1", "/tasks/?fragment=1&status=FAILED"):
+                response = client.get(url)
+                assert response.status_code == 200, response.content[:300]
+                assert str(second.popen.pid) in response.content.decode()  # the new server
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 @pytest.mark.timeout(90)
@@ -233,3 +273,23 @@ def test_render_p95_under_100_ms_with_10000_stored_results(site, staff):
         # Wall-clock time is only meaningful on a machine that is not overloaded by others.
         if load < 1.5:
             assert p95 < 100, name
+
+
+def test_task_page_and_overview_show_unique_keys_limits_and_dependencies(site, staff):
+    from django_tasks_shared import after, cancel
+    from testproject import flow_tasks
+
+    holder = flow_tasks.unique_job.enqueue("page", 20)
+    dependent = after([holder], flow_tasks.merge, "page")
+    client = logged_in(staff)
+    try:
+        html = client.get(f"/tasks/{holder.id}/").content.decode()
+        assert "testproject.flow_tasks.unique_job:page (held until finished)" in html
+        html = client.get(f"/tasks/{dependent.id}/").content.decode()
+        assert f'<a href="/tasks/{holder.id}/">{holder.id}</a>' in html  # its parent, linked
+        overview = client.get("/tasks/?fragment=1").content.decode()
+        assert 'id="unique-keys"' in overview and holder.id in overview
+        assert "1 waiting on dependencies" in overview
+    finally:
+        cancel(holder)
+    assert wait(dependent, 10).errors[-1].exception_class_path.endswith("DependencyFailed")

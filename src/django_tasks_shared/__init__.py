@@ -14,6 +14,8 @@ _PUBLIC = {
     "cancel": "client.waiting", "wait": "client.waiting", "wait_all": "client.waiting",
     "retry": "client.retry", "progress": "client.progress",
     "set_progress": "worker.progress", "current_result_id": "worker.execution",
+    "unique": "client.workflows", "limit": "client.workflows", "after": "client.workflows",
+    "dependency_results": "worker.workflow",
 }
 
 __all__ = sorted(_PUBLIC)

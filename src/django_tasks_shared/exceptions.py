@@ -14,7 +14,14 @@ class SharedTasksError(Exception):
 
 
 class ServerUnavailable(SharedTasksError):
-    """The task server cannot be reached (not running, unreachable, or stalled)."""
+    """The task server cannot be reached (not running, unreachable, or stalled).
+
+    `maybe_applied` is true when the request went out and no answer came back: the server may
+    have done it. For an enqueue, `task_id` is the id of the task (then it may be queued: look
+    with `task.get_result(exc.task_id)` rather than enqueuing it again)."""
+
+    task_id: str | None = None
+    maybe_applied: bool = False
 
 
 class ServerAuthenticationError(ServerUnavailable):
@@ -51,3 +58,27 @@ class TaskCancelled(SharedTasksError):
 
 class PayloadTooLarge(SharedTasksError):
     """Arguments (at enqueue) or a return value (at the end of a task) over MAX_PAYLOAD."""
+
+
+class ServerStalled(ServerUnavailable):
+    """The task server accepts connections but answers nothing within CONNECT_TIMEOUT, also on
+    new connections for as long as the call may be retried (a stopped, swapping or overloaded
+    server): an idempotent call was retried for up to 3 x CONNECT_TIMEOUT in all."""
+
+
+class DependencyFailed(SharedTasksError):
+    """A task enqueued with `after(...)` did not run: one of the tasks it waited for ended
+    FAILED (or was cancelled); the error text names that task's id. Its own dependents end the
+    same way."""
+
+
+class UnknownDependency(SharedTasksError, LookupError):
+    """`after(...)` named a result the server does not hold (unknown, evicted or expired);
+    nothing was stored. The client raises Django's TaskResultDoesNotExist for it."""
+
+    def __init__(self, task_id, message=None):
+        super().__init__(message or f"no task result {task_id}: unknown, evicted or expired")
+        self.task_id = task_id
+
+    def __reduce__(self):  # crosses the wire pickled: keep the id
+        return (type(self), (self.task_id, str(self)))

@@ -11,7 +11,8 @@ import random
 from django_tasks_shared.protocol.config import FSYNC_MODES
 
 QUICK = {"tasks": 400, "clients": 3, "workers": 3, "kill_every": 1.0, "restarts": 2,
-         "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both"}
+         "time_limit": 2.0, "window": 30, "max_results": 150, "restart_signal": "both",
+         "flows": 16}
 DEFAULT_MIX = "noop=68,cpu=10,sleep=10,fail=5,flaky=2,crash=3,hang=1,hog=1"
 WORKLOADS = ("noop", "cpu", "sleep", "fail", "flaky", "crash", "hang", "hog")
 
@@ -29,7 +30,7 @@ def parse_args(argv):
     p.add_argument("--mix", default=DEFAULT_MIX,
                    help="workload weights, from %s (default %%(default)s)" % ", ".join(WORKLOADS))
     p.add_argument("--faults", default="kill,restart-server",
-                   help="comma-separated: kill, restart-server, enospc (the STATE_DIR on a "
+                   help="comma-separated: kill, restart-server, stall, enospc (the STATE_DIR on a "
                         "tmpfs the harness fills and frees; root only), or none (default "
                         "%(default)s)")
     p.add_argument("--enospc-every", type=float, default=5.0, metavar="SECONDS",
@@ -44,6 +45,16 @@ def parse_args(argv):
                    help="how the server is stopped for restart-server: SIGKILL (a crash), "
                         "SIGTERM (a graceful drain, then exit), or both in turn starting with "
                         "SIGKILL (default kill; --quick: both)")
+    p.add_argument("--stall-every", type=float,
+                   help="stall: seconds between two SIGSTOPs of the server, x 0.5..1.5 "
+                        "(default 10; --quick: 4)")
+    p.add_argument("--stall-seconds", metavar="MIN-MAX",
+                   help="stall: how long the server stays stopped, drawn from MIN-MAX seconds "
+                        "(default 1.5-4 x CONNECT_TIMEOUT: some stalls end within the 3 x "
+                        "CONNECT_TIMEOUT that a call keeps trying, some past it)")
+    p.add_argument("--connect-timeout", type=float,
+                   help="OPTIONS['CONNECT_TIMEOUT'] of the server and the clients (default 5; "
+                        "1 with the stall fault, to keep the stalls short)")
     p.add_argument("--address", help="use the server at this socket path or host:port (start "
                    "it with DJANGO_SETTINGS_MODULE=stress.harness.settings); default: a private "
                    "one")
@@ -56,6 +67,10 @@ def parse_args(argv):
     p.add_argument("--max-results", type=int, help="MAX_RESULTS (default 1000)")
     p.add_argument("--window", type=int, help="tasks in flight per client (default 100)")
     p.add_argument("--deferred", type=float, default=3.0, help="%% of tasks with a run_after")
+    p.add_argument("--flows", type=int,
+                   help="workflow tasks per client, beside --tasks: @unique over 3 shared keys, "
+                        "@limit(concurrency=2), @limit(rate='8/s') and after() chains, checked "
+                        "by their own invariants (default 40; --quick: 16; 0: none)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--max-wait", type=float, default=90.0,
                    help="seconds without progress (no task finished server-wide) after which "
@@ -75,17 +90,34 @@ def parse_args(argv):
     args = p.parse_args(argv)
     defaults = {"tasks": 2000, "clients": 4, "workers": os.cpu_count() or 2,
                 "kill_every": 1.0, "restarts": 1, "time_limit": 4.0, "window": 100,
-                "max_results": 1000, "restart_signal": "kill"}
+                "max_results": 1000, "restart_signal": "kill", "flows": 40}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick and key in QUICK else value)
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
     faults = {f.strip() for f in args.faults.split(",") if f.strip() and f.strip() != "none"}
-    unknown = faults - {"kill", "restart-server", "enospc"}
+    unknown = faults - {"kill", "restart-server", "stall", "enospc"}
     if unknown:
         p.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     args.fault_set = faults
+    if args.connect_timeout is None:
+        args.connect_timeout = 1.0 if "stall" in faults else 5.0
+    if args.stall_every is None:
+        args.stall_every = 4.0 if args.quick else 10.0
+    if args.stall_seconds is None:
+        args.stall_seconds = (1.5 * args.connect_timeout, 4.0 * args.connect_timeout)
+    else:
+        try:
+            low, _, high = args.stall_seconds.partition("-")
+            args.stall_seconds = (float(low), float(high or low))
+            if not 0 < args.stall_seconds[0] <= args.stall_seconds[1]:
+                raise ValueError
+        except ValueError:
+            p.error(f"--stall-seconds takes MIN-MAX seconds, e.g. 1.5-4, got "
+                    f"{args.stall_seconds!r}")
+    if "stall" in faults and args.address:
+        p.error("the stall fault SIGSTOPs the server the harness starts: drop --address")
     try:
         mix = {}
         for part in args.mix.split(","):

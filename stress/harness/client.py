@@ -9,6 +9,10 @@ Everything it saw is written to `client-<n>.json` for the checker.
     poll ──get_many(own outstanding)──>    a status per id; terminal -> final
          ──get_result(other clients' ids)─> cross observations (status, error class, time)
 
+An enqueue that raises ServerStalled with the task id (a stall past the retry bound; the task may
+be queued) is resolved as its message says: the id is looked up once the server answers; found,
+it is tracked like any; not found twice, 1 s apart, the plan item is enqueued again.
+
 Calls that poll go first through the raw client (no AUTOSTART) so that an outage is SEEN as
 ServerUnavailable and counted; the retry goes through the backend, which AUTOSTARTs a server.
 A task that vanished is "lost with the server" only if the server now answering started after
@@ -55,10 +59,15 @@ class Client:
         self.seen_final = {}    # other clients' ids seen finished: id -> what was seen
         self.down_seen = []     # times a call saw ServerUnavailable
         self.enqueue_errors = []
+        self.uncertain = {}     # id -> [plan item, expect, run_after, t0, "not found" times]
+        self.stalled_enqueues = {}  # id -> "queued" / "not stored", once resolved
         self.other_ids = []
         self.offsets = {}
         workdir = params["workdir"]
         self.ids_file = open(os.path.join(workdir, f"ids-{self.idx}.txt"), "a", buffering=1)
+        from .flows import Flows  # the workflow workload (unique keys, limits, dependencies)
+
+        self.flows = Flows(self, params.get("flows", 0), params.get("flows_dir"))
         self.other_files = [os.path.join(workdir, f"ids-{j}.txt")
                             for j in range(params["clients"]) if j != self.idx]
         self._server_started = None
@@ -137,20 +146,54 @@ class Client:
         try:
             result = task.enqueue(**kwargs)
         except ServerUnavailable as exc:
-            # Down, or draining (it refuses new tasks): the caller retries later and goes on
-            # polling meanwhile. Nothing was stored (the backend already retried once).
             self.enqueue_errors.append(f"{time.time():.3f} {exc}")
             self.down_seen.append(time.time())
             self._bump(SEEN_DOWN)
+            if exc.task_id and exc.maybe_applied:
+                # No answer (a stall past the retry bound): the task may be queued. As the
+                # message says: look it up once the server answers, never enqueue it blindly.
+                self.uncertain[exc.task_id] = [item, expect, run_after, t0, []]
+                return None
+            # Down, or draining (it refuses new tasks): the caller retries later and goes on
+            # polling meanwhile. Nothing was stored.
             return False
+        self._adopt(result.id, workload, priority, run_after, expect, t0,
+                    result.enqueued_at.timestamp())
+        return True
+
+    def _adopt(self, task_id, workload, priority, run_after, expect, t0, enqueued_at):
         info = {"w": workload, "c": self.idx, "p": priority,
                 "run_after": run_after.timestamp() if run_after else None,
-                "expect": expect, "t_enq": t0, "enqueued_at": result.enqueued_at.timestamp(),
+                "expect": expect, "t_enq": t0, "enqueued_at": enqueued_at,
                 "status": None, "how": None, "seen": ["READY"]}
-        self.info[result.id] = self.outstanding[result.id] = info
-        self.ids_file.write(f"{result.id} {workload}\n")
+        self.info[task_id] = self.outstanding[task_id] = info
+        self.ids_file.write(f"{task_id} {workload}\n")
         self._bump(ENQ)
-        return True
+
+    def resolve_uncertain(self, plan):
+        """Enqueues that raised ServerStalled: found -> ours (tracked like any); not found twice,
+        1 s apart, once the server answers -> not stored: back to the plan (a new id)."""
+        from django_tasks_shared.exceptions import ServerUnavailable
+
+        for task_id, entry in list(self.uncertain.items()):
+            item, expect, run_after, t0, misses = entry
+            if misses and time.time() - misses[-1] < 1.0:
+                continue
+            try:
+                record = self.backend.client.call("get", task_id)
+            except ServerUnavailable:
+                return  # still stalled or down: later
+            if record is not None:
+                del self.uncertain[task_id]
+                self.stalled_enqueues[task_id] = "queued"
+                self._adopt(task_id, item[1], item[2], run_after, expect, t0,
+                            record["enqueued_at"])
+            elif len(misses) >= 1:
+                del self.uncertain[task_id]
+                self.stalled_enqueues[task_id] = "not stored"
+                plan.appendleft(item)
+            else:
+                misses.append(time.time())
 
     # ---- poll ------------------------------------------------------------------------------
 
@@ -250,14 +293,24 @@ class Client:
         window, interval = self.p["window"], self.p["poll_interval"]
         next_poll = next_tail = retry_at = next_progress_check = 0.0
         failing_since = stop_at = last_finished = None
-        while plan or self.outstanding:
+        done_enqueues = 0  # the workflow workload paces itself by it
+        while plan or self.outstanding or self.uncertain:
             now = time.monotonic()
             n = 0
+            if self.uncertain:
+                self.resolve_uncertain(plan)
             while plan and len(self.outstanding) < window and n < 50 and now >= retry_at:
-                if self.enqueue(plan[0]):
+                enqueued = self.enqueue(plan[0])
+                if enqueued is None:  # maybe queued: resolve_uncertain decides
+                    plan.popleft()
+                    retry_at = now + 0.2
+                    break
+                if enqueued:
                     plan.popleft()
                     failing_since = None
                     n += 1
+                    done_enqueues += 1
+                    self.flows.step(done_enqueues, rest=not plan)
                     continue
                 failing_since = failing_since or now
                 retry_at = now + 0.2
@@ -276,6 +329,7 @@ class Client:
                 next_tail = now + 0.5
             if now >= next_poll:
                 self.poll()
+                self.flows.poll()
                 self.lookups()
                 next_poll = now + interval
             if stop_at is not None and now > stop_at:
@@ -284,10 +338,16 @@ class Client:
                 time.sleep(min(0.01, max(0.0, next_poll - time.monotonic())))
         for task_id in list(self.outstanding):
             self._finalize(task_id, "unfinished")
+        flows_until = time.monotonic() + self.p["max_wait"]
+        while self.flows.outstanding and time.monotonic() < flows_until:
+            self.flows.poll()
+            time.sleep(interval)
         self.ids_file.close()
         out = {"idx": self.idx, "tasks": self.info, "cross": self.cross,
+               "flows": self.flows.output(),
                "seen_final": self.seen_final,
                "down_seen": self.down_seen, "enqueue_errors": self.enqueue_errors,
+               "stalled_enqueues": self.stalled_enqueues | dict.fromkeys(self.uncertain, "?"),
                "pid": os.getpid()}
         path = os.path.join(self.p["workdir"], f"client-{self.idx}.json")
         with open(path + ".tmp", "w") as f:

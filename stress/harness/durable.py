@@ -45,9 +45,12 @@ def victim_problem(task_id, info, restarts):
     return None
 
 
-def check(config, tasks, runs, restarts, states):
+def check(config, tasks, runs, restarts, states, other_victims=None):
     """(ok, detail, failures, figures) of the durability invariant. `states` maps server pid
-    to the `state` section of its health (None when that server had no STATE_DIR)."""
+    to the `state` section of its health (None when that server had no STATE_DIR);
+    `other_victims` counts, per dead server pid, the workflow tasks (flows.py) that ended
+    WorkerLost with it: they are among what the next server restored as interrupted."""
+    other_victims = other_victims or {}
     bad = []
     victims = {}
     for task_id, info in tasks.items():
@@ -90,7 +93,8 @@ def check(config, tasks, runs, restarts, states):
         after = by_pid.get(r.get("new_pid"))
         if after is None:
             continue
-        seen = sum(1 for pid in victims.values() if pid == r["pid"])
+        seen = sum(1 for pid in victims.values() if pid == r["pid"]) + \
+            other_victims.get(r["pid"], 0)
         if after["interrupted"] != seen:
             bad.append(f"server {after['pid']} (after SIG{r['signal'].upper()} of {r['pid']}) "
                        f"restored {after['interrupted']} interrupted task(s); the clients saw "
@@ -101,8 +105,10 @@ def check(config, tasks, runs, restarts, states):
                "journal_limit": next((s.get("journal_limit") for s in states.values() if s),
                                      None),
                "interrupted_by_server_kill": len(victims), "interrupted": listing,
+               "workflow_interrupted_by_server_kill": sum(other_victims.values()),
                "restored": restored}
     detail = (f"{len(victims)} task(s) were RUNNING at a server SIGKILL and ended WorkerLost "
+              f"(+{sum(other_victims.values())} of the workflow workload) "
               f"(each explained by an injected SIGKILL, at most one ledger line, in the dead "
               f"server's worker); restored by each server: "
               + "; ".join(f"pid {r['pid']}: {r['pending']} pending, {r['results']} results, "

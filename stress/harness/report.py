@@ -4,6 +4,7 @@
 """
 
 from . import durable as harness_durable
+from . import stall as harness_stall
 
 
 def render(report):
@@ -18,8 +19,14 @@ def render(report):
     row("limits", f"TIME_LIMIT={c['time_limit']} s, MAX_WORKER_MEMORY={c['max_worker_memory']} "
         f"MiB, MAX_RESULTS={c['max_results']}")
     row("run", f"{c['clients']} clients, {c['tasks']} tasks, mix {c['mix']}, seed {c['seed']}")
+    if c.get("flows"):
+        row("workflows", f"{c['flows']} per client: @unique (3 shared keys), "
+            f"@limit(concurrency=2), @limit(rate='8/s'), after() chains (flows.py)")
     row("faults requested", f"{', '.join(c['faults']) or 'none'} (kill every {c['kill_every']} "
-        f"s, {c['restarts']} restart(s), {c['restart_signal']})")
+        f"s, {c['restarts']} restart(s), {c['restart_signal']}"
+        + (f"; stall every ~{c['stall_every']:g} s for {c['stall_seconds'][0]:g}-"
+           f"{c['stall_seconds'][1]:g} s, CONNECT_TIMEOUT {c['connect_timeout']:g} s"
+           if "stall" in c["faults"] else "") + ")")
     row("tasks", f"{t['enqueued']} enqueued, {t['terminal']} terminal ({t['successful']} "
         f"SUCCESSFUL, {t['failed']} FAILED), {t['lost_with_server']} lost with the server, "
         f"{t['missing'] + t['unfinished']} lost otherwise")
@@ -38,6 +45,7 @@ def render(report):
     row("server restarts", f"{f['server_restarts']} injected, {f['server_restarts_recovered']} "
         f"recovered (AUTOSTART, {', '.join(f'{x:.2f} s' for x in f['recovery_seconds']) or '-'})"
         f", ServerUnavailable seen {f['client_saw_server_unavailable']}x")
+    harness_stall.row(report, row)
     row("cross-client lookups", f"{report['lookups']['cross_client']}")
     r = report["results"]
     row("results stored", f"max {r['max_stored']} / {r['max_results']} "

@@ -7,6 +7,7 @@
       ├─ fault loop: SIGKILL a random ready worker every --kill-every s; SIGKILL the server at
       │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one;
       │              enospc: fill the STATE_DIR's tmpfs and free it at random times (disk.py)
+      │              SIGSTOP the server for --stall-seconds every ~--stall-every s (stall.py)
       ├─ M client processes (spawn): enqueue, poll own ids, look up other clients' ids
       └─ checker: ledger files written by the tasks + what the clients saw + health samples
                   -> invariants, report table, --json (check.py; the STATE_DIR
@@ -28,6 +29,7 @@ import time
 from stress.common.paths import ROOT
 
 from . import disk as harness_disk
+from . import stall as harness_stall
 from .args import parse_args
 
 
@@ -121,6 +123,8 @@ class Monitor(threading.Thread):
             self.samples.append({
                 "t": now, "server_pid": pid, "rss": rss,
                 "stored": health["results"]["stored"], "max": health["results"]["max"],
+                # results kept past MAX_RESULTS while a dependent needs them (workflows)
+                "held": (health.get("workflows") or {}).get("held_for_dependents", 0),
                 "evicted": health["results"]["evicted"],
                 "pending": health["pending"], "running": health["running"],
                 "workers_alive": sup.get("workers_alive"), "workers": len(health["workers"])})
@@ -144,12 +148,13 @@ class Faults:
         self.next_kill = time.monotonic() + args.kill_every
         self.kill_misses = 0
         self.disk = None      # disk.DiskFaults with --faults enospc
+        self.stalls = harness_stall.Stalls(args, monitor, self.rng)
 
     def tick(self, done):
         now = time.monotonic()
         with self.monitor.lock:
             health, fresh = self.monitor.latest, now - self.monitor.latest_at < 1.0
-        if health is None:
+        if health is None or self.stalls.stalled:
             return
         pending_restart = self.restarts and self.restarts[-1]["recovered_at"] is None
         if self.disk is not None:
@@ -165,6 +170,10 @@ class Faults:
             threshold = self.total * (len(self.restarts) + 1) / (self.args.restarts + 1)
             if done >= threshold and fresh and not (self.disk and self.disk.full):
                 self.restart(health)  # (not on a full disk: no server could start)
+                return
+        if "stall" in self.args.fault_set and fresh:
+            self.stalls.tick(health)
+            if self.stalls.stalled:
                 return
         if "kill" in self.args.fault_set and now >= self.next_kill and fresh:
             # A miss (no worker mid-way through a sleep/cpu task) is retried soon, not skipped.
@@ -183,7 +192,8 @@ class Faults:
         # claim a hang task before the signal lands), so the supervisor's own outcomes
         # (TimeLimitExceeded, recycling, WorkerLost) stay covered.
         candidates = [w for w in _ready_workers(health) if w.get("current_task") and
-                      w["current_task"]["name"].endswith((".sleep", ".cpu"))]
+                      w["current_task"]["name"].endswith((".sleep", ".cpu", ".flow_limited",
+                                                          ".flow_unique"))]
         if not candidates:
             self.kill_misses += 1
             return False
@@ -235,7 +245,7 @@ def progress_line(done, lost, total, enq, started, faults, health, width=28):
         workers = f"{sup.get('workers_alive', '?')}/{sup.get('workers_expected', '?')}"
     return (f"\r[{bar}] {frac * 100:5.1f}% {done + lost}/{total} done ({enq} enqueued) "
             f"{rate:6.0f}/s  kills {len(faults.kills)}  restarts {len(faults.restarts)}  "
-            f"workers {workers}  {elapsed:5.1f}s ")
+            f"stalls {len(faults.stalls.stalls)}  workers {workers}  {elapsed:5.1f}s ")
 
 
 def stop_pid_tree(monitor, owned_servers):
@@ -270,6 +280,7 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="stress-")
     ledger = os.path.join(workdir, "ledger")
     os.makedirs(ledger)
+    os.makedirs(os.path.join(workdir, "flows"))  # the workflow tasks' spans (flows.py)
     address = args.address or os.path.join(workdir, "tasks.sock")
     disk_mount = None
     if "enospc" in args.fault_set:
@@ -278,9 +289,11 @@ def main(argv=None):
         args.fsync = args.fsync or "everysec"
     options = {"WORKERS": args.workers, "TIME_LIMIT": args.time_limit,
                "MAX_WORKER_MEMORY": args.max_worker_memory, "MAX_RESULTS": args.max_results,
-               "AUTOSTART": True}
-    if disk_mount:
-        options["CONNECT_TIMEOUT"] = 10.0  # a held reply waits out a fill (0.5-3 s) + ~1 s
+               "AUTOSTART": True, "CONNECT_TIMEOUT": args.connect_timeout}
+    if disk_mount and "stall" not in args.fault_set:
+        # A reply held through a fill (0.5-3 s, then ~1 s to resume) gets through in one call;
+        # with `stall` the short CONNECT_TIMEOUT stays and the clients resolve it by id.
+        options["CONNECT_TIMEOUT"] = max(args.connect_timeout, 10.0)
     if args.state_dir:
         options.update(STATE_DIR=args.state_dir, FSYNC=args.fsync)
         if args.journal_limit:
@@ -305,6 +318,7 @@ def main(argv=None):
 
     backend = task_backends["default"]
     monitor = Monitor(backend)
+    faults = None
     owned_servers = set()
     clients = []
     progress = not args.no_progress
@@ -329,8 +343,11 @@ def main(argv=None):
             "max_results": health["results"]["max"], "clients": args.clients,
             "tasks": args.tasks, "mix": args.mix, "faults": sorted(args.fault_set),
             "kill_every": args.kill_every, "restarts": args.restarts, "seed": args.seed,
-            "restart_signal": args.restart_signal,
+            "restart_signal": args.restart_signal, "flows": args.flows,
             "window": args.window, "deferred_pct": args.deferred,
+            "connect_timeout": args.connect_timeout,
+            "stall_every": args.stall_every, "stall_seconds": list(args.stall_seconds),
+            "server_log": None if external else address + ".log",
             "state_dir": (health.get("state") or {}).get("dir"),
             "fsync": (health.get("state") or {}).get("fsync")}
         mix = dict(args.mix_weights)
@@ -357,7 +374,8 @@ def main(argv=None):
             params = {"idx": idx, "clients": args.clients, "plan": plan[idx::args.clients],
                       "workdir": workdir, "ledger": ledger, "seed": args.seed,
                       "window": args.window, "poll_interval": 0.05, "lookups": 3,
-                      "max_wait": args.max_wait,
+                      "max_wait": args.max_wait, "flows": args.flows,
+                      "flows_dir": os.path.join(workdir, "flows"),
                       "max_worker_memory": config["max_worker_memory"] or 0}
             proc = ctx.Process(target=harness_client.main, args=(params, counters),
                                name=f"stress-client-{idx}")
@@ -400,20 +418,6 @@ def main(argv=None):
             monitor.sample()
             faults.tick(args.tasks)
             time.sleep(0.1)
-        # Workers back to the configured count (replacements of the last kills take a moment).
-        final_health = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            final_health = monitor.sample()
-            if final_health is not None and harness_check.workers_restored(final_health)[0]:
-                break
-            time.sleep(0.25)
-        monitor.stop.set()
-        monitor.join(5)
-        for gen in monitor.generations:
-            if gen[0] not in owned_servers and (not external or gen is not
-                                                monitor.generations[0]):
-                owned_servers.add(gen[0])
         outputs = []
         for idx in range(args.clients):
             path = os.path.join(workdir, f"client-{idx}.json")
@@ -422,6 +426,23 @@ def main(argv=None):
                     outputs.append(json.load(f))
             except (OSError, ValueError):
                 outputs.append(None)
+        # Workers back to the configured count (replacements of the last kills take a moment),
+        # and the workers of the last hogs recycled (the supervisor samples RSS every 0.5 s).
+        to_recycle = harness_check.workers_to_recycle(outputs)
+        final_health = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            final_health = monitor.sample()
+            if final_health is not None and harness_check.workers_restored(final_health)[0] \
+                    and not to_recycle & {w["id"] for w in final_health["workers"]}:
+                break
+            time.sleep(0.25)
+        monitor.stop.set()
+        monitor.join(5)
+        for gen in monitor.generations:
+            if gen[0] not in owned_servers and (not external or gen is not
+                                                monitor.generations[0]):
+                owned_servers.add(gen[0])
         report = harness_check.check(
             config=config, outputs=outputs, client_codes=client_codes, ledger_dir=ledger,
             monitor=monitor, faults=faults, final_health=final_health,
@@ -435,6 +456,8 @@ def main(argv=None):
             print(f"work directory kept: {workdir}")
         return 0 if report["passed"] else 1
     finally:
+        if faults is not None:
+            faults.stalls.resume_all()  # never leave a server stopped
         for p in clients:
             if p.is_alive():
                 with contextlib.suppress(OSError):

@@ -94,3 +94,52 @@ def hog(ledger, limit_mib):
     need = max(limit_mib * 2**20 + 32 * 2**20 - rss, 16 * 2**20)
     _hoard.append(bytearray(b"\x01") * need)  # touched pages: really resident
     return {"pid": pid, "value": len(_hoard)}
+
+
+# ---- workflows (flows.py): spans "start <id> <time> <kind> <key>" / "end <id> <time>" ------------
+
+from django_tasks_shared import limit, unique  # noqa: E402
+
+FLOW_CONCURRENCY = 2   # @limit(concurrency=...) of flow_limited
+FLOW_RATE = (8, 1.0)   # @limit(rate="8/s") of flow_rated
+_spans = {}            # directory -> fd, one per worker process
+
+
+def _span(directory, kind, key, seconds):
+    fd = _spans.get(directory)
+    if fd is None:
+        fd = _spans[directory] = os.open(os.path.join(directory, f"{os.getpid()}.spans"),
+                                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    task_id = current_result_id.get()
+    os.write(fd, f"start {task_id} {time.time():.6f} {kind} {key}\n".encode())
+    time.sleep(seconds)
+    os.write(fd, f"end {task_id} {time.time():.6f}\n".encode())
+    return os.getpid()
+
+
+@task
+@unique(key=lambda flows, key, seconds: key)
+def flow_unique(flows, key, seconds):
+    """At most one pending or running per key (until="finished")."""
+    return _span(flows, "unique", key, seconds)
+
+
+@task
+@limit(concurrency=FLOW_CONCURRENCY)
+def flow_limited(flows, seconds):
+    return _span(flows, "limited", "-", seconds)
+
+
+@task
+@limit(rate=f"{FLOW_RATE[0]}/s")
+def flow_rated(flows):
+    return _span(flows, "rated", "-", 0.0)
+
+
+@task
+def flow_step(flows, seconds, fail=False):
+    """A parent or a dependent of after(); a failing parent must fail its dependents."""
+    pid = _span(flows, "step", "-", seconds)
+    if fail:
+        raise StressFailure("a parent that fails")
+    return pid

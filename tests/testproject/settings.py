@@ -44,8 +44,9 @@ TASKS_SHARED_METRICS_TOKEN = os.environ.get("TASKS_METRICS_TOKEN") or None
 _options = json.loads(os.environ.get("TASKS_OPTIONS") or "{}")
 if os.environ.get("TASKS_ADDRESS"):
     _options["ADDRESS"] = os.environ["TASKS_ADDRESS"]
-if "MAX_WORKERS" not in _options and "ThreadPool" not in os.environ.get("TASKS_BACKEND", ""):
-    _options.setdefault("WORKERS", 2)  # MAX_WORKERS (or a thread pool) must not get WORKERS too
+if "MAX_WORKERS" not in _options and "POOLS" not in _options and \
+        "ThreadPool" not in os.environ.get("TASKS_BACKEND", ""):
+    _options.setdefault("WORKERS", 2)  # MAX_WORKERS, POOLS (or a thread pool): no WORKERS too
 
 TASKS = {
     "default": {

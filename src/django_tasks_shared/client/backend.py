@@ -2,6 +2,8 @@
 
     Task.enqueue -> validate -> JSON check -> record (+ retry policy: @retry over
                     OPTIONS["RETRY"]) -> client.call("enqueue") -> TaskResult
+                    @unique / @limit / after(): + their fields -> "enqueue_workflow", which
+                    returns the record standing for the call (workflows.py)
     get_result   -> client.call("get")  -> record -> TaskResult   (TaskResultDoesNotExist if None)
     wait(id)     -> client.call("wait") -> blocks in the server until finished or timeout
                     (the module-level wait / wait_all / cancel: waiting.py)
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import time
 from typing import cast
 
@@ -26,17 +29,25 @@ from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultD
 from django.tasks.signals import task_enqueued
 from django.utils.json import normalize_json
 
-from ..exceptions import PayloadTooLarge, ServerAuthenticationError, ServerUnavailable
+from ..exceptions import (
+    PayloadTooLarge,
+    ServerAuthenticationError,
+    ServerStalled,
+    ServerUnavailable,
+)
 from ..protocol.config import Config
+from ..protocol.paths import UnsafePath
 from ..protocol.records import new_record
 from ..protocol.status import FINISHED
 from ..schedules.entries import ScheduleError
 from ..schedules.resolve import resolve_tasks
 from . import launcher
 from .connection import StoreClient
-from .options import ConfigError, build_config
+from .options import ConfigError, build_config, unserved_queues
 from .results import to_task_result, to_timestamp
 from .retry import effective_policy
+from .workflows import enqueue_record
+from .workflows import fields as workflow_fields
 
 _configs: dict[tuple, Config] = {}  # (alias, kind, options repr, queues, secret...) -> Config
 _clients: dict[tuple, StoreClient] = {}  # (alias, address, authkey, timeout) -> StoreClient
@@ -107,14 +118,15 @@ class SharedBackend(BaseTaskBackend):
         """One round trip; in embedded/AUTOSTART mode a missing server is started first."""
         try:
             return self.client.call(method, *args)
-        except ServerAuthenticationError:
-            raise
-        except ServerUnavailable:
-            if not self.config.can_start:
+        except (ServerAuthenticationError, ServerStalled):
+            raise  # a server is there: starting another would not help
+        except ServerUnavailable as exc:
+            if not self.config.can_start or exc.maybe_applied:
                 raise
         try:
             launcher.ensure_server(self.config)
-        except ScheduleError as exc:  # a schedule's task does not import: the server can't start
+        except (ScheduleError, UnsafePath) as exc:  # a schedule's task does not import, a
+            # file is in the way of the socket...: the server cannot start
             raise InvalidTaskBackend(f"TASKS[{self.alias!r}]: the task server was not started: "
                                      f"{exc}") from None
         return self.client.call(method, *args)
@@ -143,8 +155,19 @@ class SharedBackend(BaseTaskBackend):
             retry=effective_policy(task.func, self.config.retry))
         if getattr(task, "metadata", None):  # Task.using(metadata=...) of a later Django
             record["metadata"] = cast(dict, normalize_json(dict(task.metadata)))
-        record["enqueued_at"] = self.call("enqueue", record)
-        result = to_task_result(record, task)
+        flow = workflow_fields(task, args, kwargs)  # None for a plain task
+        try:
+            if flow is not None:
+                record.update(flow)  # type: ignore[typeddict-item]
+                stored = enqueue_record(self, record)
+                if stored["id"] != record["id"]:  # a unique key's holder: nothing new stored
+                    return to_task_result(stored)
+                result = to_task_result(stored, task)
+            else:
+                record["enqueued_at"] = self.call("enqueue", record)
+                result = to_task_result(record, task)
+        except ServerUnavailable as exc:
+            raise _with_task_id(exc, task, record["id"])
         task_enqueued.send(type(self), task_result=result)
         return result
 
@@ -208,6 +231,13 @@ class SharedBackend(BaseTaskBackend):
                 "anyone who can reach it and knows the authkey can run code in the server.",
                 hint="Prefer a unix socket path, or bind to 127.0.0.1 behind a firewall.",
                 id="django_tasks_shared.W001"))
+        unserved = unserved_queues(self.config)
+        if unserved:
+            messages.append(checks.Error(
+                f"TASKS[{self.alias!r}] QUEUES {', '.join(map(repr, unserved))} are served by "
+                f"no pool of OPTIONS['POOLS']: their tasks would never run.",
+                hint="Add each queue to the 'queues' of a pool, or remove it from QUEUES.",
+                id="django_tasks_shared.E002"))
         if self.config.schedules:
             _, errors = resolve_tasks(self.config.schedules, self.config.queues)
             messages += [checks.Error(
@@ -250,6 +280,20 @@ def _is_loopback(host):
         return False
 
 
+def _with_task_id(exc, task, task_id):
+    """An enqueue that got no answer: the exception names the task id, and whether the task
+    may be queued (the request went out) and how to look, or that nothing was stored."""
+    exc.task_id = task_id
+    if exc.maybe_applied:
+        note = (f" Task {task_id} ({task.module_path}) may have been queued: look with "
+                f"`{task.name}.get_result({task_id!r})` (exc.task_id) once the server answers, "
+                f"rather than enqueuing it again (that could run it twice).")
+    else:
+        note = f" Task {task_id} ({task.module_path}) was not queued."
+    exc.args = (f"{exc.args[0] if exc.args else exc}{note}", *exc.args[1:])
+    return exc
+
+
 def _json_arguments(task, args, kwargs, max_payload=None):
     """Arguments exactly as a worker will see them, or a TypeError naming the culprit (or
     PayloadTooLarge over MAX_PAYLOAD bytes of JSON)."""
@@ -261,6 +305,13 @@ def _json_arguments(task, args, kwargs, max_payload=None):
             f"arguments of task {task.module_path!r} must be JSON-serializable ({exc}); nothing "
             f"was enqueued. Pass plain data (ids, strings, numbers, lists, dicts), not model "
             f"instances or objects.") from None
+    except RecursionError:  # normalize_json and json.dumps recurse once per level
+        raise ValueError(
+            f"arguments of task {task.module_path!r} are nested too deeply to store as JSON "
+            f"(lists or dicts inside each other beyond Python's recursion limit, "
+            f"{sys.getrecursionlimit()}; or a structure that contains itself); nothing was "
+            f"enqueued. Pass flatter data, or a reference to it (a file path, a database "
+            f"id).") from None
     if max_payload is not None and size > max_payload:
         raise PayloadTooLarge(
             f"arguments of task {task.module_path!r} take {size} bytes as JSON, over "

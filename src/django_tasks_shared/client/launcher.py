@@ -19,7 +19,7 @@ import time
 
 from ..exceptions import ServerUnavailable
 from ..protocol.config import describe
-from ..protocol.paths import send_spec, side_file, start_python
+from ..protocol.paths import make_socket_dir, open_log, send_spec, side_file, start_python
 from ..schedules.resolve import resolve_config
 from .connection import StoreClient
 
@@ -34,8 +34,8 @@ def _start_lock_path(address):
 
 
 def _alive(config):
-    try:
-        StoreClient(config.address, config.authkey, timeout=1.0).call("ping")
+    try:  # a probe: one try, no stall retries
+        StoreClient(config.address, config.authkey, timeout=1.0, patience=0).call("ping")
         return True
     except ServerUnavailable:
         return False
@@ -44,8 +44,9 @@ def _alive(config):
 def ensure_server(config, timeout=START_TIMEOUT):
     """Make sure a server answers at config.address, starting one if nobody else does."""
     if isinstance(config.address, str):
-        os.makedirs(os.path.dirname(config.address), mode=0o700, exist_ok=True)
-    fd = os.open(_start_lock_path(config.address), os.O_RDWR | os.O_CREAT, 0o600)
+        make_socket_dir(config.address)
+    fd = os.open(_start_lock_path(config.address),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -93,7 +94,7 @@ def _spawn(config):
     if config.embedded:
         out = None  # inherit: worker tracebacks show in runserver's console
     else:
-        out = open(_log_path(config), "ab")
+        out = open_log(_log_path(config))  # never through a symlink planted there
     try:
         popen = start_python(SERVER_CMD, out=out)
     finally:

@@ -4,14 +4,15 @@ commands; the server gets the result as JSON (Config.to_spec()).
 
     build_config(alias, OPTIONS, ...) -> unknown keys? -> pool size (WORKERS / THREADS /
         MAX_WORKERS) -> authkey (AUTHKEY or derived from SECRET_KEY) -> address (ADDRESS, or
-        the embedded socket of this project and alias) -> STATE_DIR / FSYNC -> SCHEDULE -> Config
+        the embedded socket of this project and alias) -> STATE_DIR / FSYNC -> SCHEDULE ->
+        POOLS (each pool's queues, size and limits; pools() below) -> Config
 """
 
 import hashlib
 import os
 
 from ..protocol.config import FSYNC_MODES, Config
-from ..protocol.paths import runtime_dir
+from ..protocol.paths import UnsafePath, file_in_the_way, runtime_dir
 from ..schedules import entries as schedules
 
 DEFAULTS = {
@@ -21,20 +22,26 @@ DEFAULTS = {
     "MAX_QUEUE": None, "CONNECT_TIMEOUT": 5.0, "STATE_DIR": None, "FSYNC": "everysec",
     "MAX_PAYLOAD": 10 * 1024 * 1024, "JOURNAL_LIMIT": 64 * 1024 * 1024,
     "MAX_CONNECTIONS": 4096, "SCHEDULE": None, "RETRY": None, "MAX_TASK_MEMORY": None,
+    "POOLS": None,
 }
+# The keys of one OPTIONS["POOLS"] entry: its queues and size, and the limits it may override
+# (None: the backend's own option).
+POOL_KEYS = {"queues": None, "workers": None, "threads": None, "TIME_LIMIT": "time_limit",
+             "MAX_TASK_MEMORY": "max_task_memory", "MAX_WORKER_MEMORY": "max_worker_memory",
+             "MAX_TASKS_PER_WORKER": "max_tasks_per_worker"}
 
 
 class ConfigError(ValueError):
     """An OPTIONS value is wrong; the message names the key and the fix."""
 
 
-def _number(options, key, kind=int, minimum=1):
+def _number(options, key, kind=int, minimum=1, where="OPTIONS"):
     value = options.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             (kind is int and int(value) != value) or value < minimum:
-        raise ConfigError(f"OPTIONS[{key!r}] must be a {'whole ' if kind is int else ''}number "
+        raise ConfigError(f"{where}[{key!r}] must be a {'whole ' if kind is int else ''}number "
                           f">= {minimum}, got {value!r}.")
     return kind(value)
 
@@ -56,6 +63,11 @@ def parse_address(value):
     if len(path.encode()) > 107:
         raise ConfigError(f"OPTIONS['ADDRESS'] {path!r} is longer than the 107 bytes a unix "
                           "socket path may have; choose a shorter path.")
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise ConfigError(f"OPTIONS['ADDRESS'] {path!r}: {blocker} is a file, not a directory, "
+                          "so no socket can be made there. Choose a path in a directory, e.g. "
+                          "/run/<project>/tasks.sock.")
     return path
 
 
@@ -75,6 +87,11 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
             f"unknown OPTIONS key(s) {', '.join(map(repr, unknown))} for task backend "
             f"{alias!r}; valid keys are {', '.join(sorted(DEFAULTS))}.")
     opts = {**DEFAULTS, **options}
+    if opts["POOLS"] is not None:
+        for key in ("WORKERS", "MAX_WORKERS"):
+            if opts[key] is not None:
+                raise ConfigError(f"give each entry of OPTIONS['POOLS'] its 'workers', not "
+                                  f"OPTIONS[{key!r}] beside POOLS.")
     workers, threads = _pool_size(opts, kind)
     authkey = _authkey(opts, secret_key, alias)
     address, embedded = _address(opts, alias, settings_module, authkey)
@@ -87,8 +104,18 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
     except schedules.ScheduleError as exc:
         raise ConfigError(str(exc)) from None
 
+    limits = {
+        "time_limit": _number(opts, "TIME_LIMIT", float, 0),
+        "max_tasks_per_worker": _number(opts, "MAX_TASKS_PER_WORKER"),
+        "max_worker_memory": _number(opts, "MAX_WORKER_MEMORY"),
+        "max_task_memory": _number(opts, "MAX_TASK_MEMORY"),
+    }
+    pool_list = pools(opts["POOLS"], kind=kind, queues=tuple(sorted(queues)), threads=threads,
+                      defaults=limits)
+    if pool_list:
+        workers = sum(p["workers"] for p in pool_list)
     return Config(
-        alias=alias, kind=kind, workers=workers, threads=threads,
+        alias=alias, kind=kind, workers=workers, threads=threads, pools=pool_list,
         max_results=_number(opts, "MAX_RESULTS"),
         result_ttl=_number(opts, "RESULT_TTL", float, 0),
         address=address, embedded=embedded, autostart=bool(opts["AUTOSTART"]), authkey=authkey,
@@ -147,7 +174,12 @@ def _address(opts, alias, settings_module, authkey):
     # One embedded server per project and alias: every process of the same project finds it.
     digest = hashlib.sha256(b"%s\0%s\0%s" % (
         (settings_module or "").encode(), alias.encode(), authkey)).hexdigest()[:16]
-    return os.path.join(runtime_dir(), f"{digest}.sock"), True
+    try:
+        directory = runtime_dir()
+    except UnsafePath as exc:
+        raise ConfigError(f"{exc} (No OPTIONS['ADDRESS'] is set: the embedded server's socket "
+                          f"goes in that directory; an ADDRESS elsewhere avoids it.)") from None
+    return os.path.join(directory, f"{digest}.sock"), True
 
 
 def _state_dir(opts):
@@ -179,3 +211,62 @@ def _retry(value):
         return normalize(value, "OPTIONS['RETRY']")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def pools(value, *, kind, queues, threads, defaults):
+    """OPTIONS["POOLS"] -> a tuple of normalised pool dicts ({"name", "queues", "workers",
+    "threads", "time_limit", "max_task_memory", "max_worker_memory", "max_tasks_per_worker"}),
+    or () without POOLS: one pool then serves every queue with WORKERS x THREADS. A queue that
+    no pool serves is the system check error E002 (SharedBackend.check), not an error here."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise ConfigError("OPTIONS['POOLS'] must be a dict of pool name -> {'queues': [...], "
+                          "'workers': n, ...}, e.g. {'web': {'queues': ['default'], "
+                          f"'workers': 2}}}}; got {value!r}.")
+    out = []
+    for name, entry in value.items():
+        where = f"OPTIONS['POOLS'][{name!r}]"
+        if not isinstance(name, str) or not name or not name.replace("-", "_").isidentifier():
+            raise ConfigError(f"OPTIONS['POOLS'] names must be identifiers such as 'reports' "
+                              f"(letters, digits, _ and -), got {name!r}.")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a dict with 'queues', got {entry!r}.")
+        unknown = sorted(set(entry) - set(POOL_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid "
+                              f"keys are {', '.join(POOL_KEYS)}.")
+        served = entry.get("queues")
+        if isinstance(served, str) or not isinstance(served, (list, tuple)) or not served:
+            raise ConfigError(f"{where}: 'queues' must be a non-empty list of queue names, got "
+                              f"{served!r}.")
+        missing = [q for q in served if q not in queues]
+        if missing:
+            raise ConfigError(f"{where}: queue(s) {', '.join(map(repr, missing))} not in this "
+                              f"backend's QUEUES ({', '.join(map(repr, queues))}); add them "
+                              f"there or remove them from the pool.")
+        n_workers = _number(entry, "workers", where=where) or 1
+        if kind == "thread" and n_workers != 1:
+            raise ConfigError(f"{where}: a ThreadPoolBackend pool runs one worker process; set "
+                              f"its 'threads', or use ProcessPoolBackend.")
+        pool = {"name": name, "queues": sorted(set(served)), "workers": n_workers,
+                "threads": _number(entry, "threads", where=where) or threads}
+        for key, field_name in POOL_KEYS.items():
+            if field_name is None:
+                continue
+            if key in entry:
+                kind_of = float if key == "TIME_LIMIT" else int
+                pool[field_name] = _number(entry, key, kind_of, 0 if key == "TIME_LIMIT" else 1,
+                                           where=where)
+            else:
+                pool[field_name] = defaults[field_name]
+        out.append(pool)
+    return tuple(out)
+
+
+def unserved_queues(config):
+    """The queues of QUEUES that no pool serves (always none without POOLS)."""
+    if not config.pools:
+        return []
+    served = {q for pool in config.pools for q in pool["queues"]}
+    return [q for q in config.queues if q not in served]

@@ -1,13 +1,15 @@
 """The human report of `tasks_health`, from the document of status.report().
 
     render(doc) -> title and reasons, then one line per section: server, limits, queues,
-                   running, results, counters, reload, state, start-up failure; the workers
-                   table; the schedules table
+                   running, results, counters, reload, state, start-up failure, pools,
+                   workflows (unique keys, limits, dependencies); the workers table; the
+                   schedules table
 """
 
 import time
 
 from ..protocol.text import plural
+from ..protocol.workflows import describe_rate
 from .formatting import clock, duration, progress_text, size, when
 from .status import UNREACHABLE, expected_workers, next_try
 
@@ -93,6 +95,8 @@ def render(doc, now=None):
     lines += _reload_lines(server, now)
     lines += _state_lines(doc.get("state"), now)
     lines += _failure_lines(server.get("supervisor") or {}, now)
+    lines += _pool_lines(doc.get("pools") or [])
+    lines += _workflow_lines(doc.get("workflows") or {})
     lines += _worker_lines(doc, now)
     lines += _render_schedules(doc.get("schedules") or [], now)
     return "\n".join(lines) + "\n"
@@ -161,9 +165,47 @@ def _failure_lines(sup, now):
             f"{failure.get('reason')} [{failure.get('streak')} in a row, {state}]"]
 
 
+def _pool_lines(pools):
+    """One line per pool, only when OPTIONS["POOLS"] names them (a single pool serving every
+    queue is the plain case, already in the server line)."""
+    if len(pools) < 2 and not any(p.get("queues") for p in pools):
+        return []
+    lines = []
+    for pool in pools:
+        limits = [f"{label} {pool[key]:g}{unit}" for key, label, unit in (
+            ("time_limit", "TIME_LIMIT", " s"), ("max_task_memory", "MAX_TASK_MEMORY", " MiB"),
+            ("max_worker_memory", "MAX_WORKER_MEMORY", " MiB"),
+            ("max_tasks_per_worker", "MAX_TASKS_PER_WORKER", "")) if pool.get(key) is not None]
+        lines.append(f"pool      {pool['name']}: {', '.join(pool.get('queues') or ['*'])}  "
+                     f"{pool.get('workers_alive', 0)} of {pool.get('workers_expected')} "
+                     f"worker(s) x {pool.get('threads')} thread(s)"
+                     + (f"  {'  '.join(limits)}" if limits else ""))
+    return lines
+
+
+def _workflow_lines(flows):
+    """Unique keys held, limit keys (the busiest), tasks waiting for their dependencies."""
+    unique, limits = flows.get("unique") or {}, flows.get("limits") or {}
+    waiting, held = flows.get("waiting_on_dependencies", 0), flows.get("held_for_dependents", 0)
+    if not (unique.get("held") or limits.get("keys") or waiting or held):
+        return []
+    lines = [f"workflows unique keys held {unique.get('held', 0)}  limit keys "
+             f"{limits.get('keys', 0)}  waiting on dependencies {waiting}"
+             + (f"  results held past MAX_RESULTS for dependents {held}" if held else "")]
+    for row in (limits.get("busiest") or [])[:5]:
+        spec = "  ".join(part for part in (
+            f"concurrency {row['concurrency']}" if row.get("concurrency") else "",
+            f"rate {describe_rate(row['rate'])}" if row.get("rate") else "") if part)
+        lines.append(f"  limit {row['key']}: {row['running']} running, {row['waiting']} waiting"
+                     + (f", {row['starts_in_window']} starts in the window"
+                        if row.get("starts_in_window") is not None else "") + f"  ({spec})")
+    return lines
+
+
 def _worker_lines(doc, now):
     workers = doc.get("workers") or []
     lines = ["", f"workers   {len(workers)} of {expected_workers(doc)}"]
+    pooled = bool(_pool_lines(doc.get("pools") or []))  # pool names only when POOLS names them
     header = ("ID", "PID", "STATE", "RSS", "CPU %", "CURRENT TASK (name, id, running for)",
               "DONE", "STARTED")
     rows = []
@@ -173,6 +215,8 @@ def _worker_lines(doc, now):
         state = worker.get("state") or "-"
         if worker.get("retiring"):
             state += " (retiring)"
+        if pooled:
+            state = f"{worker.get('pool')}: {state}"
         cpu = worker.get("cpu_percent")
         rows.append((worker.get("id"), worker.get("pid"), state, size(worker.get("rss_bytes")),
                      "-" if cpu is None else f"{cpu:.1f}", _task_cell(tasks[0] if tasks else None),
@@ -201,6 +245,8 @@ def _render_schedules(schedules, now):
             status = "skipped: " + last["error"].split(";")[0]
         else:
             status = last.get("status") or "(result no longer stored)"
+        if item.get("skipped"):
+            status += f"; {item['skipped']} slot(s) skipped (overlap: False)"
         rows.append((item["name"], item["task"], item["when"], when(item.get("next_run"), now),
                      when(last.get("due"), now), last.get("id") or "-", status))
     return lines + _table(header, rows)

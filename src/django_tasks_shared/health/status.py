@@ -21,7 +21,7 @@ QUEUE_ALARM = 0.9  # fraction of MAX_QUEUE above which the server is degraded
 
 WORKER_KEYS = ("id", "pid", "state", "rss_bytes", "cpu_percent", "tasks_done", "current_task",
                "current_tasks", "started_at", "ready_at", "uptime", "retiring", "retire_reason",
-               "failure", "generation")
+               "failure", "generation", "pool")
 
 
 def _supervisor(snapshot):
@@ -91,6 +91,8 @@ def report(snapshot, alias=None):
                     for worker in snapshot.get("workers") or ()],
         "schedules": snapshot.get("schedules") or [],
         "state": snapshot.get("state"),
+        "pools": _supervisor(snapshot).get("pools") or [],
+        "workflows": snapshot.get("workflows") or {},
         "notices": snapshot.get("notices"),  # None from a 0.1.0 server
     }
 
@@ -105,4 +107,5 @@ def unreachable_report(address, reason, alias=None):
         "server": {"address": address, "error": reason},
         "queues": {}, "pending": None, "running": None, "results": {}, "limits": {},
         "counters": {}, "workers": [], "state": None, "schedules": [], "notices": None,
+        "pools": [], "workflows": {},
     }

@@ -44,6 +44,9 @@ class Config:
     journal_limit: int = 64 * 1024 * 1024
     max_connections: int | None = 4096
     schedules: tuple = ()         # normalised OPTIONS["SCHEDULE"] entries (schedules/entries.py)
+    # normalised OPTIONS["POOLS"] entries (client/options.py pools()); (): one pool serves every
+    # queue with `workers` x `threads` (supervision/pools.py)
+    pools: tuple = ()
 
     @property
     def address_text(self):
@@ -59,12 +62,14 @@ class Config:
         spec["address"] = self.address if isinstance(self.address, str) else list(self.address)
         spec["queues"] = list(self.queues)
         spec["schedules"] = [dict(entry) for entry in self.schedules]
+        spec["pools"] = [dict(pool) for pool in self.pools]
         return spec
 
     @classmethod
     def from_spec(cls, spec):
         spec = dict(spec, authkey=bytes.fromhex(spec["authkey"]), queues=tuple(spec["queues"]),
-                    schedules=tuple(spec.get("schedules") or ()))
+                    schedules=tuple(spec.get("schedules") or ()),
+                    pools=tuple(spec.get("pools") or ()))
         if not isinstance(spec["address"], str):
             spec["address"] = tuple(spec["address"])
         return cls(**spec)

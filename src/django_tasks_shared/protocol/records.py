@@ -30,6 +30,20 @@ class RetryPolicy(TypedDict):
     on: list[str]
 
 
+class UniqueSpec(TypedDict):
+    """@unique: the key (task path + the user's key, or + normalised JSON arguments) and until
+    when it is held ("finished": pending or running; "started": pending only)."""
+    key: str
+    until: str
+
+
+class LimitSpec(TypedDict):
+    """@limit: the key (task path [+ the user's key]) and its limits (protocol/workflows.py)."""
+    key: str
+    concurrency: int | None
+    rate: list[float] | None        # [starts, per seconds], a sliding window
+
+
 class Record(TypedDict):
     id: str
     task: str                       # the task's module path
@@ -51,6 +65,12 @@ class Record(TypedDict):
     seq: NotRequired[int]           # FIFO position in the queue (server side)
     retry: NotRequired[RetryPolicy]
     metadata: NotRequired[dict[str, Any]]  # set_progress() fields (Django's raw_metadata shape)
+    # Workflows (v0.3, store/workflows.py): absent on most records, and on every 0.1/0.2 record.
+    unique: NotRequired[UniqueSpec]
+    limit: NotRequired[LimitSpec]
+    after: NotRequired[list[str]]   # ids of the tasks it waits for (all must succeed)
+    # Only on the copy a worker claims (never stored): the return values of `after`, in order.
+    dependency_results: NotRequired[dict[str, Any]]
 
 
 class Outcome(TypedDict):
@@ -62,6 +82,7 @@ class Outcome(TypedDict):
     errors: NotRequired[list[ErrorDict]]
     retry: NotRequired[bool]        # the failed attempt gets another try (policy matched)
     metadata: NotRequired[dict[str, Any]]  # progress still held back when the task ended
+    attempt: NotRequired[int]       # len(worker_ids) of the record run: one report per attempt
 
 
 def new_record(

@@ -24,6 +24,7 @@ TIME_LIMIT_EXCEEDED = class_path(exceptions.TimeLimitExceeded)
 MEMORY_LIMIT_EXCEEDED = class_path(exceptions.MemoryLimitExceeded)
 TASK_CANCELLED = class_path(exceptions.TaskCancelled)
 PAYLOAD_TOO_LARGE = class_path(exceptions.PayloadTooLarge)
+DEPENDENCY_FAILED = class_path(exceptions.DependencyFailed)
 
 # The counter the server bumps when it ends a task with one of these (see TaskStore.fail).
 END_COUNTERS = {WORKER_LOST: "worker_lost", TIME_LIMIT_EXCEEDED: "timed_out",

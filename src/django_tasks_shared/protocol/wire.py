@@ -26,6 +26,10 @@ HANDSHAKE_LIMIT = 256  # bytes of a handshake frame, as multiprocessing's recv_b
 class MessageTooLarge(OSError):
     """A peer announced a message over the limit: drop the connection, allocate nothing."""
 
+    def __init__(self, size, limit):
+        super().__init__(f"a message of {size} bytes, over the limit of {limit}")
+        self.size, self.limit = size, limit
+
 
 def frame(data):
     """`data` (bytes) with its length header."""
@@ -50,7 +54,7 @@ def header_at(buf, pos, limit=None):
             return None
         size, start = _LONG.unpack_from(buf, pos + 4)[0], pos + 12
     if size < 0 or (limit is not None and size > limit):
-        raise MessageTooLarge(f"a message of {size} bytes, over the limit of {limit}")
+        raise MessageTooLarge(size, limit)
     return size, start
 
 

@@ -14,7 +14,8 @@ import math
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-KEYS = ("task", "cron", "every", "args", "kwargs", "priority", "queue_name", "timezone")
+KEYS = ("task", "cron", "every", "args", "kwargs", "priority", "queue_name", "timezone",
+        "overlap")
 MIN_EVERY = 0.1  # seconds; a smaller interval would be a busy loop in the server
 MIN_PRIORITY, MAX_PRIORITY = -100, 100  # django.tasks.base.TASK_MIN/MAX_PRIORITY
 
@@ -94,13 +95,18 @@ def _entry(name, value, queues, default_timezone):
                                  or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
         raise ScheduleError(f"{where}: 'priority' must be a whole number from {MIN_PRIORITY} to "
                             f"{MAX_PRIORITY}, got {priority!r}.")
+    overlap = value.get("overlap", True)
+    if not isinstance(overlap, bool):
+        raise ScheduleError(f"{where}: 'overlap' must be True (the default: a due run is "
+                            f"enqueued even while the previous one is pending or running) or "
+                            f"False (the due run is skipped then), got {overlap!r}.")
     queue = value.get("queue_name")
     if queue is not None and queue not in queues:
         raise ScheduleError(f"{where}: queue {queue!r} is not in this backend's QUEUES "
                             f"({', '.join(map(repr, queues))}); add it there or pick one of them.")
     return {"name": name, "task": task, "cron": cron, "every": every, "timezone": timezone,
             "args": args, "kwargs": kwargs, "priority": priority, "queue_name": queue,
-            "takes_context": False}
+            "takes_context": False, "overlap": overlap}
 
 
 def next_due(entry, after):

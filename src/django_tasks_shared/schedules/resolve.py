@@ -12,6 +12,7 @@ import dataclasses
 from django.utils.module_loading import import_string
 
 from ..client.retry import effective_policy
+from ..client.workflows import fields as workflow_fields
 from .entries import ScheduleError
 
 
@@ -20,7 +21,8 @@ def resolve_tasks(entries, queues, retry_defaults=None):
     own priority and queue_name fill in what the entry left out, and its retry policy (@retry
     over `retry_defaults`, OPTIONS["RETRY"]) goes into the entry, since the server that enqueues
     it never imports the task. Returns (entries, errors): completed entries, and one message per
-    bad entry (naming it)."""
+    bad entry (naming it). A @unique / @limit task gets its record fields ("workflow"),
+    computed here from the entry's arguments."""
     resolved, errors = [], []
     for entry in entries:
         where = f"OPTIONS['SCHEDULE'][{entry['name']!r}]"
@@ -40,10 +42,15 @@ def resolve_tasks(entries, queues, retry_defaults=None):
                           f"QUEUES ({', '.join(map(repr, queues))}); add it there or set "
                           "'queue_name'.")
             continue
+        try:  # @unique / @limit keys of its (fixed) arguments: the server cannot compute them
+            flow = workflow_fields(task, entry["args"], entry["kwargs"]) or {}
+        except TypeError as exc:
+            errors.append(f"{where}: {exc}")
+            continue
         resolved.append(dict(
             entry, queue_name=queue, takes_context=bool(task.takes_context),
             priority=task.priority if entry["priority"] is None else entry["priority"],
-            retry=effective_policy(task.func, retry_defaults)))
+            retry=effective_policy(task.func, retry_defaults), workflow=flow))
     return tuple(resolved), errors
 
 

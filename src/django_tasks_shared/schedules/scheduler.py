@@ -14,6 +14,10 @@ however many web processes use the backend (no per-process scheduler to double-r
 A due time the server missed (it was down, or stalled) gives ONE run as soon as it can, not one
 per missed slot: the next due time is always computed after *now*. Due times are wall-clock
 (time.time()); cron entries follow their time zone, DST included (cronsim).
+
+An entry with "overlap": False skips a due slot while its previous run is still pending or
+running (decided under the store's lock, counted in its note, shown in health). An entry whose
+task is @unique / @limit carries the record fields its resolve computed (resolve.py).
 """
 
 import logging
@@ -115,9 +119,15 @@ class Scheduler:
             kwargs=entry["kwargs"], priority=entry["priority"] or 0,
             queue=entry["queue_name"] or "default", takes_context=entry["takes_context"],
             backend=self.config.alias, retry=entry.get("retry"))
+        record.update(entry.get("workflow") or {})  # type: ignore[typeddict-item]  # resolve.py
         run = {"due": due, "task": entry["task"], "when": schedules.describe(entry)}
         try:
-            self.store.schedules.enqueue_scheduled(record, durable_key(entry["name"]), run)
+            stored = self.store.schedules.enqueue_scheduled(
+                record, durable_key(entry["name"]), run, overlap=entry.get("overlap", True))
+            if stored is None:
+                logger.info("schedule %r: run due at %s skipped: the previous run is still "
+                            "pending or running (overlap: False)", entry["name"], time.ctime(due))
+                return None
         except (QueueFull, ServerUnavailable) as exc:
             logger.error("schedule %r: run due at %s skipped: %s", entry["name"],
                          time.ctime(due), exc)
@@ -132,5 +142,6 @@ class Scheduler:
     def _publish(self):
         self.store.schedules.set_schedules({
             name: {"task": entry["task"], "when": schedules.describe(entry),
-                   "next_run": self.next_due.get(name), "key": durable_key(name)}
+                   "next_run": self.next_due.get(name), "key": durable_key(name),
+                   "overlap": entry.get("overlap", True)}
             for name, entry in self.entries.items()})

@@ -5,8 +5,9 @@
                        accept_connection, get_methods): a stock proxy works too
       "wait":          polls.watch(id, watcher) ─finished─> reply now
                                                 └─else──> Parked (timer heap) ─┐
-      "finish_and_claim": polls.claim_now(...) ─record / STOP─> reply now       │
-                                               └─NOTHING──> Parked + claimers ─┤
+      "finish_and_claim", "report_and_claim" (with a claim token):                │
+                        polls.claim_now(...) ─record / STOP─> reply now         │
+                                             └─NOTHING──> Parked + claimers ───┤
       any other:       the store's method ─> ("#RETURN", value) | ("#ERROR", exc) │
     watcher.set() (task finished) / on_work (task ready, workers to stop) ─────┴─> unpark:
       reply, then the frames that came behind it on the same connection
@@ -50,10 +51,11 @@ class LoopPort(Protocol):
 class Parked:
     """A long-poll waiting in the loop: a claim (`worker`) or a wait (`task`)."""
 
-    __slots__ = ("peer", "worker", "task", "deadline", "done", "watcher")
+    __slots__ = ("peer", "worker", "task", "deadline", "done", "watcher", "token")
 
-    def __init__(self, peer, worker, task, deadline):
+    def __init__(self, peer, worker, task, deadline, token=None):
         self.peer, self.worker, self.task, self.deadline = peer, worker, task, deadline
+        self.token = token  # a claim's (thread, seq), from report_and_claim
         self.done = False
         self.watcher = None  # a wait's _Watcher, registered with the store
 
@@ -106,6 +108,8 @@ class Dispatcher:
                 self.loop.set_hot(peer, True)  # a client at work: served every turn
             if method == "finish_and_claim":
                 return self._claim(peer, *args, **kwds)
+            if method == "report_and_claim":
+                return self._claim_with_token(peer, *args, **kwds)
             if method == "wait":
                 return self._wait(peer, *args, **kwds)
             function = self.calls.get(method)
@@ -135,17 +139,21 @@ class Dispatcher:
         return ("#ERROR", AttributeError(
             f"method {method!r} of the task store is not exposed (ident {ident!r})"))
 
-    def _claim(self, peer, worker_id, outcome, timeout):
+    def _claim(self, peer, worker_id, outcome, timeout, token=None):
         try:
-            got = self.polls.claim_now(worker_id, outcome)
+            got = self.polls.claim_now(worker_id, outcome, token)
         except Exception as exc:  # StorageUnavailable: the outcome was not applied
             self.loop.send(peer, ("#ERROR", exc))
             return
         if got is NOTHING:
-            parked = self._park(peer, Parked(peer, worker_id, None, time.monotonic() + timeout))
+            parked = self._park(peer, Parked(peer, worker_id, None, time.monotonic() + timeout,
+                                             token))
             self.claimers.append(parked)
             return
         self.loop.send(peer, ("#RETURN", got))
+
+    def _claim_with_token(self, peer, worker_id, outcome, timeout, thread, seq):
+        self._claim(peer, worker_id, outcome, timeout, (thread, seq))
 
     def _wait(self, peer, task_id, timeout):
         parked = Parked(peer, None, task_id, time.monotonic() + timeout)
@@ -209,7 +217,7 @@ class Dispatcher:
         if not claimers:
             self.claimers.clear()
             return
-        results = self.polls.claim_for([p.worker for p in claimers])
+        results = self.polls.claim_for([(p.worker, p.token) for p in claimers])
         self.claimers = deque()
         for parked, got in zip(claimers, results, strict=True):
             if got is NOTHING:
@@ -219,7 +227,7 @@ class Dispatcher:
 
     def _expire(self, parked):
         if parked.worker is not None:  # a claim: one last look, else "nothing yet"
-            got = self.polls.claim_for([parked.worker])[0]
+            got = self.polls.claim_for([(parked.worker, parked.token)])[0]
             self._unpark(parked, None if got is NOTHING else got)
         else:
             self.polls.unwatch(parked.task, parked.watcher)

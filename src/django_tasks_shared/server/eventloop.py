@@ -352,8 +352,7 @@ class EventLoop:
             frames = peer.frames(data, HANDSHAKE_LIMIT if peer.handshake is not None
                                  else self.message_limit)
         except MessageTooLarge as exc:
-            logger.warning("dropped a client connection: %s (MAX_PAYLOAD)", exc)
-            self.close(peer)
+            self._too_large(peer, exc)
             return
         for data in frames:
             if peer.closed:
@@ -364,6 +363,21 @@ class EventLoop:
                 self._handshake_step(peer, data)
             else:
                 self.dispatcher.request(peer, data)
+
+    def _too_large(self, peer, exc):
+        if peer.handshake is not None:
+            # Not a client of ours: an HTTP request, a port scan, another protocol (b"GET "
+            # read as a length is 1195725856), or a peer that lost sync. The authkey handshake
+            # never sends more than HANDSHAKE_LIMIT bytes at once.
+            logger.warning(
+                "dropped a connection before it authenticated: its first frame announces %d "
+                "bytes, over the handshake's limit of %d (not a django-tasks-shared client: "
+                "an HTTP request or another protocol sent to this address?)",
+                exc.size, HANDSHAKE_LIMIT)
+        else:
+            logger.warning("dropped a client connection: a message of %d bytes, over the "
+                           "limit of %d (MAX_PAYLOAD plus 1 MiB)", exc.size, exc.limit)
+        self.close(peer)
 
     def _handshake_step(self, peer, data):
         reply, state = peer.handshake.step(data)

@@ -35,7 +35,7 @@ import time
 from .. import __version__
 from ..durable.statedir import StateDir, StateDirInUse, StateError
 from ..protocol.config import Config
-from ..protocol.paths import side_file
+from ..protocol.paths import UnsafePath, make_socket_dir, side_file
 from ..protocol.text import plural
 from ..schedules.scheduler import Scheduler
 from ..store import TaskStore
@@ -59,7 +59,8 @@ def lock_path(address):
 
 def _take_lifetime_lock(address):
     """Held while the server lives: whoever gets it knows any socket file there is stale."""
-    fd = os.open(lock_path(address), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path(address), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -82,7 +83,7 @@ def serve(config, *, owner_pid=None, grace=30.0, ready=None, install_signals=Tru
     SIGHUP reloads the workers. With config.state_dir: restore first, snapshot at the end."""
     address = config.address
     if isinstance(address, str):
-        os.makedirs(os.path.dirname(address), mode=0o700, exist_ok=True)
+        make_socket_dir(address)  # UnsafePath: a file in the way, no permission
     lock_fd = _take_lifetime_lock(address)
     state = None
     try:
@@ -229,7 +230,7 @@ def main():
     except AlreadyRunning as exc:
         logger.info("not starting: %s", exc)
         sys.exit(0)
-    except (StateError, StateDirInUse) as exc:
+    except (StateError, StateDirInUse, UnsafePath) as exc:
         logger.error("refusing to start: %s", exc)
         sys.exit(1)
 

@@ -4,9 +4,11 @@ Plain, thread-safe Python with no IPC and no Django. The server pins ONE instanc
 method that `calls()` names is one socket round trip for a client.
 
     enqueue(record) ──> queue (queue.py: ready / deferred heaps)
-    claim(worker, outcome) <── longpoll.py (blocking, or parked by the event loop)
+    claim(worker, outcome, token) <── longpoll.py (blocking, or parked by the event loop)
         report: outcome ──> SUCCESSFUL / FAILED ──> finished (results.py: LRU, TTL)
                         └─> "retry" and the policy agrees ──> back to the queue, same id
+                (once per task and attempt: a resent report is ignored)
+        a repeated claim (same token, claims.py) ──> the task handed out for it, again
         hand out: queue.pop ──> record RUNNING, owned by the worker
     get(id) / get_many / wait ──> record copy (a hit refreshes LRU recency)
     supervisor (same process): register_worker, worker_exited, fail_task, overdue, retire...
@@ -22,7 +24,10 @@ its lock and the methods marked "lock held":
     schedules ScheduleState    the scheduler's runs and notes        (schedule_state.py)
     stats     Stats            histograms and history rings          (stats.py)
     journal   Journaler        every change made durable (STATE_DIR) (journaler.py)
+    claims    ClaimMemo        the last task handed out per worker thread (claims.py)
     notices   Notices          task_finished of server-ended tasks   (notices.py)
+    flows     Workflows        unique keys, dependencies; limits sit  (workflows.py, unique.py,
+                               in the queue (queue.limits)             dependencies.py, limits.py)
 
 Records (protocol/records.py) are JSON-compatible dicts. Inner lists are replaced, never
 mutated, so a shallow copy handed to the pickler can never change under it. Timestamps are
@@ -48,6 +53,7 @@ from ..protocol.status import (
     WORKER_LOST,
 )
 from .cancel import Cancels
+from .claims import ClaimMemo
 from .journaler import Journaler
 from .listing import Listing
 from .longpoll import NOTHING, LongPolls
@@ -56,6 +62,7 @@ from .queue import PendingQueue
 from .results import FinishedResults
 from .schedule_state import ScheduleState
 from .stats import Stats
+from .workflows import Workflows
 
 COUNTERS = ("enqueued", "succeeded", "failed", "worker_lost", "timed_out", "evicted", "expired",
             "rejected_full", "worker_restarts", "retried", "memory_exceeded", "cancelled")
@@ -87,7 +94,11 @@ class TaskStore:
         self.schedules = ScheduleState(self)
         self.stats = Stats()
         self.journal = Journaler(self)
+        self.claims = ClaimMemo(self)
         self.notices = Notices(self)
+        self.flows = Workflows(self)
+        self._dependents = self.flows.deps.children  # parent id -> blocked children (one dict)
+        self._pins = self.flows.deps.pins  # result id -> dependents not ended (one dict)
 
     def calls(self):
         """The methods a client may call, by the wire's names (protocol/methods.py)."""
@@ -95,11 +106,13 @@ class TaskStore:
         return {
             "enqueue": self.enqueue, "get": self.get, "get_many": self.get_many,
             "wait": polls.wait, "finish_and_claim": polls.finish_and_claim,
+            "report_and_claim": polls.report_and_claim,
             "worker_failed": self.worker_failed, "ping": self.ping, "health": self.health,
             "reload": self.reload, "save_metadata": self.save_metadata,
             "metadata": self.metadata, "cancel": self.cancels.cancel,
             "results": self.listing.results, "overview": self.listing.overview,
             "take_notices": self.notices.take,
+            "enqueue_workflow": self.flows.enqueue,
         }
 
     # ---- client operations -----------------------------------------------------------------
@@ -163,7 +176,8 @@ class TaskStore:
                 "server": dict(self.meta, uptime=round(now - self.meta["started_at"], 3),
                                draining=self.draining),
                 "queues": self.queue.counts(),
-                "pending": len(self.queue),
+                "pending": self.pending_count(),
+                "workflows": self.flows.report(now),
                 "running": len(self.running),
                 "results": {"stored": len(self.finished), "max": self.finished.max_results,
                             "ttl": self.finished.ttl, "evicted": self.counters["evicted"],
@@ -201,7 +215,10 @@ class TaskStore:
                 "id": worker_id, "pid": pid, "state": "starting", "started_at": self.clock(),
                 "ready_at": None, "tasks_done": 0, "claimed": 0, "current": {},
                 "retiring": False, "retire_reason": None, "failure": None,
-                "rss_bytes": None, "cpu_percent": None, **info}
+                "rss_bytes": None, "cpu_percent": None,
+                # its pool's (supervision/pools.py): the queues it takes (None: all of them)
+                # and its MAX_TASKS_PER_WORKER
+                "queues": None, "max_tasks": self.max_tasks_per_worker, **info}
 
     def update_worker(self, worker_id, **fields):
         with self.lock:
@@ -222,6 +239,7 @@ class TaskStore:
         """Forget the worker; its running tasks end FAILED with `exception_path`."""
         with self.lock:
             worker = self.workers.pop(worker_id, None)
+            self.claims.forget(worker_id)
             failed = []
             if worker is not None:
                 for task_id in list(worker["current"]):
@@ -314,6 +332,8 @@ class TaskStore:
             running = [r["id"] for r in values if r["status"] == RUNNING]
             self.finished.load([i for i, r in records.items() if r["status"] in FINISHED],
                                self.records)
+            # unique holders, limit slots and windows, blocked dependents (workflows.py)
+            pending = self.flows.rebuild(values, pending, now)
             self.queue.load(pending, now)
             self.running.update(dict.fromkeys(running))  # owned by no worker of ours
             self.queue.continue_after(max((r.get("seq", 0) for r in values), default=-1))
@@ -333,6 +353,7 @@ class TaskStore:
                 outcome = ("its retry policy names WorkerLost: it goes back to the queue" if again
                            else "it was not run again")
                 self.fail(task_id, WORKER_LOST, f"{WORKER_LOST}: {text}; {outcome}\n")
+            self.flows.settle()  # dependents of a task that failed just before the crash
 
     # ---- lock held: the one way each change is made (the parts use these too) ---------------
 
@@ -346,7 +367,7 @@ class TaskStore:
             raise ServerUnavailable(
                 f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
                 f"new tasks; nothing was stored. Retry once it is back.")
-        if self.max_queue is not None and len(self.queue) >= self.max_queue:
+        if self.max_queue is not None and self.pending_count() >= self.max_queue:
             self.counters["rejected_full"] += 1
             raise QueueFull(
                 f"the task queue holds MAX_QUEUE={self.max_queue} pending tasks; nothing "
@@ -355,36 +376,52 @@ class TaskStore:
         record = record.copy()  # the caller keeps its own
         record["status"], record["enqueued_at"] = READY, now
         self.records[record["id"]] = record
-        self._push(record, now)
+        # Workflows (workflows.py): a unique key held; a task blocked on its dependencies is
+        # in no queue until they succeed (or ends at once: a dependency failed already).
+        outside = ("unique" in record or "after" in record) and self.flows.stored(record)
+        if not outside:
+            self._push(record, now)
         self.journal.put(record)
         self.counters["enqueued"] += 1
+        if outside:
+            self.flows.put_done(record)
         return now
+
+    def pending_count(self):
+        """READY tasks: queued, deferred, and blocked on their dependencies."""
+        return len(self.queue) + self.flows.blocked_count()
 
     def lookup(self, task_id):
         """The record (not a copy), or None; a finished one is touched (LRU) or expired."""
         record = self.records.get(task_id)
         if record is not None and record["status"] in FINISHED:
-            if self.finished.is_expired(record, self.clock()):
+            if self.finished.is_expired(record, self.clock()) and \
+                    not self.flows.pinned(task_id):
                 self.forget(task_id)
                 self.counters["expired"] += 1
                 return None
             self.finished.touch(task_id)
         return record
 
-    def claim(self, worker_id: str, outcome: Outcome | None = None):
+    def claim(self, worker_id: str, outcome: Outcome | None = None, token=None):
         """Report `outcome` (the worker thread's last task, or None), then hand out the next
-        task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait)."""
+        task: a RUNNING record copy, STOP (the thread must exit) or NOTHING (wait). `token`
+        (thread, seq), from report_and_claim, makes a repeated claim idempotent (claims.py)."""
         worker = self.workers.get(worker_id)
         if outcome is not None:
             self.journal.check()  # a full disk: not applied; the worker sends it again
             self._finish(outcome, worker_id)
+        if token is not None and worker is not None:
+            again = self.claims.repeat(worker_id, token)
+            if again is not None:
+                return again
         if worker is not None and worker["state"] == "starting" and not self.draining \
                 and not worker["retiring"]:  # a worker told to stop at once never was ready
             worker["state"] = "idle"
             worker["ready_at"] = self.clock()
         if worker is None or self.draining or worker["retiring"]:
             return STOP
-        limit = self.max_tasks_per_worker
+        limit = worker["max_tasks"]  # its pool's MAX_TASKS_PER_WORKER
         if limit is not None and worker["claimed"] >= limit:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
@@ -392,10 +429,13 @@ class TaskStore:
         if self.journal.failing:
             return NOTHING  # a full disk: claims wait, no task is handed out (or burned)
         now = self.clock()
-        record = self.queue.pop(now)
+        record = self.queue.pop(now, worker["queues"])  # its pool's queues (None: all)
         if record is None:
             return NOTHING
-        return self._start(record, worker_id, worker, now)
+        got = self._start(record, worker_id, worker, now)
+        if token is not None:
+            self.claims.note(worker_id, token, got)
+        return got
 
     def retire(self, worker_id, reason):
         """The worker takes no new task (its threads get STOP once idle)."""
@@ -432,9 +472,11 @@ class TaskStore:
         return True
 
     def end_pending(self, record, exception_path, message):
-        """End a READY task FAILED with `exception_path` without running it (a cancel)."""
+        """End a READY task FAILED with `exception_path` without running it (a cancel, a failed
+        dependency)."""
         now = self.clock()
-        self.queue.drop(record, now)
+        if not self.flows.left_queue(record):  # a task blocked on dependencies is in no queue
+            self.queue.drop(record, now)
         record["status"], record["finished_at"] = FAILED, now
         record["errors"] = record["errors"] + [
             {"exception_class_path": exception_path, "traceback": message}]
@@ -448,14 +490,34 @@ class TaskStore:
 
     def forget(self, task_id):
         self.finished.remove(task_id)
-        self.records.pop(task_id, None)
+        record = self.records.pop(task_id, None)
+        if record is not None and "limit" in record:
+            self.flows.forgotten(record, self.clock())
         self.journal.forget(task_id)
 
     def expire(self):
-        """Drop the finished results past RESULT_TTL."""
+        """Drop the finished results past RESULT_TTL (not one a dependent still needs)."""
         for task_id in self.finished.expired(self.clock(), self.records):
+            if self.flows.pinned(task_id):
+                self.finished.hold(task_id)
+                continue
             self.forget(task_id)
             self.counters["expired"] += 1
+
+    def unblock(self, record):
+        """A task's dependencies all succeeded: into the queue (workflows, lock held)."""
+        self._push(record, self.clock())
+        self.journal.set(record, "seq")
+
+    def unpinned(self, task_id):
+        """No dependent needs this result any more: an ordinary result again (workflows)."""
+        record = self.records.get(task_id)
+        if record is not None and task_id in self.finished.held:
+            if self.finished.is_expired(record, self.clock()):
+                self.forget(task_id)
+                self.counters["expired"] += 1
+            else:
+                self._evict(self.finished.unhold(task_id, record["finished_at"]))
 
     # ---- internals (lock held) --------------------------------------------------------------
 
@@ -474,13 +536,18 @@ class TaskStore:
         self.stats.started(record, now)
         worker["current"][record["id"]] = now
         worker["claimed"] += 1
-        return dict(record)
+        copy = dict(record)
+        if "limit" in record or "unique" in record or "after" in record:
+            self.flows.started(record, now, copy)  # a limit slot, a unique key, parents' results
+        return copy
 
     def _finish(self, outcome: Outcome, worker_id: str):
         task_id = outcome["id"]
         if self.running.get(task_id) != worker_id:
-            return  # already ended by the supervisor (time limit, worker lost)
+            return  # already ended by the supervisor (time limit, worker lost), or resent
         record = self.records[task_id]
+        if outcome.get("attempt", len(record["worker_ids"])) != len(record["worker_ids"]):
+            return  # a resent report of an earlier attempt of a task that runs here again
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker["current"].pop(task_id, None)
@@ -507,6 +574,8 @@ class TaskStore:
         del self.running[record["id"]]
         record["status"], record["errors"] = READY, errors
         record["run_after"] = now + backoff(record["retry"], len(record["worker_ids"]))
+        if "limit" in record or "unique" in record:
+            changed = (*changed, *self.flows.requeued(record, now))  # slot freed, key kept
         self._push(record, now)
         self.journal.set(record, "status", "errors", "run_after", "seq", *changed)
         self.counters["retried"] += 1
@@ -514,12 +583,27 @@ class TaskStore:
     def _ended(self, task_id, finished_at):
         """A task finished (any way): into the results, the listing and the statistics; waiters
         told; results past MAX_RESULTS evicted."""
-        self.running.pop(task_id, None)  # not there for a task ended while pending
+        was_running = self.running.pop(task_id, False) is not False  # False: ended pending
         record = self.records[task_id]
         self.stats.finished(record)
         self.listing.note(record)
-        for old_id in self.finished.add(task_id, finished_at):
-            self.records.pop(old_id, None)
+        if "limit" in record or "unique" in record or "after" in record or \
+                task_id in self._dependents:
+            self.flows.ended(record, was_running, self.clock())  # slot, key, dependents
+        evicted = self.finished.add(task_id, finished_at)
+        if evicted:
+            self._evict(evicted)
+        self.polls.finished(task_id)
+
+    def _evict(self, ids):
+        """Results past MAX_RESULTS go, except the ones a dependent still needs (held)."""
+        pins = self._pins
+        for old_id in ids:
+            if old_id in pins:
+                self.finished.hold(old_id)
+                continue
+            record = self.records.pop(old_id, None)
+            if record is not None and "limit" in record:
+                self.flows.forgotten(record, self.clock())
             self.journal.forget(old_id)
             self.counters["evicted"] += 1
-        self.polls.finished(task_id)

@@ -105,4 +105,7 @@ def _summary(record):
         "duration": None if started is None else round(finished - started, 6),
         "error": errors[-1]["exception_class_path"].rsplit(".", 1)[-1] if errors else None,
         "worker": record["worker_ids"][-1] if record["worker_ids"] else None,
+        # The page tells "succeeded on attempt 2" from a failure (a 0.1.0 server sends no
+        # "attempts": the page then says less).
+        "attempts": len(record["worker_ids"]),
     }

@@ -6,8 +6,9 @@ for the event loop (server/dispatch.py), which parks the request instead of a th
                                    └─otherwise──> (False, None); watcher.set() once it finishes
                                                   (from any thread, store lock held)
     finish_and_claim(w, out, t)    ──blocks on `work`──> record | None | STOP
-    claim_now(w, outcome)          ──> record | STOP | NOTHING (nothing ready: park the claim)
-    claim_for([w, ...])            ──> one of those per parked worker thread, one lock hold
+    report_and_claim(w, out, t, thread, seq)  the same with a claim token (store/claims.py)
+    claim_now(w, outcome, token)   ──> record | STOP | NOTHING (nothing ready: park the claim)
+    claim_for([(w, token), ...])   ──> one of those per parked worker thread, one lock hold
     on_work()                      <── notify_work(): a task became ready, or a worker must stop
                                        (drain, retire, cancel): the loop retries parked claims
 
@@ -40,13 +41,13 @@ class LongPolls:
             self.unwatch(task_id, event)
         return self.store.get(task_id)
 
-    def finish_and_claim(self, worker_id, outcome, timeout):
+    def finish_and_claim(self, worker_id, outcome, timeout, token=None):
         """Report the outcome of the worker thread's last task (or None), then block up to
         `timeout` seconds for the next one. Returns a record, None (nothing to do yet) or STOP."""
         store = self.store
         deadline = store.clock() + timeout
         with store.lock:
-            got = store.claim(worker_id, outcome)
+            got = store.claim(worker_id, outcome, token)
             while got is NOTHING:
                 now = store.clock()
                 remaining = deadline - now
@@ -56,8 +57,12 @@ class LongPolls:
                 if due is not None:
                     remaining = min(remaining, max(due - now, 0.001))
                 self.work.wait(remaining)
-                got = store.claim(worker_id)
+                got = store.claim(worker_id, None, token)
             return got
+
+    def report_and_claim(self, worker_id, outcome, timeout, thread, seq):
+        """finish_and_claim with the claim token (thread, seq): idempotent (store/claims.py)."""
+        return self.finish_and_claim(worker_id, outcome, timeout, (thread, seq))
 
     # ---- non-blocking forms (the event loop) -----------------------------------------------
 
@@ -79,16 +84,17 @@ class LongPolls:
                 if not watchers:
                     del self.waiters[task_id]
 
-    def claim_now(self, worker_id, outcome):
+    def claim_now(self, worker_id, outcome, token=None):
         """finish_and_claim without the wait: record, STOP, or NOTHING (park and retry)."""
         with self.store.lock:
-            return self.store.claim(worker_id, outcome)
+            return self.store.claim(worker_id, outcome, token)
 
-    def claim_for(self, worker_ids):
-        """Retry parked claims in their order (first parked, first served)."""
+    def claim_for(self, claims):
+        """Retry parked claims, (worker id, token) pairs, in their order (first parked, first
+        served)."""
         store = self.store
         with store.lock:
-            return [store.claim(worker_id) for worker_id in worker_ids]
+            return [store.claim(worker_id, None, token) for worker_id, token in claims]
 
     def next_due(self):
         """The earliest run_after of a deferred task (time.time()), or None."""

@@ -8,7 +8,8 @@ thread:
         RSS = the worker's + its children's (psutil memory_info: one read of /proc/<pid>/statm
               each, ~30 us here; the children of BUSY workers are rescanned every CHILD_SCAN
               seconds: a scan walks all of /proc, ~4 ms here with 100 processes)
-        over the cap -> supervisor lock -> store.worker_info: does it run a task?
+        over the cap (its pool's MAX_TASK_MEMORY; a pool without one is not sampled)
+             -> supervisor lock -> store.worker_info: does it run a task?
             yes: Supervisor.end_task(its longest-running task, MemoryLimitExceeded naming the RSS
                  and the limit), then SIGKILL to its process group at once (memory is the
                  emergency: no SIGTERM grace); the tick reaps it: siblings WorkerLost, respawn
@@ -35,10 +36,9 @@ MiB = 1024 * 1024
 
 
 class MemoryWatcher:
-    def __init__(self, supervisor, limit_mib):
+    def __init__(self, supervisor, limit_for):
         self.supervisor = supervisor
-        self.limit_mib = limit_mib
-        self.limit = limit_mib * MiB
+        self.limit_for = limit_for  # worker -> MiB or None: its pool's MAX_TASK_MEMORY
         self.children = {}          # worker id -> [psutil.Process] of its descendants
         self.scanned_at = 0.0
         self._stop = threading.Event()
@@ -75,18 +75,19 @@ class MemoryWatcher:
             self.scanned_at = now
         workers = list(self.supervisor.workers.values())  # one C-level copy: no lock needed
         for worker in workers:
-            if worker.kill_at is not None:
-                continue  # already being stopped
+            limit_mib = self.limit_for(worker)
+            if worker.kill_at is not None or limit_mib is None:
+                continue  # already being stopped, or its pool has no cap
             rss = self.rss(worker, scan)
-            if rss is not None and rss > self.limit:
-                self._over(worker, rss, time.monotonic())
+            if rss is not None and rss > limit_mib * MiB:
+                self._over(worker, rss, time.monotonic(), limit_mib)
         if scan:
             live = {w.id for w in workers}
             for worker_id in list(self.children):
                 if worker_id not in live:
                     del self.children[worker_id]
 
-    def _over(self, worker, rss, sampled_at):
+    def _over(self, worker, rss, sampled_at, limit_mib):
         sup = self.supervisor
         seen = f"{rss / MiB:.0f} MiB"
         with sup.lock:
@@ -97,21 +98,21 @@ class MemoryWatcher:
             if not current:
                 if info.get("claimed"):
                     sup.store.retire_worker(worker.id, f"RSS {seen} over MAX_TASK_MEMORY="
-                                                       f"{self.limit_mib} MiB between tasks")
+                                                       f"{limit_mib} MiB between tasks")
                 else:
                     sup.warn_memory(
-                        f"MAX_TASK_MEMORY={self.limit_mib} MiB is below the RSS of a fresh "
+                        f"MAX_TASK_MEMORY={limit_mib} MiB is below the RSS of a fresh "
                         f"worker ({seen}): every task would be killed; raise it")
                 return
             task_id = min(current, key=lambda t: current[t])  # RSS is per process: blame the oldest
             text = (f"{MEMORY_LIMIT_EXCEEDED}: worker {worker.id} (pid {worker.popen.pid}) "
                     f"running task {task_id} reached an RSS of {seen} (with its children), "
-                    f"over MAX_TASK_MEMORY={self.limit_mib} MiB; the worker was killed\n")
+                    f"over MAX_TASK_MEMORY={limit_mib} MiB; the worker was killed\n")
             sup.kill(worker, signal.SIGKILL)  # first: every millisecond is more memory
             logger.warning("worker %s (pid %d) SIGKILLed %.1f ms after its RSS sample of %s",
                            worker.id, worker.popen.pid, (time.monotonic() - sampled_at) * 1000,
                            seen)
             sup.end_task(worker.id, task_id, MEMORY_LIMIT_EXCEEDED, text,
-                         f"was killed: RSS {seen} over MAX_TASK_MEMORY={self.limit_mib} MiB")
+                         f"was killed: RSS {seen} over MAX_TASK_MEMORY={limit_mib} MiB")
             worker.kill_at = float("inf")  # end_task's SIGKILL deadline: already done
             sup.store.commit()  # with STATE_DIR: the FAILED record on disk now, not next tick

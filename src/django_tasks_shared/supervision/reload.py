@@ -82,8 +82,9 @@ class Reloads:
         logger.info("reload %d: starting %d worker(s) of generation %d beside %d old one(s)",
                     request, sup.config.workers, cur.generation, len(old))
         sup.reset_backoff()
-        for _ in range(sup.config.workers):
-            sup.spawn(generation=cur.generation)
+        for pool in sup.pools.values():  # every pool (supervision/pools.py)
+            for _ in range(pool.workers):
+                sup.spawn(generation=cur.generation, pool=pool)
 
     def _new_workers(self, cur):
         return [w for w in self.sup.workers.values() if w.generation == cur.generation]

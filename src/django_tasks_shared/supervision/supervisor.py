@@ -10,6 +10,10 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
                     RSS over MAX_WORKER_MEMORY            ->  store.retire_worker (nothing fails)
     store.overdue(TIME_LIMIT)                             ->  fail with TimeLimitExceeded,
                                                               SIGTERM, SIGKILL after KILL_GRACE
+                    (not within REPORT_GRACE of a stall of this process: the reports of tasks
+                    that finished meanwhile come first)
+    a stopped worker reaped before its SIGKILL deadline   ->  leftovers.py: what is left of its
+                    session (a child ignoring SIGTERM) is SIGKILLed at the deadline
     store.cancels.take_kills() (cancel of a running task; the store wakes this thread at once,
                         not at the next tick)             ->  end_task: SIGTERM, SIGKILL after
                                                               KILL_GRACE, replaced
@@ -22,6 +26,9 @@ psutil.Process made at spawn = pid + create time, so PID reuse can never fool it
 
 Workers are fresh interpreters (`python -c ...worker...`), the equivalent of the `spawn` start
 method: no fork() of this multi-threaded process, and Django is set up in each worker.
+
+Each worker belongs to a pool (pools.py; one pool serving every queue without OPTIONS["POOLS"]):
+its pool's size is kept, and its pool's TIME_LIMIT, MAX_WORKER_MEMORY and MAX_TASK_MEMORY apply.
 """
 
 import logging
@@ -38,7 +45,9 @@ import psutil
 from ..protocol.paths import send_spec, start_python
 from ..protocol.status import TASK_CANCELLED, TIME_LIMIT_EXCEEDED, WORKER_LOST
 from ..protocol.text import plural
+from .leftovers import Leftovers
 from .memwatch import MemoryWatcher
+from .pools import DEFAULT_POOL, pools_of, register_info
 from .reload import Reloads
 from .rss import children_of, total_rss
 
@@ -49,6 +58,8 @@ QUICK = 0.02                # poll interval while a worker is being stopped (can
 KILL_GRACE = 1.0            # SIGTERM -> SIGKILL for a worker past TIME_LIMIT
 CHILDREN_EVERY = 10         # ticks between scans for a worker's own child processes
 BACKOFF_MAX = 30.0
+STALL_GAP = 2.0             # seconds between two ticks beyond TICK: this process was stalled
+REPORT_GRACE = 2.0          # seconds after a stall before TIME_LIMIT is enforced again
 # Kept across releases: a server of the previous release runs it after `tasks_reload` installs
 # this one (tests/test_mixed_versions.py).
 WORKER_CMD = "from django_tasks_shared.worker import main; main()"
@@ -75,6 +86,7 @@ class Worker:
     children: list = field(default_factory=list)
     kill_at: float | None = None        # SIGKILL deadline after a SIGTERM
     kill_reason: str | None = None
+    pool: str = DEFAULT_POOL            # its pool's name (pools.py)
 
 
 class Supervisor:
@@ -95,18 +107,23 @@ class Supervisor:
         # it may start, signal and forget workers.
         self.lock = threading.Lock()
         self._ticks = 0
-        self.memory_watcher = (MemoryWatcher(self, config.max_task_memory)
-                               if config.max_task_memory else None)
+        self.pools = {pool.name: pool for pool in pools_of(config)}
+        self.memory_watcher = (MemoryWatcher(self, self.task_memory_limit)
+                               if any(p.max_task_memory for p in self.pools.values()) else None)
         self._wake = threading.Event()  # set by the store when a running task is cancelled
         store.cancels.on_kill = self._wake.set
         self.reloads = Reloads(self, grace)
+        self.leftovers = Leftovers()
+        self._last_tick = None
+        self._resumed_at = float("-inf")  # monotonic end of the last stall seen
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self):
         with self.lock:
-            for _ in range(self.config.workers):
-                self.spawn()
+            for pool in self.pools.values():
+                for _ in range(pool.workers):
+                    self.spawn(pool=pool)
         self._publish()
         self._thread.start()
         if self.memory_watcher is not None:
@@ -140,6 +157,8 @@ class Supervisor:
                                      worker.popen.pid)
                 self._forget(worker, "the task server stopped before the task finished "
                                      f"(shutdown grace {grace:g} s)")
+                # Its task's children that ignored the SIGTERM must not outlive the server.
+                self.leftovers.adopt(worker.id, worker.popen.pid, time.monotonic())
         if self.memory_watcher is not None:  # it held the cap during the grace period too
             self.memory_watcher.stop()
 
@@ -157,7 +176,8 @@ class Supervisor:
                             self._tick()
                         else:  # woken by a cancel, or a worker is being stopped
                             self._quick()
-                        killing = any(w.kill_at is not None for w in self.workers.values())
+                        killing = bool(self.leftovers.pending) or \
+                            any(w.kill_at is not None for w in self.workers.values())
             except Exception:
                 logger.exception("supervisor tick failed")
             wait = next_tick - time.monotonic()
@@ -170,18 +190,29 @@ class Supervisor:
         """Between ticks: stop the workers of cancelled tasks, reap, replace. No psutil."""
         self._stop_cancelled()
         self._reap()
+        self.leftovers.kill_due()
         self._respawn()
         self.store.commit()  # the siblings' WorkerLost: on disk like any change
 
     def _respawn(self):
         now = time.monotonic()
         generation = self.reloads.spawn_generation
-        while sum(w.generation == generation for w in self.workers.values()) < \
-                self.config.workers and now >= self.next_spawn_at:
-            self.spawn(replacement=True, generation=generation)
+        for pool in self.pools.values():
+            while sum(w.generation == generation and w.pool == pool.name
+                      for w in self.workers.values()) < pool.workers and now >= self.next_spawn_at:
+                self.spawn(replacement=True, generation=generation, pool=pool)
 
     def _tick(self):
         self._ticks += 1
+        now = time.monotonic()
+        if self._last_tick is not None and now - self._last_tick > TICK + STALL_GAP:
+            # This process was stopped (SIGSTOP, a VM pause, swapping): workers whose tasks
+            # finished meanwhile are resending their reports right now.
+            logger.warning("the task server did not run for %.1f s (stalled); TIME_LIMIT "
+                           "waits %.0f s for the reports of tasks that finished meanwhile",
+                           now - self._last_tick, REPORT_GRACE)
+            self._resumed_at = now
+        self._last_tick = now
         if self.owner_pid is not None and os.getppid() != self.owner_pid:
             logger.warning("owner process %d is gone: stopping the embedded server",
                            self.owner_pid)
@@ -192,6 +223,7 @@ class Supervisor:
             return
         self._reap()
         self._enforce_time_limit()
+        self.leftovers.kill_due()
         self._sample()
         self.reloads.tick(time.monotonic())
         self._respawn()
@@ -206,6 +238,11 @@ class Supervisor:
                 self._on_exit(worker)
 
     def _on_exit(self, worker):
+        if worker.kill_at is not None:  # we stopped it: its task's children go too
+            # (inf: the SIGKILL went out already, so whatever is left is killed at once)
+            now = time.monotonic()
+            self.leftovers.adopt(worker.id, worker.popen.pid,
+                                 worker.kill_at if worker.kill_at != float("inf") else now, now)
         info = self.store.worker_info(worker.id) or {}
         how = describe_exit(worker.popen.returncode)
         reason = worker.kill_reason or how
@@ -246,11 +283,16 @@ class Supervisor:
 
     def _enforce_time_limit(self):
         self._stop_cancelled()  # here so that it also runs during the shutdown grace period
-        limit = self.config.time_limit
         now = time.monotonic()
-        if limit is not None:
-            for worker_id, task_id, ran in self.store.overdue(limit):
+        limits = [p.time_limit for p in self.pools.values() if p.time_limit is not None]
+        # After a stall of the server itself, reports of tasks that finished meanwhile arrive
+        # first (REPORT_GRACE).
+        if limits and now >= self._resumed_at + REPORT_GRACE:
+            for worker_id, task_id, ran in self.store.overdue(min(limits)):
                 worker = self.workers.get(worker_id)
+                limit = self._pool_of(worker).time_limit
+                if limit is None or ran <= limit:
+                    continue  # another pool's (shorter) limit
                 text = (f"{TIME_LIMIT_EXCEEDED}: task {task_id} ran {ran:.1f} s, over "
                         f"TIME_LIMIT={limit:g} s; worker {worker_id} (pid "
                         f"{worker.popen.pid if worker else '?'}) was killed\n")
@@ -282,9 +324,9 @@ class Supervisor:
             worker.kill_at = time.monotonic() + KILL_GRACE
 
     def _sample(self):
-        limit = self.config.max_worker_memory
         scan_children = self._ticks % CHILDREN_EVERY == 1
         for worker in self.workers.values():
+            limit = self._pool_of(worker).max_worker_memory
             if scan_children:
                 worker.children = children_of(worker.proc) or []
             try:
@@ -323,6 +365,8 @@ class Supervisor:
             supervisor={
                 "workers_expected": self.config.workers,
                 "workers_alive": len(self.workers),
+                "pools": [pool.view(sum(w.pool == pool.name for w in self.workers.values()))
+                          for pool in self.pools.values()],
                 "crash_loop": bool(self.crash_streak),
                 "next_spawn_in": round(max(0.0, self.next_spawn_at - time.monotonic()), 2)
                 if self.crash_streak else None,
@@ -355,23 +399,35 @@ class Supervisor:
             raise RuntimeError("the task server is stopping: no reload")
         return self.reloads.request()
 
-    def spawn(self, replacement=False, generation=None):
+    def _pool_of(self, worker):
+        """The pool of a worker (the first pool for one already forgotten)."""
+        pool = self.pools.get(worker.pool) if worker is not None else None
+        return pool or next(iter(self.pools.values()))
+
+    def task_memory_limit(self, worker):
+        """MAX_TASK_MEMORY (MiB) of the worker's pool, or None (memwatch.py)."""
+        return self._pool_of(worker).max_task_memory
+
+    def spawn(self, replacement=False, generation=None, pool=None):
         config = self.config
+        pool = pool or next(iter(self.pools.values()))
         worker_id = f"{config.alias}-{secrets.token_hex(4)}"
         env = {"DJANGO_SETTINGS_MODULE": config.settings_module} if config.settings_module \
             else None
         popen = start_python(WORKER_CMD, env=env)
         proc = psutil.Process(popen.pid)
         generation = generation or self.reloads.spawn_generation
-        self.store.register_worker(worker_id, popen.pid, generation=generation)
+        self.store.register_worker(worker_id, popen.pid, generation=generation,
+                                   **register_info(pool))
         spec = {"address": config.address if isinstance(config.address, str)
                 else list(config.address), "authkey": config.authkey.hex(),
                 "worker_id": worker_id, "alias": config.alias, "kind": config.kind,
-                "threads": config.threads,
+                "threads": pool.threads,
                 "server_pid": os.getpid(), "timeout": config.connect_timeout,
                 "max_payload": config.max_payload}
         send_spec(popen, spec)  # False when it died at once: the next tick reaps it
-        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation)
+        self.workers[worker_id] = Worker(worker_id, popen, proc, time.monotonic(), generation,
+                                         pool=pool.name)
         if replacement:
             self.store.count("worker_restarts")
         return worker_id

@@ -57,6 +57,26 @@ def _families(snapshot):
         if worker.get("rss_bytes") is not None:
             rss.add_metric([worker["id"]], worker["rss_bytes"])
     yield rss
+    pools = ((snapshot.get("server") or {}).get("supervisor") or {}).get("pools") or []
+    if pools:  # OPTIONS["POOLS"] (one pool named "default" without it)
+        alive = GaugeMetricFamily(f"{PREFIX}_pool_workers", "Live worker processes of a pool",
+                                  labels=["pool"])
+        expected = GaugeMetricFamily(f"{PREFIX}_pool_workers_expected",
+                                     "Worker processes a pool is configured to run",
+                                     labels=["pool"])
+        for pool in pools:
+            alive.add_metric([pool["name"]], pool.get("workers_alive") or 0)
+            expected.add_metric([pool["name"]], pool.get("workers_expected") or 0)
+        yield alive
+        yield expected
+    flows = snapshot.get("workflows")
+    if flows is not None:
+        yield GaugeMetricFamily(f"{PREFIX}_unique_keys_held",
+                                "Unique keys held by a pending or running task",
+                                value=(flows.get("unique") or {}).get("held") or 0)
+        yield GaugeMetricFamily(f"{PREFIX}_waiting_on_dependencies",
+                                "Tasks waiting for the tasks they were enqueued after()",
+                                value=flows.get("waiting_on_dependencies") or 0)
     connections = (snapshot.get("server") or {}).get("connections")
     if connections is not None:
         yield GaugeMetricFamily(f"{PREFIX}_connections",

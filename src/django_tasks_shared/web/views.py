@@ -8,8 +8,9 @@
     metrics    GET  "metrics"      health()           -> Prometheus text (staff or bearer token)
     asset      GET  "assets/<f>"   the page's script and stylesheet, from the package
 
-An unreachable server is a banner (HTTP 503 with the page around it), never a 500; the script
-keeps polling and the page recovers by itself when the server is back.
+An unreachable server is a banner (HTTP 503 with the page around it, its cards saying so), never
+a 500; the live part's 503 is the banner's text as text/plain. The script keeps polling and the
+page recovers by itself when the server is back.
 """
 
 import functools
@@ -83,9 +84,13 @@ def staff_only(view):
     return wrapper
 
 
+REFRESHES = f"refreshes every {REFRESH_MS / 1000:g} s without reloading"
+FINAL = "this task has finished: the page no longer refreshes"
+
+
 def _common(shared, **extra):
     return {"alias": shared.alias, "address": shared.config.address_text,
-            "refresh_ms": REFRESH_MS, "refresh_s": REFRESH_MS / 1000,
+            "refresh_ms": REFRESH_MS, "refresh_note": REFRESHES,
             "time_zone": timezone.get_current_timezone_name(), **extra}
 
 
@@ -106,8 +111,15 @@ def _int(text, default):
 
 
 def _unavailable(shared, exc):
-    return (f"The task server at {describe(shared.client.address)} does not answer: {exc} "
-            f"This page retries every {REFRESH_MS // 1000} s and recovers by itself.")
+    reason = str(exc) or f"task server at {describe(shared.client.address)} is unavailable."
+    return (f"The task server does not answer. {reason[:1].upper()}{reason[1:]} "
+            f"This page retries every {REFRESH_MS / 1000:g} s and recovers by itself.")
+
+
+def _unavailable_fragment(message):
+    """The live refresh's answer while the server is down: the banner's text as plain text (the
+    script puts it in with textContent, so it must not be HTML-escaped first)."""
+    return HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
 
 
 @never_cache
@@ -126,8 +138,9 @@ def overview(request):
                                       filters["queue"], filters["offset"], PAGE)
     except ServerUnavailable as exc:
         context["unavailable"] = _unavailable(shared, exc)
-        template = "_unavailable.html" if fragment else "overview.html"
-        return render(request, f"django_tasks_shared/{template}", context, status=503)
+        if fragment:
+            return _unavailable_fragment(context["unavailable"])
+        return render(request, "django_tasks_shared/overview.html", context, status=503)
     context.update(present.overview_context(snapshot, timezone.get_current_timezone()))
     template = "_overview_live.html" if fragment else "overview.html"
     return render(request, f"django_tasks_shared/{template}", context)
@@ -137,6 +150,8 @@ def overview(request):
 @require_GET
 @staff_only
 def task(request, task_id):
+    if task_id != task_id.lower():  # ids are lowercase hex; one pasted in capitals still finds it
+        return HttpResponseRedirect(reverse("django_tasks_shared:task", args=[task_id.lower()]))
     shared = backend()
     fragment = request.GET.get("fragment") == "1"
     context = _common(shared, task_id=task_id, live_url="?fragment=1",
@@ -145,12 +160,15 @@ def task(request, task_id):
         record = shared.client.call("get", task_id)
     except ServerUnavailable as exc:
         context["unavailable"] = _unavailable(shared, exc)
-        template = "_unavailable.html" if fragment else "task.html"
-        return render(request, f"django_tasks_shared/{template}", context, status=503)
+        if fragment:
+            return _unavailable_fragment(context["unavailable"])
+        return render(request, "django_tasks_shared/task.html", context, status=503)
     if record is None:
-        context["missing"] = True
+        context.update(missing=True, refresh_note=None)  # nothing to refresh
         return render(request, "django_tasks_shared/task.html", context, status=404)
     context.update(present.task_context(record, timezone.get_current_timezone()))
+    if context["finished"]:
+        context["refresh_note"] = FINAL
     template = "_task_live.html" if fragment else "task.html"
     return render(request, f"django_tasks_shared/{template}", context)
 
@@ -200,7 +218,8 @@ def enqueue_again(request, task_id):
 @require_GET
 @staff_only
 def lookup(request):
-    task_id = (request.GET.get("id") or "").strip()
+    # As pasted from a log, an e-mail or a spreadsheet: spaces, quotes, capitals.
+    task_id = (request.GET.get("id") or "").strip().strip("'\"` ").lower()
     if not task_id or "/" in task_id:  # ids never hold a slash: no such task, show the overview
         return HttpResponseRedirect(reverse("django_tasks_shared:overview"))
     return HttpResponseRedirect(reverse("django_tasks_shared:task", args=[task_id]))

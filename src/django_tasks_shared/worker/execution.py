@@ -26,6 +26,7 @@ from ..client.results import to_datetime, to_task_result
 from ..exceptions import PayloadTooLarge
 from ..protocol.retry_policy import wants_retry
 from ..protocol.status import FAILED, SUCCESSFUL, class_path
+from . import workflow
 from .progress import Run, _reporter
 
 logger = logging.getLogger("django_tasks_shared.worker")
@@ -127,6 +128,7 @@ def execute(record, sender, max_payload=None, client=None):
                 "errors": [_error(exc)]}
     task_id = result.id
     token = current_result_id.set(task_id)
+    flow_token = workflow.entered(record)  # dependency_results() (after())
     # The Reporter is made on the first set_progress: most tasks never report progress.
     run = Run(client, task_id, record.get("metadata")) if client else None
     progress_token = _reporter.set(run)
@@ -174,6 +176,7 @@ def execute(record, sender, max_payload=None, client=None):
     finally:
         _close_old_connections()
         _reporter.reset(progress_token)
+        workflow.left(flow_token)
         current_result_id.reset(token)
 
 

@@ -2,7 +2,8 @@
 
     spec (JSON on stdin, from the supervisor) -> django.setup()
     thread loop:   outcome = None
-                   loop: next = finish_and_claim(worker_id, outcome, CLAIM_WAIT)   # 1 round trip
+                   loop: next = report_and_claim(worker, outcome, CLAIM_WAIT, thread, seq)
+                         (claims.py: 1 round trip; sent again until the server answers)
                          STOP -> exit | None -> poll again | record -> outcome = execute(record)
     watchdog:      the server (our parent) is gone -> os._exit: no orphan outlives it
     end notices:   one more thread sends task_finished for the tasks the server ended
@@ -26,8 +27,8 @@ import time
 import traceback
 
 from ..client.connection import StoreClient
-from ..exceptions import ServerUnavailable
 from ..protocol.status import FAILED, STOP, class_path
+from .claims import Claimer
 
 CLAIM_WAIT = 1.0  # server-side long-poll; at most half the socket timeout (see _loop)
 logger = logging.getLogger("django_tasks_shared.worker")
@@ -40,16 +41,13 @@ def _watch_parent(server_pid):
         time.sleep(0.25)
 
 
-def _loop(client, worker_id, sender, execute, max_payload):
-    outcome = None
-    claim_wait = min(CLAIM_WAIT, client.timeout / 2)
+def _loop(client, worker_id, thread, sender, execute, max_payload):
+    outcome = record = None
+    claimer = Claimer(client, worker_id, thread, min(CLAIM_WAIT, client.timeout / 2))
     while True:
-        try:
-            record = client.call("finish_and_claim", worker_id, outcome, claim_wait)
-        except ServerUnavailable:
-            # Server gone, or a reply lost (it may have handed us a task we never saw): exit the
-            # whole process, so the supervisor fails what it ran (WorkerLost) and replaces it.
-            os._exit(4)
+        # Kept until the server answers (a stall, a lost reply, a refused report): the outcome
+        # of a finished task is never dropped, and the worker does not exit for it.
+        record = claimer.next(outcome, record)
         outcome = None
         if record is None:
             continue
@@ -107,7 +105,7 @@ def main():
         sys.exit(3)
     if os.environ.get("DJANGO_TASKS_SHARED_PROFILE"):
         _profile(os.environ["DJANGO_TASKS_SHARED_PROFILE"])
-    threads = [threading.Thread(target=_loop, args=(client, worker_id, sender, execute,
+    threads = [threading.Thread(target=_loop, args=(client, worker_id, i, sender, execute,
                                                   spec.get("max_payload")),
                                 name=f"task-thread-{i}", daemon=True)
                for i in range(spec["threads"])]

@@ -25,8 +25,11 @@ import threading
 import time
 from contextvars import ContextVar
 
+from ..exceptions import ServerUnavailable
+
 MAX_METADATA = 64 * 1024  # bytes of JSON per task: progress, not a second return value
 INTERVAL = 0.1            # seconds: at most ~10 round trips per second per running task
+QUIET = 1.0               # seconds without a send after one got no answer (a stalled server)
 
 _reporter: ContextVar["Run | None"] = ContextVar("django_tasks_shared_progress")
 _held: set["Reporter"] = set()  # reporters holding fields back, for the flusher
@@ -44,6 +47,7 @@ class Reporter:
         self.view = dict(metadata)  # the metadata once everything held is delivered
         self.pending = {}
         self.sent_at = float("-inf")
+        self.quiet_until = float("-inf")  # after a send that got no answer: hold until then
         self.closed = False
         self.sends = 0  # save_metadata round trips made (coalescing shows in it)
         # Held while a save is in flight: two saves of one task never overtake each other.
@@ -68,17 +72,28 @@ class Reporter:
         with self._lock:
             self.view = view
             self.pending.update(fields)
-            if time.monotonic() - self.sent_at >= INTERVAL:
+            if self._due(time.monotonic()):
                 self._send()
             else:
                 _hold(self)
 
+    def _due(self, now):
+        return now - self.sent_at >= INTERVAL and now >= self.quiet_until
+
     def _send(self):
-        """One round trip with what is held (lock held)."""
+        """One round trip with what is held (lock held). Progress is best effort: when the
+        server does not answer (a stall), the fields stay held for the flusher (and the
+        outcome), and the task goes on: set_progress never fails a task for it."""
         pending, self.pending = self.pending, {}
         self.sent_at = time.monotonic()
         self.sends += 1
-        self.client.call("save_metadata", self.task_id, pending)
+        try:
+            self.client.call("save_metadata", self.task_id, pending)
+        except ServerUnavailable as exc:
+            self.pending = {**pending, **self.pending}
+            self.quiet_until = time.monotonic() + QUIET
+            logger.debug("progress of task %s held: %s", self.task_id, exc)
+            _hold(self)
 
     def flush_due(self):
         """From the flusher: send what is held once INTERVAL has passed since the last send;
@@ -86,13 +101,13 @@ class Reporter:
         with self._lock:
             if self.closed or not self.pending:
                 return True
-            if time.monotonic() - self.sent_at < INTERVAL:
+            if not self._due(time.monotonic()):
                 return False
             try:
                 self._send()
             except Exception:  # server gone: the worker's own loop deals with that
                 logger.debug("progress flush of task %s failed", self.task_id, exc_info=True)
-            return True
+            return not self.pending
 
     def take_pending(self):
         """Fields not sent yet (they go out with the task's outcome); no flush after this."""

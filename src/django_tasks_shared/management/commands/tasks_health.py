@@ -42,8 +42,8 @@ class Command(BaseCommand):
             raise CommandError("--watch takes a number of seconds > 0")
         config = shared_backend(backend).config
         # Our own client, never the backend's `call` (which may start a server).
-        client = StoreClient(config.address, config.authkey,
-                             timeout=min(config.connect_timeout, PROBE_TIMEOUT))
+        client = StoreClient(config.address, config.authkey,  # one try: a probe answers fast
+                             timeout=min(config.connect_timeout, PROBE_TIMEOUT), patience=0)
         code = 2
         try:
             while True:

@@ -10,6 +10,7 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django_tasks_shared.durable.format import StateError
 from django_tasks_shared.durable.statedir import StateDirInUse
 from django_tasks_shared.management.commands._backend import shared_backend
+from django_tasks_shared.protocol.paths import UnsafePath
 from django_tasks_shared.protocol.text import plural
 from django_tasks_shared.schedules.entries import ScheduleError
 from django_tasks_shared.schedules.resolve import resolve_config
@@ -37,6 +38,10 @@ class Command(BaseCommand):
     def handle(self, *args, backend, workers, threads, grace, discard_state, **options):
         config = shared_backend(backend).config
         changes = {k: v for k, v in (("workers", workers), ("threads", threads)) if v}
+        if changes and config.pools:
+            raise CommandError("--workers and --threads size the one pool of a backend without "
+                               "OPTIONS['POOLS']; with POOLS, set each pool's 'workers' and "
+                               "'threads' there.")
         if changes:
             config = dataclasses.replace(config, **changes)
         try:  # also with --skip-checks: every SCHEDULE task must import (system check E001)
@@ -53,9 +58,12 @@ class Command(BaseCommand):
             handler.setFormatter(logging.Formatter("[tasks-server %(process)d] %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
+        size = (", ".join(f"pool {p['name']} ({', '.join(p['queues'])}): "
+                          f"{plural(p['workers'], 'worker')} x {plural(p['threads'], 'thread')} "
+                          f"each" for p in config.pools) if config.pools else
+                f"{plural(config.workers, 'worker')} x {plural(config.threads, 'thread')} each")
         self.stdout.write(f"django-tasks-shared server for {backend!r} on {config.address_text}: "
-                          f"{plural(config.workers, 'worker')} x "
-                          f"{plural(config.threads, 'thread')} each")
+                          f"{size}")
         self.stdout.flush()
         if discard_state and config.state_dir is None:
             raise CommandError("--discard-state needs OPTIONS['STATE_DIR']: without it nothing "
@@ -68,6 +76,8 @@ class Command(BaseCommand):
         except StateDirInUse as exc:
             raise CommandError(f"{exc}. Stop that server first, or give this one another "
                                f"STATE_DIR.")
+        except UnsafePath as exc:
+            raise CommandError(f"TASKS[{backend!r}]: {exc}")
         except StateError as exc:
             raise CommandError(
                 f"refusing to start: {exc}. Nothing was changed or deleted. Keep a copy of "
