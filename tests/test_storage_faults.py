@@ -22,16 +22,10 @@ import pytest
 
 from django_tasks_shared.exceptions import StorageUnavailable
 from django_tasks_shared.health.status import DEGRADED, HEALTHY, evaluate
-from django_tasks_shared.protocol.methods import WORKER_METHODS
 from django_tasks_shared.protocol.records import new_record
 from helpers import ServerProcess, temp_dir, wait_until
 
 TASK = "testproject.durable_tasks.record"
-# A worker whose report is refused (StorageUnavailable: not applied) must keep the outcome and
-# send it again; that is the worker side of issue 15 (its `report_and_claim`). Until it is in,
-# the worker exits on the refusal and its task ends WorkerLost: the full-disk test then fails,
-# as it must, and is marked so (strict: it must fail then, and pass once the resend is in).
-WORKERS_RESEND = "report_and_claim" in WORKER_METHODS
 
 
 def skip_or_fail(reason):
@@ -149,8 +143,6 @@ class Enqueuers:
             time.sleep(self.pace)  # about as fast as the workers: the tmpfs fills by the ballast
 
 
-@pytest.mark.xfail(not WORKERS_RESEND, strict=True,
-                   reason="the worker does not resend a refused report yet (branch stalls)")
 @pytest.mark.timeout(120)
 def test_a_full_disk_refuses_changes_loses_nothing_acknowledged_and_resumes_by_itself():
     ledger = os.path.join(temp_dir(), "ledger")
