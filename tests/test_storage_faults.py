@@ -154,7 +154,7 @@ def test_a_full_disk_refuses_changes_loses_nothing_acknowledged_and_resumes_by_i
         again = None
         try:
             srv.wait_ready()
-            with Enqueuers(srv, ledger) as clients:
+            with Enqueuers(srv, ledger, threads=4) as clients:  # (a held one waits: others go on)
                 wait_until(lambda: len(clients.acked) >= 100, 20, message="100 enqueues")
                 # the workers at work when the disk fills: their reports come while it is full
                 wait_until(lambda: health(srv)["counters"]["succeeded"] >= 20, 30,
