@@ -29,6 +29,7 @@ class Cancels:
             record = store.records.get(task_id)
             if record is None or record["status"] in FINISHED:
                 return False
+            store.journal.check()  # a full disk: refused, nothing changes
             if record["status"] == READY:
                 store.end_pending(record, TASK_CANCELLED,
                                   f"{TASK_CANCELLED}: task {task_id} was cancelled before it ran\n")

@@ -139,6 +139,7 @@ class TaskStore:
             record = self.records.get(task_id)
             if record is None or record["status"] != RUNNING:
                 return False
+            self.journal.check()  # a full disk: refused, nothing changes
             record["metadata"] = dict(fields) if replace else \
                 {**(record.get("metadata") or {}), **fields}
             self.journal.set(record, "metadata")
@@ -255,12 +256,17 @@ class TaskStore:
 
     def overdue(self, time_limit):
         """(worker id, task id, seconds running) for every task whose current attempt has run
-        longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at)."""
+        longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at). Time while
+        the journal could not be written does not count (journaler.py: a task's report is
+        refused then, and one handed out in that turn waits for the disk)."""
         now = self.clock()
         with self.lock:
-            return [(wid, tid, now - self.records[tid]["last_attempted_at"])
-                    for tid, wid in self.running.items()
-                    if now - self.records[tid]["last_attempted_at"] > time_limit]
+            if self.journal.paused(now):
+                return []
+            ran = self.journal.ran
+            return [(wid, tid, elapsed) for tid, wid in self.running.items()
+                    if (elapsed := ran(self.records[tid]["last_attempted_at"], now))
+                    > time_limit]
 
     def drain(self):
         """Hand out no more tasks: every claim now returns STOP."""
@@ -293,9 +299,10 @@ class TaskStore:
                 self.clock(), c["succeeded"] + c["failed"],
                 {wid: (w["rss_bytes"], w["cpu_percent"]) for wid, w in self.workers.items()})
 
-    def commit(self):
-        """Make the journaled changes durable before a reply goes out (see journaler.py)."""
-        self.journal.commit()
+    def commit(self) -> bool:
+        """Make the journaled changes durable before a reply goes out (see journaler.py);
+        False when some of them cannot be written yet (they stay buffered)."""
+        return self.journal.commit()
 
     def lost_at_stop(self):
         """What a server without STATE_DIR loses when it stops now (for its last log line)."""
@@ -353,7 +360,9 @@ class TaskStore:
     def enqueue_locked(self, record: Record) -> float | None:
         existing = self.records.get(record["id"])
         if existing is not None:  # a retried enqueue after a dropped connection
+            self.journal.depend()  # answered once the first one's entry is durable
             return existing["enqueued_at"]
+        self.journal.check()  # a full disk: refused before anything changes
         if self.draining:
             raise ServerUnavailable(
                 f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
@@ -400,6 +409,7 @@ class TaskStore:
         (thread, seq), from report_and_claim, makes a repeated claim idempotent (claims.py)."""
         worker = self.workers.get(worker_id)
         if outcome is not None:
+            self.journal.check()  # a full disk: not applied; the worker sends it again
             self._finish(outcome, worker_id)
         if token is not None and worker is not None:
             again = self.claims.repeat(worker_id, token)
@@ -416,6 +426,8 @@ class TaskStore:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
             return STOP
+        if self.journal.failing:
+            return NOTHING  # a full disk: claims wait, no task is handed out (or burned)
         now = self.clock()
         record = self.queue.pop(now, worker["queues"])  # its pool's queues (None: all)
         if record is None:
