@@ -40,7 +40,7 @@ def test_task_over_max_task_memory_is_killed_before_twice_the_cap():
         assert hog.status == TaskResultStatus.FAILED
         error = hog.errors[0]
         assert error.exception_class is MemoryLimitExceeded
-        seen = int(re.search(r"reached an RSS of (\d+) MiB", error.traceback).group(1))
+        seen = float(re.search(r"reached an RSS of ([\d.]+) MiB", error.traceback).group(1))
         assert "over MAX_TASK_MEMORY=200 MiB" in error.traceback
         print(f"\nkilled at an RSS of {seen} MiB (cap 200 MiB); the task had allocated "
               f"{allocated(path)} MiB")
@@ -65,7 +65,8 @@ def test_a_fast_allocator_is_killed_too():
         hog = tasks.grow.enqueue(50, 0.0, 40, path)
         wait(hog, timeout=20)
         assert hog.errors[-1].exception_class is MemoryLimitExceeded
-        seen = int(re.search(r"reached an RSS of (\d+) MiB", hog.errors[-1].traceback).group(1))
+        seen = float(re.search(r"reached an RSS of ([\d.]+) MiB",
+                               hog.errors[-1].traceback).group(1))
         print(f"\nfast allocator killed at an RSS of {seen} MiB (cap 200 MiB); it had allocated "
               f"{allocated(path)} MiB")
         assert seen > 200 and allocated(path) < 2000

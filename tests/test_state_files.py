@@ -45,7 +45,8 @@ def crash(state):
     state.journal._write_buffered()
     os.close(state.journal._fd)
     os.close(state._lock_fd)
-    state.journal._fd = state._lock_fd = None
+    os.close(state._dir_fd)  # the kernel releases both locks of a killed process
+    state.journal._fd = state._lock_fd = state._dir_fd = None
 
 
 def finish(store, task_id, value=None, worker="w"):

@@ -69,3 +69,17 @@ def test_check_matches_the_restored_interrupted_count_and_the_ledger():
 def test_check_fails_a_server_without_the_state_dir():
     ok, _, bad, _ = harness_durable.check(CONFIG, {}, {}, [], {101: None})
     assert not ok and "without a STATE_DIR" in bad[0]
+
+
+def test_a_unique_task_seen_by_several_clients_is_one_server_victim():
+    """Clients enqueueing one @unique key get the same task: its WorkerLost at a server SIGKILL
+    counts once against the restored "interrupted", not once per client."""
+    from stress.harness.durable import SERVER_DIED
+    from stress.harness.flows import server_victims
+
+    msg = "the task server (pid 4242) died while this task ran; it was not run again"
+    assert SERVER_DIED.search(msg)
+    final = {"status": "FAILED", "err": "django_tasks_shared.exceptions.WorkerLost", "msg": msg}
+    outputs = [{"flows": {"final": {"a" * 32: final}}}, {"flows": {"final": {"a" * 32: final}}},
+               {"flows": {"final": {"b" * 32: final}}}, None]
+    assert server_victims(outputs) == {4242: 2}

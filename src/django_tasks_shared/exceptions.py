@@ -1,6 +1,7 @@
 """Exceptions raised by django-tasks-shared.
 
-`ServerUnavailable`, `QueueFull` and `PayloadTooLarge` reach callers of the backend.
+`ServerUnavailable` (and its `StorageUnavailable`), `QueueFull` and `PayloadTooLarge` reach
+callers of the backend.
 `WorkerLost`, `TimeLimitExceeded`, `MemoryLimitExceeded` (and `PayloadTooLarge` for a return
 value) are never raised in user code: the supervisor or the worker records their class paths in
 `TaskError.exception_class_path` when it ends a task, so `result.errors[0].exception_class`
@@ -25,6 +26,12 @@ class ServerUnavailable(SharedTasksError):
 
 class ServerAuthenticationError(ServerUnavailable):
     """The server answered but rejected our authkey (or we rejected its)."""
+
+
+class StorageUnavailable(ServerUnavailable):
+    """The task server cannot write its STATE_DIR (a full disk, a quota, an I/O error, a
+    read-only file system, a state file being rewritten): the change was refused and nothing
+    was stored. Reads go on; the server resumes by itself once it can write again."""
 
 
 class QueueFull(SharedTasksError):

@@ -30,8 +30,14 @@ def parse_args(argv):
     p.add_argument("--mix", default=DEFAULT_MIX,
                    help="workload weights, from %s (default %%(default)s)" % ", ".join(WORKLOADS))
     p.add_argument("--faults", default="kill,restart-server",
-                   help="comma-separated: kill, restart-server, stall, or none (default "
+                   help="comma-separated: kill, restart-server, stall, enospc (the STATE_DIR on a "
+                        "tmpfs the harness fills and frees; root only), or none (default "
                         "%(default)s)")
+    p.add_argument("--enospc-every", type=float, default=5.0, metavar="SECONDS",
+                   help="with enospc: mean seconds between two fills of the disk (each lasts "
+                        "0.5-3 s; default %(default)s)")
+    p.add_argument("--enospc-size", default="64m",
+                   help="with enospc: size of the tmpfs (mount's size=, default %(default)s)")
     p.add_argument("--kill-every", type=float, help="seconds between worker SIGKILLs (default 1)")
     p.add_argument("--restarts", type=int,
                    help="server restarts, evenly spaced over the run (default 1)")
@@ -91,7 +97,7 @@ def parse_args(argv):
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
     faults = {f.strip() for f in args.faults.split(",") if f.strip() and f.strip() != "none"}
-    unknown = faults - {"kill", "restart-server", "stall"}
+    unknown = faults - {"kill", "restart-server", "stall", "enospc"}
     if unknown:
         p.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     args.fault_set = faults
@@ -124,7 +130,11 @@ def parse_args(argv):
     except ValueError as exc:
         p.error(f"--mix: {exc}")
     args.mix_weights = mix
-    if (args.fsync or args.journal_limit) and not args.state_dir:
+    if "enospc" in faults and args.state_dir:
+        p.error("--faults enospc puts the STATE_DIR on a tmpfs of its own: drop --state-dir")
+    if "enospc" in faults and args.address:
+        p.error("--faults enospc needs the server the harness starts: drop --address")
+    if (args.fsync or args.journal_limit) and not args.state_dir and "enospc" not in faults:
         p.error("--fsync and --journal-limit need --state-dir (they tune the state "
                 "directory's journal)")
     if args.state_dir:

@@ -23,6 +23,7 @@ import os
 import statistics
 from dataclasses import dataclass
 
+from . import disk as harness_disk
 from . import durable as harness_durable
 from . import flows as harness_flows
 from . import stall as harness_stall
@@ -505,13 +506,17 @@ def time_limit_enforced(o):
     bound = o.config["time_limit"] + 2.5
     longest = max((i.get("ran_max", 0.0) for i in o.tasks.values()), default=0.0)
     stalls = o.faults.stalls.stalls  # a stopped server enforces nothing: their time is added
+    disk = getattr(o.faults, "disk", None)  # a full disk pauses TIME_LIMIT (disk.py)
+    fills = disk.fills if disk is not None else []
     bad = [f"{task_id} ({i['w']}) still RUNNING {i['ran_max']:.1f} s after it started"
            for task_id, i in o.tasks.items()
-           if i.get("ran_max", 0.0) > bound + harness_stall.time_allowance(stalls, i)]
+           if i.get("ran_max", 0.0) > bound + harness_stall.time_allowance(stalls, i)
+           + harness_disk.time_allowance(fills, i)]
+    pauses = " and ".join(w for w, on in (("stalls", stalls), ("disk-full pauses", fills)) if on)
     return _invariant(
         "TIME_LIMIT enforced", not bad,
         f"longest RUNNING seen {longest:.2f} s (bound TIME_LIMIT + 2.5 s = {bound:g} s"
-        f"{', plus the stalls a task ran through' if stalls else ''})", bad)
+        f"{', plus the ' + pauses + ' a task ran through' if pauses else ''})", bad)
 
 
 def _latencies(tasks):
@@ -581,6 +586,12 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
     rss, rss_summary = rss_bounded(o)
     survived, recovery = faults_survived(o, n_lost_kill)
     invariants += [stored, workers_back(o), rss, survived, run_after_honoured(o)]
+    disk = None
+    if getattr(faults, "disk", None) is not None:  # --faults enospc (disk.py)
+        ok, detail, bad, disk = harness_disk.check(faults.disk.report(), o.enqueue_errors,
+                                                   final_health)
+        invariants.append(_invariant("a full disk refused changes and the server resumed by "
+                                     "itself (enospc)", ok, detail, bad))
     if config["time_limit"]:
         invariants.append(time_limit_enforced(o))
     # 11-14. the workflow workload (flows.py): unique keys, limits, dependencies
@@ -603,5 +614,6 @@ def check(*, config, outputs, client_codes, ledger_dir, monitor, faults, final_h
         "results": results,
         "server_rss": rss_summary,
         "durability": durability,
+        "disk": disk,
         "invariants": invariants,
     }

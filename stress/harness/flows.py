@@ -156,12 +156,16 @@ def server_victims(outputs):
     """{dead server pid: workflow tasks that ended WorkerLost with it} (durable.py)."""
     from .durable import server_victim
 
-    counts: dict[int, int] = {}
+    # By task id: clients that enqueued one unique key got the same task, and each of them
+    # reports its end (counted per client, one interrupted task looked like several).
+    finals = {}
     for out in outputs:
-        for final in ((out or {}).get("flows") or {}).get("final", {}).values():
-            pid = server_victim(final)
-            if pid is not None:
-                counts[pid] = counts.get(pid, 0) + 1
+        finals.update(((out or {}).get("flows") or {}).get("final", {}))
+    counts: dict[int, int] = {}
+    for final in finals.values():
+        pid = server_victim(final)
+        if pid is not None:
+            counts[pid] = counts.get(pid, 0) + 1
     return counts
 
 

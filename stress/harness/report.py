@@ -55,6 +55,11 @@ def render(report):
             f"(peak {s['peak_mib']})")
     if report.get("durability"):
         harness_durable.render(report["durability"], row, lines)
+    d = report.get("disk")
+    if d:
+        row("disk full (enospc)", f"{d['fills']} fill(s), {d['seconds_full']} s full, "
+            f"{d['enqueues_refused']} enqueue(s) refused (StorageUnavailable), resumed "
+            f"{d['resume_seconds_max']} s at most after the space came back")
     lines.append("  outcomes by workload:")
     for w, counts in sorted(report["tasks"]["outcomes_by_workload"].items()):
         lines.append(f"    {w:<6} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

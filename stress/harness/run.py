@@ -6,6 +6,7 @@
       ├─ monitor thread: health + server RSS every 0.25 s (stored results, workers, pids)
       ├─ fault loop: SIGKILL a random ready worker every --kill-every s; SIGKILL the server at
       │              evenly spaced points of the run (--restarts), clients AUTOSTART a new one;
+      │              enospc: fill the STATE_DIR's tmpfs and free it at random times (disk.py)
       │              SIGSTOP the server for --stall-seconds every ~--stall-every s (stall.py)
       ├─ M client processes (spawn): enqueue, poll own ids, look up other clients' ids
       └─ checker: ledger files written by the tasks + what the clients saw + health samples
@@ -27,6 +28,7 @@ import time
 
 from stress.common.paths import ROOT
 
+from . import disk as harness_disk
 from . import stall as harness_stall
 from .args import parse_args
 
@@ -145,6 +147,7 @@ class Faults:
         self.restarts = []    # {"t", "pid", "recovered_at", "new_pid"}
         self.next_kill = time.monotonic() + args.kill_every
         self.kill_misses = 0
+        self.disk = None      # disk.DiskFaults with --faults enospc
         self.stalls = harness_stall.Stalls(args, monitor, self.rng)
 
     def tick(self, done):
@@ -154,6 +157,8 @@ class Faults:
         if health is None or self.stalls.stalled:
             return
         pending_restart = self.restarts and self.restarts[-1]["recovered_at"] is None
+        if self.disk is not None:
+            self.disk.tick(restarting=pending_restart)
         if pending_restart:
             last = self.restarts[-1]
             if health["server"]["pid"] != last["pid"] and fresh:
@@ -163,8 +168,8 @@ class Faults:
             return
         if "restart-server" in self.args.fault_set and len(self.restarts) < self.args.restarts:
             threshold = self.total * (len(self.restarts) + 1) / (self.args.restarts + 1)
-            if done >= threshold and fresh:
-                self.restart(health)
+            if done >= threshold and fresh and not (self.disk and self.disk.full):
+                self.restart(health)  # (not on a full disk: no server could start)
                 return
         if "stall" in self.args.fault_set and fresh:
             self.stalls.tick(health)
@@ -277,9 +282,18 @@ def main(argv=None):
     os.makedirs(ledger)
     os.makedirs(os.path.join(workdir, "flows"))  # the workflow tasks' spans (flows.py)
     address = args.address or os.path.join(workdir, "tasks.sock")
+    disk_mount = None
+    if "enospc" in args.fault_set:
+        disk_mount = harness_disk.setup(args, workdir)
+        args.state_dir = os.path.join(disk_mount, "state")
+        args.fsync = args.fsync or "everysec"
     options = {"WORKERS": args.workers, "TIME_LIMIT": args.time_limit,
                "MAX_WORKER_MEMORY": args.max_worker_memory, "MAX_RESULTS": args.max_results,
                "AUTOSTART": True, "CONNECT_TIMEOUT": args.connect_timeout}
+    if disk_mount and "stall" not in args.fault_set:
+        # A reply held through a fill (0.5-3 s, then ~1 s to resume) gets through in one call;
+        # with `stall` the short CONNECT_TIMEOUT stays and the clients resolve it by id.
+        options["CONNECT_TIMEOUT"] = max(args.connect_timeout, 10.0)
     if args.state_dir:
         options.update(STATE_DIR=args.state_dir, FSYNC=args.fsync)
         if args.journal_limit:
@@ -352,6 +366,8 @@ def main(argv=None):
         counters = ctx.Array("q", 4 * args.clients)
         monitor.start()
         faults = Faults(args, monitor, args.tasks)
+        if disk_mount:
+            faults.disk = harness_disk.DiskFaults(args, disk_mount, monitor)
         started = time.monotonic()
         wall_start = time.time()
         for idx in range(args.clients):
@@ -382,6 +398,8 @@ def main(argv=None):
                 last_draw = time.monotonic()
             time.sleep(0.05)
         run_seconds = time.monotonic() - started
+        if faults.disk is not None:
+            faults.disk.finish()  # the disk freed, and the server seen resuming
         with counters.get_lock():
             values = list(counters)
         if progress:
@@ -451,5 +469,7 @@ def main(argv=None):
                                                 monitor.generations[0]):
                 owned_servers.add(gen[0])
         stop_pid_tree(monitor, owned_servers)
+        if disk_mount:
+            harness_disk.teardown(disk_mount)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

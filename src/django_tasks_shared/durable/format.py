@@ -39,6 +39,10 @@ class StateError(RuntimeError):
     """A state file is damaged or from a newer format: the server refuses to start."""
 
 
+class StateDirInUse(RuntimeError):
+    """Another task server holds the STATE_DIR's locks."""
+
+
 def frame(op):
     payload = pickle.dumps(op, 5)
     return FRAME.pack(len(payload), zlib.crc32(payload)) + payload

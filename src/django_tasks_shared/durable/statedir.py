@@ -1,19 +1,23 @@
 """STATE_DIR: the server's queue and results on disk, so that restarts and crashes lose nothing.
 
-    start:  lock STATE_DIR/lock (one server per directory)
+    start:  flock STATE_DIR/lock and the directory itself (one server per directory, even when
+            the lock file was removed; a 0.1.0 server knows only the file)
             newest snapshot-N.state  +  journal-N.log, journal-N+1.log ...  (replayed in order)
               -> store.restore(): pending tasks keep their order, results their LRU order; a task
                  RUNNING when the previous server died ends FAILED (WorkerLost)
             new journal-G.log (G = next number); snapshot-G.state of the restored state written
             in the background; then older files are removed
     serve:  every change -> journal (journal.py), written before the reply goes out
-            flusher thread, every second: counters checkpoint, fsync (FSYNC="everysec"),
-            compaction when the journal passes JOURNAL_LIMIT (a new journal, then a snapshot
-            of that moment in a background thread, then the old files go)
+            flusher thread, every second (guard.py): counters checkpoint, fsync
+            (FSYNC="everysec"), compaction when the journal passes JOURNAL_LIMIT (a new journal,
+            then a snapshot of that moment in a background thread, then the old files go);
+            storage faults: a full or failing disk (changes refused, retried every second), a
+            file removed, replaced or truncated (a fresh snapshot and journal from memory)
     stop:   (after the drain) a final snapshot; the journals it covers are removed
 
 A snapshot-N.state holds the state at the moment journal-N.log was started: snapshot N plus
-journals N, N+1... is the whole history. A snapshot file is written as *.tmp, fsynced, renamed
+journals N, N+1... is the whole history, so a (non-final) snapshot N whose journal N is missing
+is refused at start, naming both files. A snapshot file is written as *.tmp, fsynced, renamed
 and the directory fsynced, so it is always complete. Damaged files are never deleted or
 overwritten: the server refuses to start and names file and offset; `tasks_server
 --discard-state` moves every state file into a `discarded-<time>/` folder and starts empty.
@@ -29,7 +33,8 @@ import time
 from typing import Any
 
 from . import format as fmt
-from .format import StateError, frame, fsync_dir, read_entries
+from .format import StateDirInUse, StateError, frame, fsync_dir, read_entries
+from .guard import Guard
 from .journal import Journal
 from .restore import Restored
 from .starts import PreviousStarts
@@ -41,8 +46,18 @@ _FILE = re.compile(r"^(snapshot|journal)-(\d{8})\.(state|log)$")
 _TMP = re.compile(r"^snapshot-(\d{8})\.state\.tmp$")
 
 
-class StateDirInUse(RuntimeError):
-    pass
+def _ident(st):
+    return st.st_dev, st.st_ino
+
+
+def _same(a, b):
+    return _ident(a) == _ident(b)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _name(kind, number):
@@ -60,20 +75,37 @@ class StateDir:
         self.restored = {"pending": 0, "results": 0, "interrupted": 0}
         self.torn = []
         self.compactions = 0
-        self._lock_fd = None
+        self._lock_fd: int | None = None
+        self._dir_fd: int | None = None
+        self.snapshot_file = None  # (path, (st_dev, st_ino)) of the newest snapshot written
+        self.snapshot_error = None  # the last snapshot's error, until one succeeds
+        self.guard = Guard(self)
         self._store: Any = None       # the TaskStore, once open()
         self._stop = threading.Event()
         self._flusher = None
         self._snapshotting = threading.Lock()  # one snapshot at a time
         self._snapshot_thread = None
-        self.last_error = None
 
     # ---- start -----------------------------------------------------------------------------------
 
     def lock(self):
-        """Create the directory (0700) and take its lifetime lock, or raise StateDirInUse."""
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
+        """Create the directory (0700) and take its lifetime locks, or raise StateDirInUse."""
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
+        except OSError as exc:
+            raise StateError(f"cannot create or use STATE_DIR {self.path}: {exc}") from None
+        self.relock_file()
+        try:
+            self.relock_dir()
+        except BaseException:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            raise
+
+    def relock_file(self):
+        """flock STATE_DIR/lock (new, or made again by the guard after it was removed)."""
         fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -84,7 +116,34 @@ class StateDir:
                                 f"{holder}); only one server may use a state directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        old, self._lock_fd = self._lock_fd, fd
+        if old is not None:
+            os.close(old)
+
+    def relock_dir(self):
+        """flock the directory itself: held even if someone removes or replaces the lock file.
+        A no-op while the directory is the one locked; after it was removed or replaced, it is
+        made again and locked (StateDirInUse if another server got there first)."""
+        if self._dir_fd is not None:
+            try:
+                if _same(os.stat(self.path), os.fstat(self._dir_fd)):
+                    return
+            except FileNotFoundError:
+                pass
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateDirInUse(
+                f"STATE_DIR {self.path} is in use by another task server (it holds the "
+                f"directory's lock; the `lock` file in it was removed or replaced); only one "
+                f"server may use a state directory") from None
+        old, self._dir_fd = self._dir_fd, fd
+        if old is not None:
+            os.close(old)
+            self.relock_file()  # a new directory: its lock file is new too
 
     def _files(self):
         """{("snapshot" | "journal", number): name} of the state files present."""
@@ -128,6 +187,12 @@ class StateDir:
                 state.apply(op)
             # A snapshot written at a stop has no journal of its own number.
             first = base + 1 if ops[0][1].get("final") else base
+            if first == base and not replay:  # (a gap after it is refused below)
+                raise StateError(
+                    f"{path} needs {os.path.join(self.path, _name('journal', base))}, which is "
+                    f"missing: the changes made after that snapshot are not there. Restore the "
+                    f"journal, or move the state aside with `manage.py tasks_server "
+                    f"--discard-state` (it keeps the files)")
         if replay and replay != list(range(first, first + len(replay))):
             raise StateError(
                 f"{self.path}: journals {replay} do not follow "
@@ -170,9 +235,14 @@ class StateDir:
         # The restored state becomes snapshot N+1, taken at the moment journal N+1 starts; the
         # WorkerLost endings of interrupted tasks are that journal's first entries, so a crash
         # before the snapshot is done replays to the very same endings.
-        self._compact(background=False, first=True)
+        try:
+            self._compact(background=False, first=True)
+        except OSError as exc:
+            raise StateError(f"cannot write STATE_DIR {self.path}: {exc}") from None
         store.end_interrupted(running, interrupted)
-        store.commit()
+        if not store.commit():
+            raise StateError(f"cannot write STATE_DIR {self.path}: "
+                             f"{self.journal.failure.describe()}")
         starts.remove()
         gc.freeze()
         self.restored = {"pending": pending, "results": results, "interrupted": len(running)}
@@ -188,16 +258,13 @@ class StateDir:
     def _flush_loop(self):
         while not self._stop.wait(FLUSH_EVERY):
             try:
-                self._store.journal.checkpoint_counters()
-                self.journal.sync()
-                if self.journal.bytes > self.journal_limit and not self._snapshotting.locked():
-                    self._compact(background=True)
-            except Exception as exc:  # the disk is full or gone: say so in health, keep going
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.guard.tick()
+            except Exception:  # a bug must not stop the flusher; faults are the guard's job
                 logger.exception("state flusher failed")
 
-    def _compact(self, background, first=False):
-        """Start journal N+1 and write snapshot N+1 of that moment; then drop older files."""
+    def _compact(self, background, first=False, rewrite=False):
+        """Start journal N+1 and write snapshot N+1 of that moment; then drop older files.
+        A rewrite (guard.py) writes the snapshot here and now and raises what fails."""
         number = self.number + 1
         path = os.path.join(self.path, _name("journal", number))
         hello = dict(self._facts, journal=number, started_at=time.time())
@@ -207,6 +274,7 @@ class StateDir:
         def switch():
             if self.journal is None:
                 self.journal = Journal(fd, path, size, self.fsync)
+                self.journal.on_failure = self.guard.on_failure
             else:
                 self.journal.switch(fd, path, size)
             return self.journal
@@ -214,13 +282,20 @@ class StateDir:
         meta, ids = self._store.journal.attach(switch)
         self.number = number
         self._snapshotting.acquire()
+        if rewrite:
+            try:
+                self._write_snapshot(number, meta, ids)
+            finally:
+                self._snapshotting.release()
+            return
 
         def write():
             try:
                 self._write_snapshot(number, meta, ids)
             except Exception as exc:
-                self.last_error = f"snapshot {number} failed: {type(exc).__name__}: {exc}"
-                logger.exception("writing snapshot %d failed (the journals are kept)", number)
+                self.snapshot_error = f"snapshot {number} failed: {type(exc).__name__}: {exc}"
+                logger.error("writing snapshot %d failed (the journals are kept): %s", number,
+                             exc)
             finally:
                 self._snapshotting.release()
 
@@ -237,20 +312,29 @@ class StateDir:
         final = os.path.join(self.path, _name("snapshot", number))
         tmp = final + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        is_open = True
         try:
             chunks = 0
-            os.write(fd, fmt.header(fmt.KIND_SNAPSHOT) + frame(["m", meta]))
+            _write_all(fd, fmt.header(fmt.KIND_SNAPSHOT) + frame(["m", meta]))
             for chunk in self._store.journal.snapshot_chunks(ids):
                 chunks += 1
-                data = memoryview(chunk)
-                while data:
-                    data = data[os.write(fd, data):]
-            os.write(fd, frame(["e", chunks]))
+                _write_all(fd, chunk)
+            _write_all(fd, frame(["e", chunks]))
             os.fsync(fd)
-        finally:
+            is_open = False
             os.close(fd)
-        os.rename(tmp, final)
-        fsync_dir(self.path)
+            os.rename(tmp, final)
+            fsync_dir(self.path)
+        except BaseException:
+            if is_open:
+                os.close(fd)
+            try:  # a full disk: give the space back (a renamed snapshot is complete, kept)
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.snapshot_file = (final, _ident(os.stat(final)))
+        self.snapshot_error = None
         self.last_snapshot_at = meta["written_at"]
         # Everything before snapshot N is covered by it now (as is a *.tmp left by a crash).
         for (_kind, n), name in self._files().items():
@@ -274,7 +358,16 @@ class StateDir:
                 with self._snapshotting:  # a compaction in flight finishes first
                     pass
                 self._store.journal.checkpoint_counters()
-                self._final_snapshot()
+                try:
+                    self.relock_dir()  # (a directory removed at the last moment: made again)
+                    self._final_snapshot()
+                except (OSError, StateDirInUse) as exc:
+                    # The journals stay (nothing is deleted before a snapshot is complete);
+                    # what the journal could not take is written now, if it can be.
+                    kept = self.journal.retry() if self.journal.failure else True
+                    logger.error("the final snapshot of %s failed: %s; the journals are kept%s",
+                                 self.path, exc, "" if kept else
+                                 ": changes made while the disk failed are NOT on disk")
         finally:
             self.release()
 
@@ -283,9 +376,10 @@ class StateDir:
         self._stop.set()
         if self.journal is not None:
             self.journal.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for name in ("_lock_fd", "_dir_fd"):
+            if getattr(self, name) is not None:
+                os.close(getattr(self, name))
+                setattr(self, name, None)
 
     def _final_snapshot(self):
         number = self.number + 1
@@ -302,7 +396,8 @@ class StateDir:
                     self.path)
 
     def health(self):
-        return {
+        error = self.guard.error() or self.snapshot_error
+        return self.guard.health() | {
             "dir": self.path,
             "fsync": self.fsync,
             "format": fmt.FORMAT_VERSION,
@@ -314,7 +409,7 @@ class StateDir:
             "restored": dict(self.restored),
             "torn_tails": len(self.torn),
             "torn": list(self.torn),
-            "error": self.last_error,
+            "error": error,
         }
 
 

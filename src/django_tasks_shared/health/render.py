@@ -67,6 +67,13 @@ def _state_lines(state, now):
            else "")]
     if state.get("error"):
         lines.append(f"  ! {state['error']}")
+    last = state.get("last_failure")
+    if last and not state.get("failure"):
+        lines.append(f"storage   last fault {last['errno']} on {last['op']} from "
+                     f"{clock(last['since'], now)} to {clock(last['recovered_at'], now)}; "
+                     f"{last['refused']} change(s) refused meanwhile")
+    for event in (state.get("events") or [])[-3:]:  # files found gone, rewrites, recoveries
+        lines.append(f"  - {clock(event['at'], now)}: {event['what']}")
     return lines
 
 

@@ -6,7 +6,8 @@
 
     degraded when: fewer live worker processes than configured, a worker in crash back-off,
                    more than 90 % of MAX_QUEUE pending, the server is draining (stopping),
-                   or the STATE_DIR flusher reports an error (a full disk).
+                   or the STATE_DIR cannot be written (a full or failing disk: changes are
+                   refused meanwhile) or its files are being rewritten from memory.
     unreachable:   no answer (see `unreachable_report`); the command never starts a server.
 
 Pure functions over plain data: no Django, no IPC, so they are unit-tested directly.

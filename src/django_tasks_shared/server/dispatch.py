@@ -143,7 +143,11 @@ class Dispatcher:
             f"method {method!r} of the task store is not exposed (ident {ident!r})"))
 
     def _claim(self, peer, worker_id, outcome, timeout, token=None, want=None):
-        got = self.polls.claim_now(worker_id, outcome, token, want)
+        try:
+            got = self.polls.claim_now(worker_id, outcome, token, want)
+        except Exception as exc:  # StorageUnavailable: the outcome was not applied
+            self.loop.send(peer, ("#ERROR", exc))
+            return
         if got is NOTHING:
             parked = self._park(peer, Parked(peer, worker_id, None, time.monotonic() + timeout,
                                              token, want))

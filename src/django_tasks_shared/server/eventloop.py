@@ -17,6 +17,9 @@ its clients), long-polls parked as callbacks instead of holding a thread.
         ──polls.on_work──> claims retried ────────────┤  (Wakeup.signal() from another thread)
     end of every turn: store.commit()  (STATE_DIR: ONE journal write / fsync for every reply of
                        the turn: group commit), then the replies written
+        a reply whose change is not durable yet (the journal cannot be written, or its files
+        are being rewritten) is HELD, not turned into an error: the change is made and kept;
+        the reply goes out once the journal is durable up to it (_hold / _release_held)
 
 A request runs to its end before the next: store methods are O(1) or short, and pickling is
 capped by MAX_PAYLOAD, so no client waits long behind another (see docs/architecture.md).
@@ -29,7 +32,6 @@ import threading
 import time
 from collections import deque
 
-from ..exceptions import ServerUnavailable
 from ..protocol.methods import EXPOSED, REFUSED
 from ..protocol.wire import HANDSHAKE_LIMIT, MessageTooLarge
 from .dispatch import Dispatcher
@@ -85,6 +87,10 @@ class EventLoop:
         self._poller = make_poller(portable)  # epoll on Linux, else selectors (poller.py)
         self._handshaking: deque[Peer] = deque()  # in accept order (deadlines come in order)
         self._dirty = []                # peers with replies queued in this turn
+        self._journal = store.journal   # the store's Journaler: what each reply depends on
+        self._needs = {}                # peer -> journal position its reply of this turn needs
+        self._held = {}                 # peer -> position: replies held until it is durable
+        store.journal.on_durable = self.wake
         self._wakeup = Wakeup(portable)
         self._wake_pending = False
         self._accept_paused_until = 0.0
@@ -116,6 +122,7 @@ class EventLoop:
 
     def run(self):
         self._ident = threading.get_ident()
+        self._journal.owner = self._ident  # its appends are what replies wait for
         turn = self._poller.turn
         listen_fd, wake_fd = self.listener.fileno(), self._wakeup.fd
         peers, on_peer = self.peers, self._on_peer
@@ -139,10 +146,10 @@ class EventLoop:
         if dispatcher.has_work():
             return 0
         first, due = dispatcher.deadline()
-        if not (first or due or self._handshaking or self._accept_paused_until):
+        if not (first or due or self._handshaking or self._accept_paused_until or self._held):
             return 1.0
         now = time.monotonic()
-        timeout = 1.0
+        timeout = 0.1 if self._held else 1.0  # (the guard wakes us too: belt and braces)
         if first is not None:
             timeout = min(timeout, first - now)
         if self._handshaking:
@@ -162,6 +169,8 @@ class EventLoop:
             self._sweep()
         if self._dirty:
             self._reply()
+        if self._held:
+            self._release_held()
 
     def _sweep(self):
         """Hot peers idle since the last sweep go back to the cold epoll. A deploy that restarts
@@ -188,18 +197,37 @@ class EventLoop:
     def _reply(self):
         """Commit the journal once for every reply of this turn, then write them."""
         dirty, self._dirty = self._dirty, []
-        try:
-            self.store.commit()
-        except OSError as exc:
-            logger.error("journal write failed: %s", exc)
-            error = ("#ERROR", ServerUnavailable(
-                f"the task server could not write its journal ({exc}); the change may not "
-                f"survive a crash. Check the disk of STATE_DIR."))
-            for peer in dict.fromkeys(dirty):
-                if peer.handshake is None:  # a challenge being sent is not a reply
-                    peer.out = []
-                    peer.queue(error)
+        needs, self._needs = self._needs, {}
+        if not self.store.commit() or self._held:
+            dirty = self._hold(dirty, needs)
+        self._flush(dirty)
+
+    def _hold(self, dirty, needs):
+        """The peers of `dirty` whose reply may go out now; the others are held: their
+        change is in memory and in the journal's buffer, not yet durable. Never an error:
+        the change WAS made (refusing is done before a change, see store/journaler.py)."""
+        durable = self._journal.durable_position()
+        held = self._held
+        ready = []
         for peer in dirty:
+            need = needs.get(peer, 0)
+            if peer in held:  # behind a held reply: same connection, same order
+                held[peer] = max(held[peer], need)
+            elif need > durable:
+                held[peer] = need
+            else:
+                ready.append(peer)
+        return ready
+
+    def _release_held(self):
+        durable = self._journal.durable_position()
+        ready = [peer for peer, need in self._held.items() if need <= durable]
+        for peer in ready:
+            del self._held[peer]
+        self._flush(ready)
+
+    def _flush(self, peers):
+        for peer in peers:
             if peer.closed or peer.writing:
                 continue
             try:
@@ -227,6 +255,11 @@ class EventLoop:
     def send(self, peer, msg, first=False):
         """Queue a reply: written at the end of the turn, after the journal commit."""
         peer.queue(msg)
+        journal = self._journal
+        if journal.need:  # the request changed something: the reply waits for its entry
+            need = journal.take_need()
+            if need > self._needs.get(peer, 0):
+                self._needs[peer] = need
         if first:
             self._dirty.insert(0, peer)
         else:
@@ -290,7 +323,8 @@ class EventLoop:
 
     def _on_peer(self, peer, events):
         try:
-            if events & OUT:
+            # (a held reply is not written: never the case while writing, one request at a time)
+            if events & OUT and peer not in self._held:
                 if not peer.flush():
                     return
                 if peer.close_after_flush:
@@ -364,6 +398,7 @@ class EventLoop:
         peer.closed = True
         self.peers.pop(peer.fd, None)
         self._hot.discard(peer)
+        self._held.pop(peer, None)
         self.store.meta["connections"] = len(self.peers)
         self.dispatcher.closed(peer)
         try:
@@ -374,6 +409,12 @@ class EventLoop:
 
     def _close_all(self):
         deadline = time.monotonic() + STOP_FLUSH
+        self._release_held()
+        if self._held:  # never acknowledge what is not durable, even when stopping
+            logger.error("%d repl(ies) not sent: their changes could not be written to "
+                         "STATE_DIR", len(self._held))
+            for peer in self._held:
+                peer.out = []
         for peer in list(self.peers.values()):
             if peer.out and not peer.closed:
                 peer.sock.setblocking(True)

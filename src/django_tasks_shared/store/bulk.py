@@ -37,7 +37,8 @@ class Bulk:
             now = store.clock()
             for key in [k for k, v in self.staged.items() if v[0] < now]:
                 del self.staged[key]
-            if batch in self.done:
+            if batch in self.done:  # sent again after a lost reply: the same answer, once
+                store.journal.depend()  # what it acknowledges is durable
                 return self.done[batch] if final else None
             staged = self.staged.get(batch)
             if index == 0:
@@ -62,9 +63,7 @@ class Bulk:
     def _store(self, records):
         """Lock held: all of `records` or nothing."""
         store = self.store
-        check = getattr(store.journal, "check", None)
-        if check is not None:
-            check()  # a STATE_DIR that cannot be written: refused before anything changes
+        store.journal.check()  # a STATE_DIR that cannot be written: refused, nothing changes
         fresh = sum(r["id"] not in store.records for r in records)
         if fresh and store.draining:
             raise ServerUnavailable(

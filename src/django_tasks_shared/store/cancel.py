@@ -31,6 +31,7 @@ class Cancels:
             record = store.records.get(task_id)
             if record is None or record["status"] in FINISHED:
                 return False
+            store.journal.check()  # a full disk: refused, nothing changes
             if record["status"] == READY:
                 # Reserved by a worker (prefetch): revoked in its start table, unless it
                 # started already: then it is RUNNING now and cancelled as such, below.

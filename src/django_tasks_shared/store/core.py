@@ -154,6 +154,7 @@ class TaskStore:
             record = self.records.get(task_id)
             if record is None or record["status"] != RUNNING:
                 return False
+            self.journal.check()  # a full disk: refused, nothing changes
             record["metadata"] = dict(fields) if replace else \
                 {**(record.get("metadata") or {}), **fields}
             self.journal.set(record, "metadata")
@@ -279,13 +280,19 @@ class TaskStore:
 
     def overdue(self, time_limit):
         """(worker id, task id, seconds running) for every task whose current attempt has run
-        longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at)."""
+        longer than time_limit (TIME_LIMIT counts per attempt: last_attempted_at; a reserved
+        task's from its real start, read from its worker's start table first). Time while
+        the journal could not be written does not count (journaler.py: a task's report is
+        refused then, and one handed out in that turn waits for the disk)."""
         with self.lock:
             self.reservations.sync_all()  # a reserved task runs from its real start
             now = self.clock()
-            return [(wid, tid, now - self.records[tid]["last_attempted_at"])
-                    for tid, wid in self.running.items()
-                    if now - self.records[tid]["last_attempted_at"] > time_limit]
+            if self.journal.paused(now):
+                return []
+            ran = self.journal.ran
+            return [(wid, tid, elapsed) for tid, wid in self.running.items()
+                    if (elapsed := ran(self.records[tid]["last_attempted_at"], now))
+                    > time_limit]
 
     def drain(self):
         """Hand out no more tasks: every claim now returns STOP."""
@@ -320,12 +327,14 @@ class TaskStore:
                 self.clock(), c["succeeded"] + c["failed"],
                 {wid: (w["rss_bytes"], w["cpu_percent"]) for wid, w in self.workers.items()})
 
-    def commit(self):
-        """Make the journaled changes durable before a reply goes out (see journaler.py)."""
-        self.journal.commit()
-        if self.reservations.closing:  # gone workers' start tables, now that it is journaled
+    def commit(self) -> bool:
+        """Make the journaled changes durable before a reply goes out (see journaler.py);
+        False when some of them cannot be written yet (they stay buffered)."""
+        durable = self.journal.commit()
+        if durable and self.reservations.closing:  # gone workers' start tables: journaled
             with self.lock:
                 self.reservations.release_closed()
+        return durable
 
     def lost_at_stop(self):
         """What a server without STATE_DIR loses when it stops now (for its last log line)."""
@@ -387,7 +396,9 @@ class TaskStore:
     def enqueue_locked(self, record: Record) -> float | None:
         existing = self.records.get(record["id"])
         if existing is not None:  # a retried enqueue after a dropped connection
+            self.journal.depend()  # answered once the first one's entry is durable
             return existing["enqueued_at"]
+        self.journal.check()  # a full disk: refused before anything changes
         if self.draining:
             raise ServerUnavailable(
                 f"the task server (pid {self.meta['pid']}) is shutting down and takes no "
@@ -438,6 +449,7 @@ class TaskStore:
         (thread, seq), from report_and_claim, makes a repeated claim idempotent (claims.py)."""
         worker = self.workers.get(worker_id)
         if outcome is not None:
+            self.journal.check()  # a full disk: not applied; the worker sends it again
             self._finish(outcome, worker_id)
         if token is not None and worker is not None:
             again = self.claims.repeat(worker_id, token)
@@ -462,6 +474,8 @@ class TaskStore:
         its "rseq"; READY here until the worker's start table says it started). STOP or
         NOTHING as claim(). A repeated claim (same token) gets the same batch again."""
         worker = self.workers.get(worker_id)
+        if outcomes:
+            self.journal.check()  # a full disk: not applied; the worker sends them again
         for outcome in outcomes:
             self._finish(outcome, worker_id)
         if worker is not None:
@@ -487,12 +501,15 @@ class TaskStore:
         """Outcomes a worker sends before its next claim (prefetch: an early task of a batch
         whose next task runs long). Idempotent like a claim's report; returns how many."""
         with self.lock:
+            if outcomes:
+                self.journal.check()  # a full disk: refused; the worker sends them again
             for outcome in outcomes:
                 self._finish(outcome, worker_id)
             return len(outcomes)
 
     def _may_claim(self, worker):
-        """None when the worker may get a task now, else STOP (lock held)."""
+        """None when the worker may get a task now, else STOP, or NOTHING while the journal
+        cannot be written (lock held)."""
         if worker is not None and worker["state"] == "starting" and not self.draining \
                 and not worker["retiring"]:  # a worker told to stop at once never was ready
             worker["state"] = "idle"
@@ -504,6 +521,8 @@ class TaskStore:
             worker["retiring"] = True
             worker["retire_reason"] = f"MAX_TASKS_PER_WORKER={limit} reached"
             return STOP
+        if self.journal.failing:
+            return NOTHING  # a full disk: claims wait, no task is handed out (or burned)
         return None
 
     def retire(self, worker_id, reason):

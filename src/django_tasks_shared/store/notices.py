@@ -80,6 +80,8 @@ class Notices:
         final records. A repeated call (its reply was lost) gets the same ones back."""
         store = self.store
         with store.lock:
+            if done:
+                store.journal.check()  # a full disk: the acks are refused; the worker keeps them
             for task_id in done:
                 if task_id in self.pending:
                     self._delete(task_id)

@@ -27,6 +27,7 @@ class ScheduleState:
         Returns the run's enqueued_at, or None when the slot was skipped (overlap False)."""
         store = self.store
         with store.lock:
+            store.journal.check()  # a full disk: the run is skipped, nothing is noted
             last = store.durable.get(key) or {}
             skipped = last.get("skipped", 0)
             if not overlap and last.get("id"):

@@ -56,10 +56,12 @@ class Workflows:
         store = self.store
         existing = store.records.get(record["id"])
         if existing is not None:  # a retried call after a dropped connection
+            store.journal.depend()  # answered once that record is durable
             return dict(existing)
         if "unique" in record:
             holder = self.unique.holder(record)
             if holder is not None:
+                store.journal.depend()  # (the holder may be the change of this very turn)
                 return dict(holder)
         if record.get("after"):
             self.deps.check(record["after"])

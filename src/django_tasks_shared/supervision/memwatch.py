@@ -89,7 +89,7 @@ class MemoryWatcher:
 
     def _over(self, worker, rss, sampled_at, limit_mib):
         sup = self.supervisor
-        seen = f"{rss / MiB:.0f} MiB"
+        seen = f"{rss / MiB:.1f} MiB"  # 200.3 over a cap of 200 must not read "200"
         with sup.lock:
             if sup.workers.get(worker.id) is not worker or worker.kill_at is not None:
                 return  # reaped or already stopped meanwhile
