@@ -36,9 +36,10 @@ logger = logging.getLogger("django_tasks_shared.worker")
 FALLBACK = "fallback"  # claim_batch not exposed: one task per claim from now on
 
 
-def _send_until_answered(client, worker_id, what, method, *args):
+def _send_until_answered(client, worker_id, who, what, method, *args):
     """client.call(method, ...) until the server answers (ServerUnavailable: a stall, a lost
-    reply, a refused change): both calls here are idempotent on the server."""
+    reply, a refused change): both calls here are idempotent on the server. `who` ("thread 2",
+    "reporter") and `what` ("report", "claim") for the log, as worker/claims.py words it."""
     pause, since = BACKOFF_FIRST, None
     while True:
         try:
@@ -46,14 +47,14 @@ def _send_until_answered(client, worker_id, what, method, *args):
         except ServerUnavailable as exc:
             if since is None:
                 since = time.monotonic()
-                logger.warning("worker %s %s: %s -- sending it again until it answers",
-                               worker_id, what, str(exc).rstrip("."))
+                logger.warning("worker %s %s: %s -- sending the %s again until it answers",
+                               worker_id, who, str(exc).rstrip("."), what)
             time.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)
             continue
         if since is not None:
             logger.warning("worker %s %s: the task server answered after %.1f s", worker_id,
-                           what, time.monotonic() - since)
+                           who, time.monotonic() - since)
         return got
 
 
@@ -123,8 +124,8 @@ class Reporter:
                 stopping = self._stopping
             if held:
                 self.sent += 1
-                _send_until_answered(self.client, self.worker_id, "report", "report",
-                                     self.worker_id, held)
+                _send_until_answered(self.client, self.worker_id, "outcome reporter", "report",
+                                     "report", self.worker_id, held)
             if stopping:
                 return
 
@@ -145,7 +146,8 @@ class BatchClaimer:
         """A batch (list of records), None or STOP; FALLBACK if the server has no batches."""
         try:
             got = _send_until_answered(
-                self.client, self.worker_id, f"thread {self.thread} claim", "claim_batch",
+                self.client, self.worker_id, f"thread {self.thread}",
+                "report" if outcomes else "claim", "claim_batch",
                 self.worker_id, outcomes, self.wait, self.thread, self.seq, self.want)
         except AttributeError as exc:
             # only on the first claim: a server never changes under its workers
