@@ -12,8 +12,8 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import secrets
+import shutil
 import subprocess
 import threading
 import time

@@ -1,11 +1,13 @@
 """Profile the task server's serving code under W1 (the numbers of docs/architecture.md).
 
     python -m stress.profile_server [--tasks 2000] [--repeat 3] [--top 25] [--no-profile]
+                                    [--many]
 
     parent: starts `python -m stress.profile.server --serve` (a real tasks_server on a private
             socket, 2 workers), enqueues --tasks no-op tasks through Django's API and waits for
             them with wait_all, --repeat times; psutil CPU of the server and of the workers
-            before/after -> CPU per task; SIGTERM; prints the server's profile
+            before/after -> CPU per task; SIGTERM; prints the server's profile. --many: the
+            tasks enqueued with one enqueue_many() call instead (a deep queue: prefetch)
     child:  cProfile over the whole server process (every thread: the event loop's, or on a
             server from before it one per connection, and the supervisor's) -> a pstats file,
             written when the server stops
@@ -64,7 +66,7 @@ def _sys(proc):
     return proc.cpu_times().system
 
 
-def run(tasks, repeat, top, profile=True):
+def run(tasks, repeat, top, profile=True, many=False):
     import psutil
 
     workdir = tempfile.mkdtemp(prefix="dts-prof-")
@@ -83,7 +85,7 @@ def run(tasks, repeat, top, profile=True):
         django.setup()
         from django.tasks import task_backends
 
-        from django_tasks_shared import wait_all
+        from django_tasks_shared import enqueue_many, wait_all
         from stress.common.tasks import noop
 
         backend = task_backends["default"]
@@ -105,7 +107,8 @@ def run(tasks, repeat, top, profile=True):
             before = (_cpu(server), sum(_cpu(w) for w in workers), time.process_time(),
                       _sys(server), sum(_sys(w) for w in workers))
             started = time.perf_counter()
-            results = [noop.enqueue() for _ in range(tasks)]
+            results = enqueue_many(noop, [((), {})] * tasks) if many else \
+                [noop.enqueue() for _ in range(tasks)]
             wait_all(results, timeout=120)
             wall = time.perf_counter() - started
             after = (_cpu(server), sum(_cpu(w) for w in workers), time.process_time(),
@@ -135,13 +138,15 @@ def main():
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true",
                         help="CPU per task without cProfile's overhead (no profile printed)")
+    parser.add_argument("--many", action="store_true",
+                        help="enqueue the tasks with one enqueue_many() call (a deep queue)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stats", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve_child(args.stats)
     else:
-        run(args.tasks, args.repeat, args.top, profile=not args.no_profile)
+        run(args.tasks, args.repeat, args.top, profile=not args.no_profile, many=args.many)
 
 
 if __name__ == "__main__":
