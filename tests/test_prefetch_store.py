@@ -3,6 +3,7 @@ promise at the unit level with a real start table (protocol/starts.py) standing 
 worker's. The same through real worker processes: tests/test_prefetch.py."""
 
 import os
+import pickle
 import time
 
 import pytest
@@ -10,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_tasks_shared.protocol.records import new_record
-from django_tasks_shared.protocol.starts import GONE, REVOKED, UNKNOWN, StartTable
+from django_tasks_shared.protocol.starts import (
+    FINISHED,
+    GONE,
+    REVOKED,
+    STARTED,
+    UNKNOWN,
+    StartTable,
+)
 from django_tasks_shared.protocol.status import (
     FAILED,
     READY,
@@ -66,7 +74,9 @@ def test_a_batch_runs_one_task_and_reserves_the_rest_which_stay_ready_everywhere
     store, _ = store_with(10)
     got = batch(store)
     assert ids(got) == ["t0", "t1", "t2", "t3"]
-    assert "rseq" not in got[0] and [r["rseq"] for r in got[1:]] == [1, 2, 3]
+    # the first runs now (its outcome's table entry: "hold"), the others are reservations
+    assert "rseq" not in got[0] and got[0]["hold"] == 1
+    assert [r["rseq"] for r in got[1:]] == [2, 3, 4]
     # the worker's copies are as it runs them; the store's records are READY until started
     assert {r["status"] for r in got} == {RUNNING} and got[1]["worker_ids"] == ["w1"]
     assert store.get("t0")["status"] == RUNNING
@@ -97,7 +107,7 @@ def test_the_real_start_comes_from_the_start_table_and_counts_for_time_limits():
     store, tables = store_with(4)
     got = batch(store)
     time.sleep(0.05)
-    at = tables["w1"].start(0, got[1]["rseq"], PARENT)
+    at = tables["w1"].step(0, None, got[1]["rseq"], PARENT)
     assert isinstance(at, float) and at > store.records["t0"]["started_at"] + 0.04
     record = store.get("t1")  # a view reads the table: RUNNING since the real start
     assert record["status"] == RUNNING and record["started_at"] == at
@@ -115,7 +125,7 @@ def test_the_real_start_comes_from_the_start_table_and_counts_for_time_limits():
 def test_a_reported_start_is_taken_without_reading_the_table():
     store, tables = store_with(2)
     got = batch(store, want=2)
-    at = tables["w1"].start(0, got[1]["rseq"], PARENT)
+    at = tables["w1"].step(0, None, got[1]["rseq"], PARENT)
     store.polls.claim_batch("w1", [], 0, 1, 0, 2)  # (any call: nothing synced here)
     assert store.records["t1"]["status"] == READY  # not looked at yet
     assert store.report("w1", [ok(got[0]), ok(got[1], at)]) == 2
@@ -131,7 +141,7 @@ def test_a_dead_workers_reservations_go_back_to_their_place_and_never_end_worker
     store, tables = store_with(6, workers=("w1", "w2"), capacity=4)
     got = batch(store, "w1")
     assert ids(got) == ["t0", "t1", "t2", "t3"]
-    at = tables["w1"].start(0, got[1]["rseq"], PARENT)  # t1 started, t2 and t3 did not
+    at = tables["w1"].step(0, None, got[1]["rseq"], PARENT)  # t1 started, t2 and t3 did not
     _, failed = store.worker_exited("w1", WORKER_LOST, "killed")
     assert sorted(failed) == ["t0", "t1"]  # what it ran: it may have had effects
     assert store.records["t1"]["status"] == FAILED and store.records["t1"]["started_at"] == at
@@ -144,6 +154,31 @@ def test_a_dead_workers_reservations_go_back_to_their_place_and_never_end_worker
 
 
 @pytest.mark.timeout(10)
+def test_outcomes_held_in_the_table_survive_their_worker_and_show_at_once():
+    """A worker that finished t0 and t1 (their outcomes held in its table for the next claim),
+    started t2 and died: t0 and t1 end as they ran, t2 WorkerLost, t3 goes back."""
+    store, tables = store_with(5, workers=("w1", "w2"))
+    got = batch(store)
+    table = tables["w1"]
+    out0 = dict(ok(got[0]), return_value="zero")
+    at1 = table.step(0, (got[0]["hold"], pickle.dumps(out0)), got[1]["rseq"], PARENT)
+    assert store.get("t1")["status"] == RUNNING  # a view: t1 started
+    assert store.get("t0")["return_value"] == "zero"  # a view: t0 finished, its outcome held
+    out1 = dict(ok(got[1], at1), return_value="one")
+    at2 = table.step(0, (got[1]["rseq"], pickle.dumps(out1)), got[2]["rseq"], PARENT)
+    # a view reads the table: t1's outcome is there before any report
+    assert store.get("t1")["status"] == SUCCESSFUL and store.get("t1")["return_value"] == "one"
+    _, failed = store.worker_exited("w1", WORKER_LOST, "killed by its next task")
+    assert failed == ["t2"] and store.records["t2"]["started_at"] == at2
+    assert (store.records["t0"]["status"], store.records["t0"]["return_value"]) == \
+        (SUCCESSFUL, "zero")
+    assert store.records["t3"]["status"] == READY and store.counters["worker_lost"] == 1
+    # the reports arrive late (from a reporter): taken once, nothing changes
+    store.report("w1", [out0, out1])
+    assert store.counters["succeeded"] == 2
+
+
+@pytest.mark.timeout(10)
 def test_a_higher_priority_task_waits_behind_at_most_prefetch_minus_one_reserved():
     store, tables = store_with(12, capacity=4)
     first = batch(store)
@@ -151,7 +186,7 @@ def test_a_higher_priority_task_waits_behind_at_most_prefetch_minus_one_reserved
     # the thread runs its batch (t0, then t1..t3 reserved: 3 = PREFETCH - 1) ...
     outcomes = [ok(first[0])]
     for record in first[1:]:
-        at = tables["w1"].start(0, record["rseq"], PARENT)
+        at = tables["w1"].step(0, None, record["rseq"], PARENT)
         outcomes.append(ok(record, at))
     # ... and its next claim gets the urgent task first
     assert ids(batch(store, outcomes=outcomes, seq=1))[0] == "urgent"
@@ -165,17 +200,17 @@ def test_cancelling_a_reservation_revokes_it_and_a_started_one_is_a_running_canc
     record = store.records["t2"]
     assert record["status"] == FAILED
     assert record["errors"][-1]["exception_class_path"] == TASK_CANCELLED
-    assert tables["w1"].start(0, got[2]["rseq"], PARENT) is REVOKED  # the worker skips it
+    assert tables["w1"].step(0, None, got[2]["rseq"], PARENT) is REVOKED  # the worker skips it
     assert store.reservations.of_worker("w1") == 2 and store.workers["w1"]["retiring"] is False
     assert store.cancels.take_kills() == []
     # t1 has started (its worker wrote the table): cancelling it stops its worker
-    tables["w1"].start(0, got[1]["rseq"], PARENT)
+    tables["w1"].step(0, None, got[1]["rseq"], PARENT)
     assert store.cancels.cancel("t1") is True
     assert store.records["t1"]["worker_ids"] == ["w1"]
     assert [kill[1] for kill in store.cancels.take_kills()] == ["t1"]
     # the worker retires: t3, not started, goes back to the queue for the others
     assert store.records["t3"]["status"] == READY and store.reservations.of_worker("w1") == 0
-    assert tables["w1"].start(0, got[3]["rseq"], PARENT) is REVOKED
+    assert tables["w1"].step(0, None, got[3]["rseq"], PARENT) is REVOKED
 
 
 @pytest.mark.timeout(10)
@@ -203,7 +238,7 @@ def test_retiring_and_draining_give_the_reservations_back():
     got = batch(store, "w1")
     store.retire_worker("w1", "MAX_WORKER_MEMORY")
     assert store.reservations.of_worker("w1") == 0
-    assert all(tables["w1"].start(0, r["rseq"], PARENT) is REVOKED for r in got[1:])
+    assert all(tables["w1"].step(0, None, r["rseq"], PARENT) is REVOKED for r in got[1:])
     assert ids(batch(store, "w2"))[:3] == ["t1", "t2", "t3"]
     store.drain()
     assert store.reservations.of_worker("w2") == 0 and store.pending_count() == 8
@@ -217,7 +252,7 @@ def test_a_concurrency_slot_is_held_by_a_reservation_and_a_rate_limit_ends_the_b
     got = batch(store, "w1")
     assert ids(got) == ["c0", "c1"]  # c1 reserved holds the second slot
     assert store.polls.claim_batch("w2", [], 0, 0, 0, 4) is None  # c2 waits for a slot
-    tables["w1"].start(0, got[1]["rseq"], PARENT)
+    tables["w1"].step(0, None, got[1]["rseq"], PARENT)
     _, failed = store.worker_exited("w1", WORKER_LOST, "killed")
     assert ids(batch(store, "w2")) == ["c2"]  # slots released by the ends
     store2, _ = store_with(0)
@@ -237,7 +272,7 @@ def test_a_unique_key_until_started_is_held_while_reserved():
     got = batch(store)
     assert ids(got) == ["a", "u", "b"]
     assert store.flows.enqueue(rec("u2", unique={"key": "k", "until": "started"}))["id"] == "u"
-    tables["w1"].start(0, got[1]["rseq"], PARENT)
+    tables["w1"].step(0, None, got[1]["rseq"], PARENT)
     store.get("u")  # synced: it started
     assert store.flows.enqueue(rec("u2", unique={"key": "k", "until": "started"}))["id"] == "u2"
 
@@ -245,11 +280,18 @@ def test_a_unique_key_until_started_is_held_while_reserved():
 @pytest.mark.timeout(10)
 def test_the_start_table_refuses_a_start_once_the_server_is_gone():
     table = StartTable.create(2, 4)
-    assert table.start(1, 5, os.getpid()) is GONE  # our parent is not ourselves
-    assert table.started([(1, 5)]) == {}
-    assert table.revoke(1, 5) is None and table.start(1, 5, PARENT) is REVOKED
-    at = table.start(1, 6, PARENT)
-    assert table.revoke(1, 6) == at and table.started([(1, 6), (0, 6)]) == {(1, 6): at}
+    assert table.step(1, None, 5, os.getpid()) is GONE  # our parent is not ourselves
+    assert table.entries([(1, 5)]) == {}
+    assert table.revoke(1, 5) is None and table.step(1, None, 5, PARENT) is REVOKED
+    at = table.step(1, None, 6, PARENT)
+    assert table.revoke(1, 6) == (STARTED, at, None)
+    assert table.entries([(1, 6), (0, 6)]) == {(1, 6): (STARTED, at, None)}
+    # the outcome of 6 held for the next claim, written as 7 starts (one lock hold)
+    at7 = table.step(1, (6, b"outcome"), 7, PARENT)
+    assert table.entries([(1, 6), (1, 7)]) == {(1, 6): (FINISHED, at, b"outcome"),
+                                               (1, 7): (STARTED, at7, None)}
+    table.step(1, (8, b"first"), None, PARENT)  # a batch's first task: no start of its own
+    assert table.entries([(1, 8)]) == {(1, 8): (FINISHED, 0.0, b"first")}
     attached = StartTable.attach(os.dup(table.fd))
     assert attached.capacity == 4 and attached.threads == 2
     attached.close()
@@ -268,7 +310,7 @@ def test_a_table_locked_by_another_process_is_unknown_never_guessed():
         pass_fds=(table.fd,), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert table.started([(0, 1)]) is UNKNOWN
+        assert table.entries([(0, 1)]) is UNKNOWN
         assert table.revoke(0, 1) is UNKNOWN
     finally:
         holder.kill()
@@ -339,7 +381,7 @@ STEPS = st.lists(st.tuples(st.sampled_from(  # (repeated: weights)
 @given(STEPS)
 def test_every_task_ends_once_and_a_started_one_never_runs_again(steps):
     store = TaskStore()
-    tables, held, alive = {}, {}, []
+    tables, held, alive, finished = {}, {}, [], set()
     started = {}  # task id -> how many times a worker started it
     count = 0
 
@@ -376,7 +418,7 @@ def test_every_task_ends_once_and_a_started_one_never_runs_again(steps):
         elif action == "start" and mine and mine[0][1] is None:
             record = mine[0][0]
             if "rseq" in record:  # (a claim's first task is started already, see above)
-                at = tables[worker_id].start(0, record["rseq"], PARENT)
+                at = tables[worker_id].step(0, None, record["rseq"], PARENT)
                 if at is REVOKED:
                     mine.pop(0)
                     continue
@@ -386,7 +428,12 @@ def test_every_task_ends_once_and_a_started_one_never_runs_again(steps):
             started[record["id"]] = started.get(record["id"], 0) + 1
         elif action == "finish" and mine and mine[0][1] is not None:
             record, at = mine.pop(0)
-            waiting.append(ok(record, at))
+            outcome = ok(record, at)
+            waiting.append(outcome)
+            slot = record.get("rseq", record.get("hold"))
+            if mine and slot is not None:  # more of its batch to run: held in the table
+                tables[worker_id].step(0, (slot, pickle.dumps(outcome)), None, PARENT)
+                finished.add(record["id"])
         elif action == "report" and waiting:
             store.report(worker_id, list(waiting))
             waiting.clear()
@@ -406,6 +453,9 @@ def test_every_task_ends_once_and_a_started_one_never_runs_again(steps):
     # no task started twice; a READY one never started; one that never started never ended
     # WorkerLost (a reservation given back instead)
     assert all(times == 1 for times in started.values()), started
+    for task_id in finished:  # an outcome held in the table is never lost with its worker
+        errors = [e["exception_class_path"] for e in store.records[task_id]["errors"]]
+        assert WORKER_LOST not in errors, (task_id, store.records[task_id])
     store.health()  # a view: what the workers' tables say started is RUNNING from here on
     for task_id, record in store.records.items():
         if record["status"] == READY:

@@ -35,8 +35,13 @@ class PreviousStarts:
         table = self._table(worker_id)
         if table is None:
             return UNKNOWN
-        got = table.started([(thread, rseq)], patience=PATIENCE)
-        return UNKNOWN if got is UNKNOWN else got.get((thread, rseq))
+        got = table.entries([(thread, rseq)], patience=PATIENCE)
+        if not isinstance(got, dict):
+            return UNKNOWN
+        entry = got.get((thread, rseq))
+        # started, or finished with its outcome held for a claim that never reached the server:
+        # either way it ran, and ends WorkerLost like a task RUNNING at the crash
+        return None if entry is None else (entry[1] or UNKNOWN)
 
     def _table(self, worker_id):
         if worker_id not in self._tables:

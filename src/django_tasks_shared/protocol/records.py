@@ -76,6 +76,7 @@ class Record(TypedDict):
     # worker gets: its number in the worker's start table (protocol/starts.py).
     reserved: NotRequired[list | None]
     rseq: NotRequired[int]
+    hold: NotRequired[int]          # a batch's first task: the start table entry of its outcome
 
 
 class Outcome(TypedDict):

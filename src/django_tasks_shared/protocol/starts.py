@@ -1,21 +1,26 @@
-"""The start table: where a worker publishes the real start of each task it had reserved.
+"""The start table: where a worker publishes, without a round trip, the real start of each task
+it had reserved and the outcome of each task whose report waits for its batch's next claim.
 
-Prefetch (docs/architecture.md, "Prefetch") hands a worker thread a task to run now plus up to
-PREFETCH - 1 reserved ones, numbered by a per-thread reservation number `rseq`. A reserved task
-stays READY in the server until the worker starts it, and the server must know, without a round
-trip and even if the worker hangs or dies, whether it started and when:
+Prefetch (docs/architecture.md, "Prefetch") hands a worker thread a batch: the task to run now
+and up to PREFETCH - 1 reserved behind it, each numbered by a per-thread reservation number
+`rseq`. A reserved task stays READY in the server until the worker starts it; an outcome may be
+held a few milliseconds until the next claim carries it. The server must know, even if the
+worker hangs or dies, what started (and when) and what finished (and how):
 
     file (one per worker process; the supervisor makes it and passes its fd to the worker):
       header  64 bytes: MAGIC, version, threads, capacity
-      thread k's region: `capacity` entries of 32 bytes, entry rseq % capacity:
-                         (rseq u64, state u32, pad, t f64, pad)  state: STARTED or REVOKED
-    worker, before it runs reserved task r:  start(k, r, server_pid)  under the region's lock:
-        revoked (cancelled, or given back to the queue)?  -> REVOKED: skip it
-        our server gone (getppid() changed)?            -> GONE: run nothing more
-        else write (r, STARTED, time.time())            -> that time: the task's real start
+      thread k's region: `capacity` entries of ENTRY_SIZE bytes, entry rseq % capacity:
+          (rseq u64, state u32, length u32, t f64) + up to PAYLOAD bytes: a pickled outcome
+          state: STARTED (at t), FINISHED (started at t, its outcome held: the payload), REVOKED
+    worker, between two tasks of a batch: step(k, finished=(r, outcome), start=r', server pid)
+        under the region's lock, one hold:
+        the outcome of task r (held for the next claim): FINISHED r, its pickle
+        reserved task r' revoked (cancelled, or given back to the queue)?  -> REVOKED: skip it
+        our server gone (getppid() changed)?                            -> GONE: run nothing
+        else STARTED r' at time.time()                                  -> that time
     server (store/reservations.py), under the same lock:
-        revoke(k, r)   -> REVOKED written, or the time it started (too late to revoke)
-        started(...)   -> which reservations started, and when (TIME_LIMIT, views, a dead worker)
+        revoke(k, r)    -> REVOKED written, or what it says (started, or finished: too late)
+        entries(...)    -> what started and finished (views, TIME_LIMIT, a dead worker's tasks)
 
 The lock is a POSIX record lock (fcntl.lockf) on the thread's region: owned per process, so the
 worker and the server exclude each other, and the worker's threads never touch each other's
@@ -23,8 +28,10 @@ region. It makes "check revoked, then write STARTED" atomic against "check START
 REVOKED", which plain shared memory cannot promise across processes. A process that dies holding
 it releases it; the server only ever tries it without blocking (a worker SIGSTOPped inside the
 few microseconds it is held must not stall the server), and treats "could not tell" as started.
-A capacity of PREFETCH entries is enough: a thread claims a new batch only after it started (or
-skipped) every task of the last one, and the server reads the table before numbering new ones.
+An entry's header is written after its payload, so a worker killed mid-write leaves the entry
+as it was (started: the task ends WorkerLost, never run twice). A capacity of PREFETCH entries
+is enough: a batch numbers at most PREFETCH tasks, a thread claims again only after it started
+(or skipped) every one of its batch, and the server reads the table before numbering new ones.
 """
 
 import fcntl
@@ -36,14 +43,15 @@ import time
 
 STARTS_DIR = "starts"  # STATE_DIR/starts/<worker id>: the tables a restart reads
 MAGIC = b"DTSSTART"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<8sIII")     # magic, version, threads, capacity
 HEADER_SIZE = 64
-ENTRY = struct.Struct("<QI4xd8x")   # rseq, state, t
-ENTRY_SIZE = 32
-STARTED, REVOKED = 1, 2
-GONE = object()      # start(): the server that handed the task out is gone: run nothing
-UNKNOWN = object()   # revoke() / started(): the lock could not be had: assume it started
+ENTRY = struct.Struct("<QIId")       # rseq, state, payload length, t
+ENTRY_SIZE = 256
+PAYLOAD = ENTRY_SIZE - ENTRY.size    # 232 bytes: an outcome that does not fit is sent at once
+STARTED, REVOKED, FINISHED = 1, 2, 3
+GONE = object()      # step(): the server that handed the task out is gone: run nothing
+UNKNOWN = object()   # revoke() / entries(): the lock could not be had: assume it started
 LOCK_TRIES = 20      # x 0.1 ms: how long the server tries a region's lock (it never blocks)
 
 
@@ -106,20 +114,33 @@ class StartTable:
 
     # ---- the worker's side ---------------------------------------------------------------------
 
-    def start(self, thread, rseq, server_pid):
-        """Mark reservation `rseq` of `thread` started now: its start time (time.time()),
-        REVOKED (do not run it) or GONE (the server is gone: run nothing more)."""
+    def step(self, thread, finished=None, start=None, server_pid=None):
+        """Between two tasks of a batch, in one hold of the thread's lock: `finished` (rseq,
+        pickled outcome of at most PAYLOAD bytes) marks a task done with the outcome it holds
+        for the next claim; `start` (a reserved task's rseq) starts it now. Returns the start's
+        time (time.time()), REVOKED (do not run it), GONE (the server is gone: run nothing
+        more), or None without `start`."""
         offset, length = self._region(thread)
         fcntl.lockf(self.fd, fcntl.LOCK_EX, length, offset)
         try:
-            at = offset + (rseq % self.capacity) * ENTRY_SIZE
-            seen, state, _ = ENTRY.unpack_from(self.map, at)
-            if seen == rseq and state == REVOKED:
+            if finished is not None:
+                rseq, payload = finished
+                at = offset + (rseq % self.capacity) * ENTRY_SIZE
+                seen, state, _, started = ENTRY.unpack_from(self.map, at)
+                if seen != rseq or state != STARTED:
+                    started = 0.0  # a batch's first task: the server knows its start
+                self.map[at + ENTRY.size:at + ENTRY.size + len(payload)] = payload
+                ENTRY.pack_into(self.map, at, rseq, FINISHED, len(payload), started)
+            if start is None:
+                return None
+            at = offset + (start % self.capacity) * ENTRY_SIZE
+            seen, state, _, _ = ENTRY.unpack_from(self.map, at)
+            if seen == start and state == REVOKED:
                 return REVOKED
             if os.getppid() != server_pid:
                 return GONE  # a server restored after a crash may have put it back in the queue
             now = time.time()
-            ENTRY.pack_into(self.map, at, rseq, STARTED, now)
+            ENTRY.pack_into(self.map, at, start, STARTED, 0, now)
             return now
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, length, offset)
@@ -128,24 +149,26 @@ class StartTable:
 
     def revoke(self, thread, rseq):
         """Revoke reservation `rseq` of `thread` unless it started: None (revoked: the worker
-        will skip it), its start time (too late), or UNKNOWN (the lock could not be had)."""
+        will skip it), its entry (state, t, payload) when it started or finished (too late),
+        or UNKNOWN (the lock could not be had)."""
         offset, length = self._region(thread)
         if not self._try_lock(offset, length):
             return UNKNOWN
         try:
             at = offset + (rseq % self.capacity) * ENTRY_SIZE
-            seen, state, started = ENTRY.unpack_from(self.map, at)
-            if seen == rseq and state == STARTED:
-                return started
-            ENTRY.pack_into(self.map, at, rseq, REVOKED, 0.0)
+            entry = self._entry(at, rseq)
+            if entry is not None:
+                return entry
+            ENTRY.pack_into(self.map, at, rseq, REVOKED, 0, 0.0)
             return None
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, length, offset)
 
-    def started(self, wanted, patience=0.0):
-        """{(thread, rseq): start time} of the `wanted` reservations that started, or UNKNOWN
-        when the lock could not be had within about `patience` seconds (a restore's read
-        waits a little for a worker of the dead server caught inside its lock)."""
+    def entries(self, wanted, patience=0.0):
+        """{(thread, rseq): (state, start time, pickled outcome or None)} of the `wanted` ones
+        that started or finished, or UNKNOWN when the lock could not be had within about
+        `patience` seconds (a restore waits a little for a worker of the dead server caught
+        inside its lock; everyone else never blocks)."""
         if not self._try_lock(0, self.size, patience):
             return UNKNOWN
         try:
@@ -153,15 +176,26 @@ class StartTable:
             for thread, rseq in wanted:
                 if not 0 <= thread < self.threads:
                     continue
-                at = self._region(thread)[0] + (rseq % self.capacity) * ENTRY_SIZE
-                seen, state, started = ENTRY.unpack_from(self.map, at)
-                if seen == rseq and state == STARTED:
-                    out[(thread, rseq)] = started
+                entry = self._entry(self._region(thread)[0] + (rseq % self.capacity) *
+                                    ENTRY_SIZE, rseq)
+                if entry is not None:
+                    out[(thread, rseq)] = entry
             return out
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, self.size, 0)
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _entry(self, at, rseq):
+        """(state, t, payload or None) of the entry at `at` if it is rseq's and it started or
+        finished, else None."""
+        seen, state, size, started = ENTRY.unpack_from(self.map, at)
+        if seen != rseq or state not in (STARTED, FINISHED):
+            return None
+        payload = None
+        if state == FINISHED and 0 < size <= PAYLOAD:
+            payload = bytes(self.map[at + ENTRY.size:at + ENTRY.size + size])
+        return state, started, payload
 
     def _region(self, thread):
         if not 0 <= thread < self.threads:

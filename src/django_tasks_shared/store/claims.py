@@ -50,8 +50,8 @@ class ClaimMemo:
         """A batch handed out for a token (prefetch): the first task (running) and the
         reserved ones, (id, attempt) and (id, rseq)."""
         self.batches.setdefault(worker_id, {})[token[0]] = (token[1], [
-            (r["id"], "rseq" in r, r["rseq"] if "rseq" in r else len(r["worker_ids"]))
-            for r in records])
+            (r["id"], "rseq" in r, r["rseq"] if "rseq" in r else len(r["worker_ids"]),
+             r.get("hold")) for r in records])
 
     def repeat_batch(self, worker_id, token):
         """The batch to hand out again for a repeated batch claim, or None (lock held): its
@@ -62,13 +62,19 @@ class ClaimMemo:
         store = self.store
         reservations = store.reservations
         out = []
-        for task_id, reserved, number in memo[1]:
+        for task_id, reserved, number, hold in memo[1]:
             if reserved:
                 if reservations.by_task.get(task_id) == (worker_id, token[0], number):
                     out.append(reservations.copy(store.records[task_id]))
             elif store.running.get(task_id) == worker_id and \
                     len(store.records[task_id]["worker_ids"]) == number:
-                out.append(dict(store.records[task_id]))
+                record = store.records[task_id]
+                copy = dict(record)
+                if hold is not None:
+                    copy["hold"] = hold
+                if record.get("after"):
+                    copy["dependency_results"] = store.flows.deps.results_of(record)
+                out.append(copy)
         return out or None
 
     def forget(self, worker_id):

@@ -439,8 +439,8 @@ class TaskStore:
                 self.counters["expired"] += 1
                 return None
             self.finished.touch(task_id)
-        elif sync and task_id in self._reserved:  # READY until its worker's table says so
-            self.reservations.sync_task(task_id)
+        elif sync and (task_id in self._reserved or self.reservations.held):
+            self.reservations.sync_task(task_id)  # started? finished, its outcome held?
         return record
 
     def claim(self, worker_id: str, outcome: Outcome | None = None, token=None):
@@ -492,7 +492,8 @@ class TaskStore:
             return NOTHING
         n = self.reservations.size(worker_id, worker, token[0], want)
         got = [self._start(record, worker_id, worker, now)]
-        if n > 1:
+        if n > 1:  # its outcome is held in the table while the reserved ones run ("hold")
+            self.reservations.hold_first(worker_id, token[0], got[0])
             got += self.reservations.reserve(worker_id, worker, token[0], n - 1, now)
         self.claims.note_batch(worker_id, token, got)
         return got
@@ -633,6 +634,11 @@ class TaskStore:
             worker["current"][record["id"]] = at
         if "unique" in record:
             self.flows.unique.started(record)  # until="started": free from now on
+
+    def finish_outcome(self, outcome: Outcome, worker_id: str):
+        """An outcome a worker held in its start table (reservations.py), taken as its report
+        would be: once per task and attempt."""
+        self._finish(outcome, worker_id)
 
     def unreserve(self, record, worker_id, now, requeue):
         """A reservation that never started: its slot released, and with `requeue` back in the

@@ -29,8 +29,9 @@ No lock of its own: the store's lock is held by every caller.
 """
 
 import os
+import pickle
 
-from ..protocol.starts import UNKNOWN
+from ..protocol.starts import FINISHED, UNKNOWN
 from ..protocol.status import RUNNING
 
 
@@ -42,6 +43,10 @@ class Reservations:
         self.tables: dict = {}          # worker id -> its StartTable (protocol/starts.py)
         self.closing: list = []         # tables of gone workers, closed after the next commit
         self._next: dict[tuple[str, int], int] = {}  # (worker, thread) -> the next rseq
+        # worker -> id -> (thread, rseq) of its RUNNING batch tasks (a batch's first, and each
+        # reservation once begun) whose outcome the worker may hold in its table entry while
+        # the rest of the batch runs: what a view or its death reads there
+        self.held: dict[str, dict[str, tuple[int, int]]] = {}
         self.given_back = 0             # reservations put back in the queue (health)
         self.made = 0                   # reservations made since the server started (health)
         self._restored: list[str] = []  # decided by restored(), journaled by journal_restored()
@@ -64,19 +69,16 @@ class Reservations:
             self.closing.append(table)
         for key in [k for k in self._next if k[0] == worker_id]:
             del self._next[key]
-        if not mine:
-            self.by_worker.pop(worker_id, None)
-            return
-        # The process is gone, so is its lock: the table is exact now. Could not be read
-        # (unlikely): assume each started, never run one twice.
-        started = None if table is None else table.started(mine.values(), patience=0.05)
+        held = self._live(worker_id)
+        self.held.pop(worker_id, None)
+        # The process is gone, so is its lock: the table is exact now: what it finished (its
+        # outcome held for the next claim) ends as it ran, what it started ends WorkerLost (as
+        # RUNNING), the rest goes back. Could not be read (unlikely): each as started.
+        if table is not None and (mine or held):
+            self._apply(worker_id, table, mine or {}, held, patience=0.05, assume=True)
         now = self.store.clock()
-        for task_id, (thread, rseq) in list(mine.items()):
-            at = started.get((thread, rseq)) if isinstance(started, dict) else now
-            if at is None:
-                self.give_back(task_id, now)
-            else:
-                self.begin(task_id, at)
+        for task_id in list(mine or ()):
+            self.give_back(task_id, now)
         self.by_worker.pop(worker_id, None)
 
     def release_closed(self):
@@ -114,12 +116,25 @@ class Reservations:
         share = (ready + 1) // max(1, worker.get("pool_threads") or 1)
         return max(1, min(want, share))
 
+    def hold_first(self, worker_id, thread, first):
+        """The batch's first task (claimed: RUNNING) gets an rseq too, the table entry where
+        the worker holds its outcome while the reserved ones run: its copy's "hold"."""
+        self.sync_thread(worker_id, thread)  # its last batch as the table tells it: exact now
+        held = self.held.setdefault(worker_id, {})
+        for task_id in [t for t, key in held.items() if key[0] == thread]:
+            del held[task_id]  # taken from the table (or reported): its entry may be reused
+        key = (worker_id, thread)
+        rseq = self._next.get(key, 1)
+        self._next[key] = rseq + 1
+        held[first["id"]] = (thread, rseq)
+        first["hold"] = rseq
+
     def reserve(self, worker_id, worker, thread, count, now):
-        """Up to `count` READY tasks reserved for the worker's `thread`: their record copies as
-        the worker runs them (status RUNNING, this attempt's worker_ids, "rseq")."""
+        """Up to `count` READY tasks reserved for the worker's `thread` (after hold_first):
+        their record copies as the worker runs them (status RUNNING, this attempt's
+        worker_ids, "rseq")."""
         store = self.store
         queue, flows = store.queue, store.flows
-        self.sync_thread(worker_id, thread)  # what it started of its last batch: exact now
         out = []
         for _ in range(count):
             record = queue.pop(now, worker["queues"])
@@ -160,8 +175,10 @@ class Reservations:
     def begin(self, task_id, at):
         """The worker started reserved task `task_id` at `at` (its clock, this host): RUNNING
         from then on (TaskStore.start_reserved); its slot was taken when it was reserved."""
-        worker_id = self._drop(task_id)
+        worker_id, thread, rseq = self._drop(task_id)
         self.store.start_reserved(self.store.records[task_id], worker_id, at)
+        # RUNNING now; its outcome may yet be held in the same entry
+        self.held.setdefault(worker_id, {})[task_id] = (thread, rseq)
 
     def begin_reported(self, outcome, worker_id):
         """An outcome of a reserved task whose start the server has not seen yet: begin it at
@@ -175,17 +192,17 @@ class Reservations:
 
     def give_back(self, task_id, now):
         """A reservation that never started: READY in the queue at its place again."""
-        worker_id = self._drop(task_id)
+        worker_id, _, _ = self._drop(task_id)
         self.store.unreserve(self.store.records[task_id], worker_id, now, requeue=True)
         self.given_back += 1
 
     def _drop(self, task_id):
-        """Forget a reservation (the record is changed by the caller); its worker's id."""
-        worker_id, _, _ = self.by_task.pop(task_id)
-        mine = self.by_worker.get(worker_id)
+        """Forget a reservation (the record is changed by the caller): (worker, thread, rseq)."""
+        held = self.by_task.pop(task_id)
+        mine = self.by_worker.get(held[0])
         if mine is not None:
             mine.pop(task_id, None)
-        return worker_id
+        return held
 
     def revoke(self, task_id):
         """Cancel a reservation (lock held): True when the worker will not run it (the
@@ -193,13 +210,13 @@ class Reservations:
         started already (or could not be told apart from started): it is RUNNING now."""
         worker_id, thread, rseq = self.by_task[task_id]
         table = self.tables.get(worker_id)
-        at = UNKNOWN if table is None else table.revoke(thread, rseq)
-        if at is None:
+        entry = UNKNOWN if table is None else table.revoke(thread, rseq)
+        if entry is None:
             self._drop(task_id)
             store = self.store
             store.unreserve(store.records[task_id], worker_id, store.clock(), requeue=False)
             return True
-        self.begin(task_id, self.store.clock() if at is UNKNOWN else at)
+        self._resolve(task_id, worker_id, entry)  # started (or even finished) meanwhile
         return False
 
     def recall(self, worker_id):
@@ -211,11 +228,11 @@ class Reservations:
             return
         now = self.store.clock()
         for task_id, (thread, rseq) in list(mine.items()):
-            at = table.revoke(thread, rseq)
-            if at is None:
+            entry = table.revoke(thread, rseq)
+            if entry is None:
                 self.give_back(task_id, now)
-            elif at is not UNKNOWN:
-                self.begin(task_id, at)
+            elif entry is not UNKNOWN:
+                self._resolve(task_id, worker_id, entry)
             # UNKNOWN: the worker is inside its lock; the next sync tells
 
     # ---- what the workers started: read their tables ------------------------------------------
@@ -225,44 +242,114 @@ class Reservations:
         the worker's table shows started. Never blocks; a busy lock means "next time"."""
         mine = self.by_worker.get(worker_id)
         table = self.tables.get(worker_id)
-        if not mine or table is None or getattr(self.store.journal, "failing", False):
+        if table is None or self.store.journal.failing:
             return
-        wanted = list(mine.values()) if only is None else only
-        started = table.started(wanted)
-        if not isinstance(started, dict) or not started:
-            return  # UNKNOWN (a worker thread inside its lock), or none started
+        held = self._live(worker_id)
+        if only is not None:
+            wanted = set(only)
+            mine = {i: key for i, key in (mine or {}).items() if key in wanted}
+            held = {i: key for i, key in held.items() if key in wanted}
+        if mine or held:
+            self._apply(worker_id, table, mine or {}, held)
+
+    def _live(self, worker_id):
+        """The worker's held entries whose task still runs there (the others pruned)."""
+        held = self.held.get(worker_id)
+        if not held:
+            return {}
+        running = self.store.running
+        live = {i: key for i, key in held.items() if running.get(i) == worker_id}
+        if len(live) != len(held):
+            self.held[worker_id] = live
+        return live
+
+    def _apply(self, worker_id, table, mine, held, patience=0.0, assume=False):
+        """What the table says of `mine` (reserved: id -> (thread, rseq)) and `held` (RUNNING
+        batch tasks that may hold their outcome there: id -> (thread, rseq)): begin what
+        started, finish what finished. UNKNOWN (the lock was busy): nothing, or with `assume`
+        (a dead worker) each reserved one as started."""
+        store = self.store
+        running = store.running
+        wanted = list(mine.values()) + list(held.values())
+        entries = table.entries(wanted, patience)
+        if not isinstance(entries, dict):  # UNKNOWN
+            if assume:
+                now = store.clock()
+                for task_id in list(mine):
+                    self.begin(task_id, now)
+            return
         for task_id, key in list(mine.items()):
-            at = started.get(key)
-            if at is not None:
-                self.begin(task_id, at)
+            entry = entries.get(key)
+            if entry is not None:
+                self._resolve(task_id, worker_id, entry)
+        for task_id, key in held.items():
+            entry = entries.get(key)
+            if entry is not None and entry[0] == FINISHED and running.get(task_id) == worker_id:
+                self._finished(task_id, worker_id, entry[2])
+
+    def _resolve(self, task_id, worker_id, entry):
+        """A reservation the table shows started, or finished (its outcome held there); or
+        UNKNOWN: as started."""
+        store = self.store
+        if entry is UNKNOWN:
+            self.begin(task_id, store.clock())
+            return
+        state, at, payload = entry
+        self.begin(task_id, at or store.clock())
+        if state == FINISHED:
+            self._finished(task_id, worker_id, payload)
+
+    def _finished(self, task_id, worker_id, payload):
+        """The outcome a worker held in its table (it finished the task, its report had not
+        come): taken as the report would be (once per task and attempt)."""
+        try:
+            outcome = pickle.loads(payload) if payload else None
+        except Exception:
+            outcome = None  # not readable: the task stays RUNNING (WorkerLost if its worker died)
+        if isinstance(outcome, dict) and outcome.get("id") == task_id:
+            self.store.finish_outcome(outcome, worker_id)
 
     def sync_task(self, task_id):
+        """A view of one task: reserved (did it start?), or RUNNING from a batch (is its outcome
+        held in its worker's table?)."""
         held = self.by_task.get(task_id)
         if held is not None:
             self.sync(held[0], [(held[1], held[2])])
+            return
+        worker_id = self.store.running.get(task_id)
+        key = self.held.get(worker_id, {}).get(task_id) if worker_id is not None else None
+        if key is not None:
+            self.sync(worker_id, [key])
 
     def sync_ids(self, task_ids):
         """sync() each worker that holds some of `task_ids`, once (get_many)."""
-        by_task = self.by_task
+        by_task, running, holding = self.by_task, self.store.running, self.held
         wanted: dict[str, list] = {}
         for task_id in task_ids:
             held = by_task.get(task_id)
             if held is not None:
                 wanted.setdefault(held[0], []).append((held[1], held[2]))
+            elif holding and (worker_id := running.get(task_id)) is not None:
+                key = holding.get(worker_id, {}).get(task_id)
+                if key is not None:
+                    wanted.setdefault(worker_id, []).append(key)
         for worker_id, keys in wanted.items():
             self.sync(worker_id, keys)
 
     def sync_thread(self, worker_id, thread):
-        """Before numbering a thread's new reservations: its earlier ones it started (their
-        outcomes may still be on their way) are begun, so a reused table entry hides none."""
+        """Before numbering a thread's new batch: what its last batch started and finished
+        (outcomes may still be on their way, in a report) is taken from the table, so a reused
+        entry hides none."""
         mine = self.by_worker.get(worker_id)
-        if mine:
-            wanted = [key for key in mine.values() if key[0] == thread]
-            if wanted:
-                self.sync(worker_id, wanted)
+        wanted = [key for key in (mine or {}).values() if key[0] == thread]
+        wanted += [key for key in self._live(worker_id).values() if key[0] == thread]
+        if wanted:
+            self.sync(worker_id, wanted)
 
     def sync_all(self):
-        for worker_id in [w for w, mine in self.by_worker.items() if mine]:
+        workers = {w for w, mine in self.by_worker.items() if mine}
+        workers.update(w for w in list(self.held) if self._live(w))
+        for worker_id in workers:
             self.sync(worker_id)
 
     # ---- views -------------------------------------------------------------------------------

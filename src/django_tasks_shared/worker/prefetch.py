@@ -4,13 +4,18 @@ start published in the start table, each outcome reported without waiting for th
     thread loop (process.py runs it when the spec gives a start table, "starts"):
         batch = BatchClaimer.next(outcomes held)   claim_batch(worker, outcomes, wait, thread,
                                                    seq, want): sent again until answered
-            [the task to run now, reserved tasks ("rseq")...] | None (nothing yet) | STOP
+            [the task to run now ("hold"), reserved tasks ("rseq")...] | None | STOP
         for each record, in order:
-            reserved: StartTable.start(thread, rseq, server pid) (protocol/starts.py) ->
-                its real start (started_at, TIME_LIMIT count from it), REVOKED (cancelled, or
-                given back to the queue: skipped), GONE (our server died: run nothing more)
+            reserved: StartTable.step(thread, finished=the last outcome held, start=rseq,
+                server pid) (protocol/starts.py), one lock hold: the last task's outcome
+                written to the table (FINISHED: so that it survives this process, should the
+                next task kill it), then this one STARTED -> its real start (started_at,
+                TIME_LIMIT count from it), REVOKED (cancelled, or given back to the queue:
+                skipped), GONE (our server died: run nothing more)
             execute(record) -> outcome (+ "started_at" and "rseq" of a reserved task)
-            the batch's last outcome rides on the next claim; the others are held by the
+            the batch's last outcome rides on the next claim; the others are held (in the
+            table, and for the Reporter); one that does not fit an entry (PAYLOAD bytes
+            pickled) is reported at once, before the next task starts
         Reporter (one thread per process): an outcome held REPORT_AFTER while its thread runs
             the next task of its batch goes out with `report` (sent again until answered), so a
             long task never holds back the outcome of a short one before it; the rest ride on
@@ -22,12 +27,13 @@ falling back to one task per claim (worker/claims.py), as for any older server.
 
 import logging
 import os
+import pickle
 import threading
 import time
 import traceback
 
 from ..exceptions import ServerUnavailable
-from ..protocol.starts import GONE, REVOKED
+from ..protocol.starts import GONE, PAYLOAD, REVOKED
 from ..protocol.status import FAILED, STOP, class_path
 from .claims import BACKOFF_FIRST, BACKOFF_MAX, _not_exposed
 
@@ -176,10 +182,12 @@ def run_thread(client, worker_id, thread, sender, execute, max_payload, table, s
         if batch == STOP:
             return None
         last = len(batch) - 1
+        finished = None  # (rseq, pickled outcome): held, written with the next step
         for i, record in enumerate(batch):
             rseq = record.get("rseq")
             if rseq is not None:
-                at = _start(table, thread, rseq, server_pid)
+                at = _step(table, thread, finished, rseq, server_pid)
+                finished = None
                 if at is REVOKED:
                     continue  # cancelled, or given back to the queue for another worker
                 if at is GONE:
@@ -193,13 +201,20 @@ def run_thread(client, worker_id, thread, sender, execute, max_payload, table, s
                 outcome["started_at"], outcome["rseq"] = record["last_attempted_at"], rseq
             if i == last:
                 outcomes.append(outcome)  # the next claim goes out now: it carries it
-            else:
+                continue
+            held = rseq if rseq is not None else record.get("hold")
+            payload = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+            if held is not None and len(payload) <= PAYLOAD:
+                finished = (held, payload)  # into the table before the next task starts
                 reporter.hold(outcome)
+            else:  # too large for the table (a big return value): reported before going on
+                _send_until_answered(client, worker_id, f"thread {thread}", "report",
+                                     "report", worker_id, [outcome])
 
 
-def _start(table, thread, rseq, server_pid):
+def _step(table, thread, finished, rseq, server_pid):
     try:
-        return table.start(thread, rseq, server_pid)
+        return table.step(thread, finished, rseq, server_pid)
     except Exception:  # the table cannot be locked or written: nothing is known of this start,
         # so run nothing more; the supervisor ends what this worker started (WorkerLost) and
         # puts its other reservations back in the queue
