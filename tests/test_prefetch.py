@@ -111,6 +111,29 @@ def test_a_killed_workers_reserved_tasks_run_elsewhere_and_never_end_worker_lost
 
 
 @pytest.mark.timeout(60)
+def test_a_task_that_kills_its_worker_costs_the_tasks_before_it_nothing():
+    """Their outcomes were held for the next claim, in the worker's start table: they end as
+    they ran; the killer ends WorkerLost; what was reserved behind it runs elsewhere."""
+    ledger = os.path.join(temp_dir(), "ledger")
+    with running_server({"WORKERS": 1}) as srv, srv.settings():
+        pid = worker_pid(srv)
+        blocker = mark.enqueue(ledger, "blocker", 0.5)
+        wait_until(lambda: starts(ledger, "blocker"), 10, message="the blocker started")
+        before = [tasks.add.enqueue(1, 2), tasks.add.enqueue(3, 4)]
+        killer = tasks.die.enqueue(7)
+        after = mark.enqueue(ledger, "after", 0.0)
+        wait_all([blocker, *before, killer, after], 20)
+        assert [r.return_value for r in before] == [3, 7]  # one batch with the killer
+        assert before[0].worker_ids == killer.worker_ids == [before[1].worker_ids[0]]
+        assert killer.status == TaskResultStatus.FAILED
+        assert killer.errors[-1].exception_class_path == WORKER_LOST
+        assert "exited with code 7" in killer.errors[-1].traceback
+        assert after.status == TaskResultStatus.SUCCESSFUL and after.errors == []
+        assert starts(ledger, "after")[0][1] != pid
+        assert health(srv)["counters"]["worker_lost"] == 1
+
+
+@pytest.mark.timeout(60)
 def test_a_cancelled_reservation_never_runs_and_its_worker_is_not_stopped():
     ledger = os.path.join(temp_dir(), "ledger")
     with running_server({"WORKERS": 1}) as srv, srv.settings():
