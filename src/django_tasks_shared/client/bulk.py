@@ -30,7 +30,7 @@ from django.utils.json import normalize_json
 
 from ..exceptions import PayloadTooLarge, ServerUnavailable
 from ..protocol.records import new_record
-from .results import to_task_result, to_timestamp
+from .results import converter, to_task_result, to_timestamp
 from .retry import effective_policy
 from .workflows import ATTRIBUTE
 from .workflows import fields as workflow_fields
@@ -106,6 +106,10 @@ def _enqueue_shared(backend, task, calls):
         sizes.append(size + 400)  # its JSON arguments and the rest of a pickled record
     if not records:
         return []
+    # The TaskResults of a plain task are built before the round trips, while the workers are
+    # idle (its enqueued_at, the server's, is set once stored, as Django's refresh() sets
+    # fields); a @unique / @limit task's come from the records the server answers with.
+    early = None if marked else [to_task_result(record, task) for record in records]
     try:
         standing = _send(backend, records, sizes, config.max_payload)
     except ServerUnavailable as exc:
@@ -115,8 +119,14 @@ def _enqueue_shared(backend, task, calls):
             raise
         # A server of 0.2 or older: one enqueue() each, as on another backend.
         return [task.enqueue(*args, **kwargs) for args, kwargs in calls]
-    results = []
     sender = type(backend)
+    if early is not None:
+        convert = converter()
+        for result, stood in zip(early, standing, strict=True):
+            object.__setattr__(result, "enqueued_at", convert(stood))
+            task_enqueued.send(sender, task_result=result)
+        return early
+    results = []
     for record, stood in zip(records, standing, strict=True):
         if isinstance(stood, dict):  # a workflow task: the record that stands for the call
             if stood["id"] != record["id"]:  # a unique key's holder: nothing new stored

@@ -35,7 +35,7 @@ def to_datetime(ts):
     return datetime.fromtimestamp(ts, UTC) if settings.USE_TZ else datetime.fromtimestamp(ts)
 
 
-def _converter():
+def converter():
     """to_datetime with settings.USE_TZ read once (a LazySettings lookup per field adds up on the
     worker's path); read per call, not per process, so override_settings still applies."""
     tz = UTC if settings.USE_TZ else None
@@ -114,7 +114,7 @@ def missing_task(record, why):
 
 
 def to_task_result(record, task=None):
-    convert = _converter()
+    convert = converter()
     started = record["started_at"]
     # A claimed record's started_at and last_attempted_at are one timestamp: one datetime
     # (immutable, so sharing it is safe).
