@@ -170,7 +170,7 @@ class Shared:
         return self.tasks.noop.enqueue()
 
     def enqueue_many_noop(self, n):
-        from django_tasks_shared import enqueue_many
+        from django_tasks_shared import enqueue_many  # (an older checkout: see w1_many)
 
         return enqueue_many(self.tasks.noop, [((), {})] * n)
 
@@ -360,6 +360,11 @@ def w1_many(system, n):
     """W1 with the tasks enqueued in one enqueue_many() call (ours): its own tasks/s, the
     whole run's, and the CPU per task of all our processes."""
     many = getattr(system, "enqueue_many_noop", None)
+    if many is not None and system.name == "shared":
+        import django_tasks_shared
+
+        if "enqueue_many" not in getattr(django_tasks_shared, "__all__", ()):
+            many = None  # the package of an older checkout (PYTHONPATH): before/after runs
     if many is None:
         return {"w1_many_enqueue_tps": "-", "w1_many_tps": "-", "w1_many_all_cpu_us": "-"}
     servers, workers = system.other_pids()
