@@ -140,8 +140,8 @@ class TaskStore:
 
     def get_many(self, task_ids):
         with self.lock:
-            if self._reserved:  # one read of each worker's start table, not one per id
-                self.reservations.sync_ids(task_ids)
+            if self._reserved or self.reservations.held:  # one read of each worker's start
+                self.reservations.sync_ids(task_ids)  # table, not one per id
             return [None if (r := self.lookup(i, sync=False)) is None else dict(r)
                     for i in task_ids]
 
