@@ -165,6 +165,19 @@ def test_many_tasks_over_two_workers_each_run_exactly_once():
         assert snap["counters"]["succeeded"] == 400
 
 
+@pytest.mark.timeout(60)
+def test_without_prefetch_a_worker_claims_one_task_at_a_time_as_before():
+    """PREFETCH=1 (or FSYNC="always"): no start table in the worker's spec, so the worker
+    claims with report_and_claim, as under a server of 0.2 (and 0.1.0: test_mixed_versions)."""
+    ledger = os.path.join(temp_dir(), "ledger")
+    with running_server({"WORKERS": 1, "PREFETCH": 1}) as srv, srv.settings():
+        worker_pid(srv)
+        results = marks(ledger, *[(f"t{i}", 0.0) for i in range(30)])
+        wait_all(results, 30)
+        assert [r.status for r in results] == [TaskResultStatus.SUCCESSFUL] * 30
+        assert health(srv)["prefetch"] == {"reserved": 0, "reserved_total": 0, "given_back": 0}
+
+
 @pytest.mark.timeout(90)
 def test_a_server_crash_with_reservations_loses_nothing_and_runs_nothing_twice():
     state_dir = os.path.join(temp_dir(), "state")

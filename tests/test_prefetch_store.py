@@ -319,6 +319,23 @@ def test_a_table_locked_by_another_process_is_unknown_never_guessed():
     table.close()
 
 
+@pytest.mark.timeout(10)
+def test_the_prefetch_option_is_checked_and_off_with_fsync_always(settings):
+    from django_tasks_shared.client.options import ConfigError, build_config
+
+    def config(**options):
+        return build_config("default", options, kind="process", queues=("default",),
+                            secret_key="s" * 50, settings_module="testproject.settings")
+
+    assert config().prefetch == 8 and config().effective_prefetch == 8
+    assert config(PREFETCH=1).effective_prefetch == 1
+    assert config(STATE_DIR="/tmp/x", FSYNC="always").effective_prefetch == 1
+    assert config(STATE_DIR="/tmp/x", FSYNC="everysec", PREFETCH=16).effective_prefetch == 16
+    for bad in (0, 257, 2.5, "8", None, True):
+        with pytest.raises(ConfigError, match="PREFETCH"):
+            config(PREFETCH=bad)
+
+
 class ScriptedClient:
     """Answers calls from a script: an exception to raise, or a value."""
 
