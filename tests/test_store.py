@@ -386,6 +386,32 @@ def test_max_tasks_per_worker_retires_after_limit():
 
 
 @pytest.mark.timeout(10)
+def test_time_limit_spares_a_task_whose_report_came_after_it_was_found_overdue():
+    """The supervisor asks overdue() under one hold of the lock and ends the task under
+    another: right after a stall of the server, the report held by the stall comes in between
+    and the worker runs its next task. fail_task(worker_id, over) then changes nothing (the
+    supervisor leaves the worker alone); an attempt that really is over its limit still ends.
+    Without the check, the next task ended WorkerLost (the stress harness's stall fault)."""
+    now = [1000.0]
+    store = make_store(clock=lambda: now[0])
+    for task_id in "abc":
+        store.enqueue(rec(task_id))
+    assert claim(store)["id"] == "a"
+    now[0] += 3.0  # a stall: a's report waits in the socket
+    assert [t for _, t, _ in store.overdue(2.0)] == ["a"]
+    assert claim(store, outcome=ok("a"))["id"] == "b"  # the report comes first after all
+    limit = "django_tasks_shared.exceptions.TimeLimitExceeded"
+    assert not store.fail_task("a", limit, "too late", worker_id="w1", over=2.0)
+    assert store.get("a")["status"] == "SUCCESSFUL"
+    assert store.get("b")["status"] == "RUNNING"
+    assert not store.fail_task("b", limit, "not over", worker_id="w1", over=2.0)  # 0 s in
+    assert not store.fail_task("b", limit, "elsewhere", worker_id="w2", over=0.0)
+    now[0] += 2.5
+    assert store.fail_task("b", limit, "over", worker_id="w1", over=2.0)
+    assert store.get("b")["status"] == "FAILED"
+
+
+@pytest.mark.timeout(10)
 def test_late_outcome_ignored_after_fail_task():
     store = make_store()
     store.enqueue(rec("a"))

@@ -273,9 +273,20 @@ class TaskStore:
             self.polls.notify_work(everyone=True)
             return worker, failed
 
-    def fail_task(self, task_id, exception_path, message):
-        """End a RUNNING task as FAILED (time limit); a late report from its worker is ignored."""
+    def fail_task(self, task_id, exception_path, message, worker_id=None, over=None):
+        """End a RUNNING task as FAILED (time limit); a late report from its worker is ignored.
+
+        With `worker_id` and `over` (seconds), only while the task still runs on that worker
+        and its current attempt has run longer than `over`: the supervisor found it overdue
+        under an earlier hold of the lock, and its report may have come in between (right
+        after a stall of the server, the reports held by the stall all do), the worker then
+        running another task that stopping it would lose. False: nothing changed."""
         with self.lock:
+            if worker_id is not None and self.running.get(task_id) != worker_id:
+                return False
+            if over is not None and task_id in self.running and self.journal.ran(
+                    self.records[task_id]["last_attempted_at"], self.clock()) <= over:
+                return False
             return self.fail(task_id, exception_path, message)
 
     def overdue(self, time_limit):

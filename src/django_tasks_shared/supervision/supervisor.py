@@ -60,7 +60,11 @@ QUICK = 0.02                # poll interval while a worker is being stopped (can
 KILL_GRACE = 1.0            # SIGTERM -> SIGKILL for a worker past TIME_LIMIT
 CHILDREN_EVERY = 10         # ticks between scans for a worker's own child processes
 BACKOFF_MAX = 30.0
-STALL_GAP = 2.0             # seconds between two ticks beyond TICK: this process was stalled
+# Seconds between two ticks beyond TICK: this process was stalled. Small, because a stall shorter
+# than TICK + STALL_GAP goes unseen and its held reports then race the TIME_LIMIT check (a 2.3 s
+# stall went unseen at 2.0 and tasks that had finished within their limit were judged overdue);
+# a false alarm under load only delays TIME_LIMIT by REPORT_GRACE.
+STALL_GAP = 0.5
 REPORT_GRACE = 2.0          # seconds after a stall before TIME_LIMIT is enforced again
 # Kept across releases: a server of the previous release runs it after `tasks_reload` installs
 # this one (tests/test_mixed_versions.py).
@@ -303,20 +307,27 @@ class Supervisor:
                         f"TIME_LIMIT={limit:g} s; worker {worker_id} (pid "
                         f"{worker.popen.pid if worker else '?'}) was killed\n")
                 self.end_task(worker_id, task_id, TIME_LIMIT_EXCEEDED, text,
-                              f"was killed: a task it ran exceeded TIME_LIMIT={limit:g} s")
+                              f"was killed: a task it ran exceeded TIME_LIMIT={limit:g} s",
+                              over=limit)
         for worker in self.workers.values():
             if worker.kill_at is not None and now >= worker.kill_at:
                 self.kill(worker, signal.SIGKILL)
                 worker.kill_at = float("inf")
 
-    def end_task(self, worker_id, task_id, exception_path, text, kill_reason):
+    def end_task(self, worker_id, task_id, exception_path, text, kill_reason, over=None):
         """End a RUNNING task FAILED with `exception_path` and stop its worker (lock held).
 
         The worker's process group gets SIGTERM (pid + create time checked), SIGKILL after
         KILL_GRACE; when it exits, its sibling tasks end WorkerLost and it is replaced. Used by
-        TIME_LIMIT; any other reason to stop a task mid-run goes through here too."""
-        if self.store.fail_task(task_id, exception_path, text):
+        TIME_LIMIT; any other reason to stop a task mid-run goes through here too. With `over`
+        (TIME_LIMIT), nothing is done unless the task still runs on that worker past `over`
+        seconds: its report may have come since the store was asked (after a stall, it does),
+        and the worker, running its next task, must not be stopped."""
+        if self.store.fail_task(task_id, exception_path, text,
+                                worker_id=worker_id if over is not None else None, over=over):
             logger.error(text.strip())
+        elif over is not None:
+            return
         worker = self.workers.get(worker_id)
         if worker is not None:
             self.stop_worker(worker, kill_reason)
