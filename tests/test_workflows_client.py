@@ -96,7 +96,13 @@ def test_pools_are_validated_and_sized():
         ({"POOLS": {"a": {"queues": ["nope"]}}}, "'nope' not in this backend's QUEUES"),
         ({"POOLS": {"a": {"queues": ["default"], "workrs": 2}}}, "unknown key"),
         ({"POOLS": {"a": {"queues": ["default"], "TIME_LIMIT": -1}}},
-         r"OPTIONS\['POOLS'\]\['a'\]\['TIME_LIMIT'\] must be a number >= 0"),
+         r"OPTIONS\['POOLS'\]\['a'\]\['TIME_LIMIT'\] must be a number of seconds > 0, "
+         r"got -1\. For no limit"),
+        ({"POOLS": {"a": {"queues": ["default"], "TIME_LIMIT": 0}}},
+         r"\['TIME_LIMIT'\] must be a number of seconds > 0, got 0: 0 would end every task"),
+        ({"TIME_LIMIT": 0}, r"OPTIONS\['TIME_LIMIT'\] must be a number of seconds > 0, got 0"),
+        ({"TIME_LIMIT": "30"}, r"OPTIONS\['TIME_LIMIT'\] must be a number of seconds > 0, "
+                               r"got '30'"),
         ({"POOLS": {"bad name": {"queues": ["default"]}}}, "identifiers"),
         ({"POOLS": {}}, "must be a dict"),
     ):

@@ -61,7 +61,7 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, help="WORKERS of the server the harness starts "
                    "(default: CPU count)")
     p.add_argument("--time-limit", type=float,
-                   help="TIME_LIMIT seconds (default 4; --quick: 2); keep it well above the "
+                   help="TIME_LIMIT seconds > 0 (default 4; --quick: 2); keep it well above the "
                         "longest legitimate task on a saturated machine")
     p.add_argument("--max-worker-memory", type=int, default=100, help="MAX_WORKER_MEMORY MiB")
     p.add_argument("--max-results", type=int, help="MAX_RESULTS (default 1000)")

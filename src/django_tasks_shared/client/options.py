@@ -46,6 +46,19 @@ def _number(options, key, kind=int, minimum=1, where="OPTIONS"):
     return kind(value)
 
 
+def _time_limit(options, where="OPTIONS"):
+    """TIME_LIMIT: seconds > 0, or None. 0 is refused: it would kill every task on the first
+    tick, and it reads as "no limit" to someone who meant that (leave it out, or None)."""
+    value = options.get("TIME_LIMIT")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{where}['TIME_LIMIT'] must be a number of seconds > 0, got "
+                          f"{value!r}{': 0 would end every task at once' if value == 0 else ''}"
+                          f". For no limit, leave it out (or None).")
+    return float(value)
+
+
 def parse_address(value):
     """'host:port' -> (host, port); anything containing '/' -> an absolute socket path."""
     if not isinstance(value, str) or not value:
@@ -105,7 +118,7 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
         raise ConfigError(str(exc)) from None
 
     limits = {
-        "time_limit": _number(opts, "TIME_LIMIT", float, 0),
+        "time_limit": _time_limit(opts),
         "max_tasks_per_worker": _number(opts, "MAX_TASKS_PER_WORKER"),
         "max_worker_memory": _number(opts, "MAX_WORKER_MEMORY"),
         "max_task_memory": _number(opts, "MAX_TASK_MEMORY"),
@@ -119,7 +132,7 @@ def build_config(alias, options, *, kind, queues, secret_key, settings_module,
         max_results=_number(opts, "MAX_RESULTS"),
         result_ttl=_number(opts, "RESULT_TTL", float, 0),
         address=address, embedded=embedded, autostart=bool(opts["AUTOSTART"]), authkey=authkey,
-        time_limit=_number(opts, "TIME_LIMIT", float, 0),
+        time_limit=_time_limit(opts),
         max_tasks_per_worker=_number(opts, "MAX_TASKS_PER_WORKER"),
         max_worker_memory=_number(opts, "MAX_WORKER_MEMORY"),
         max_queue=_number(opts, "MAX_QUEUE"),
@@ -268,10 +281,10 @@ def pools(value, *, kind, queues, threads, defaults):
         for key, field_name in POOL_KEYS.items():
             if field_name is None:
                 continue
-            if key in entry:
-                kind_of = float if key == "TIME_LIMIT" else int
-                pool[field_name] = _number(entry, key, kind_of, 0 if key == "TIME_LIMIT" else 1,
-                                           where=where)
+            if key == "TIME_LIMIT" and key in entry:
+                pool[field_name] = _time_limit(entry, where=where)
+            elif key in entry:
+                pool[field_name] = _number(entry, key, int, 1, where=where)
             else:
                 pool[field_name] = defaults[field_name]
         out.append(pool)
