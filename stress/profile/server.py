@@ -22,6 +22,7 @@ import cProfile
 import os
 import pstats
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,11 +125,14 @@ def run(tasks, repeat, top, profile=True, many=False):
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(5)
-    if os.path.exists(stats_path):
-        print(f"\nserver profile (all its threads; {repeat * tasks + 200} tasks, "
-              f"internal time order):")
-        stats = pstats.Stats(stats_path)
-        stats.sort_stats("tottime").print_stats(top)
+    try:
+        if os.path.exists(stats_path):
+            print(f"\nserver profile (all its threads; {repeat * tasks + 200} tasks, "
+                  f"internal time order):")
+            stats = pstats.Stats(stats_path)
+            stats.sort_stats("tottime").print_stats(top)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the socket, its lock and log, the stats
 
 
 def main():
