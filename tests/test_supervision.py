@@ -352,3 +352,22 @@ def test_sigkill_of_the_embedded_owner_leaves_no_process_behind():
         if owner.poll() is None:
             owner.kill()
             owner.wait(5)
+
+
+@pytest.mark.timeout(20)
+def test_total_rss_of_an_unreaped_worker_is_none_not_zero():
+    """A worker that exited and is not reaped yet (a zombie) has an RSS of 0: the sampler calls
+    it gone (None), so health never shows a dying worker as "0 B" and MAX_WORKER_MEMORY never
+    reads 0 for it."""
+    from django_tasks_shared.supervision.rss import total_rss
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    try:
+        proc = psutil.Process(child.pid)
+        assert total_rss(proc, []) > 0  # alive: its RSS
+        wait_until(lambda: proc.status() == psutil.STATUS_ZOMBIE, timeout=10)
+        assert proc.memory_info().rss == 0  # what psutil reads for a zombie
+        assert total_rss(proc, []) is None
+    finally:
+        child.kill()
+        child.wait(timeout=10)

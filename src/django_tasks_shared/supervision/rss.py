@@ -19,10 +19,13 @@ def children_of(proc):
 
 def total_rss(proc, children):
     """Bytes of RSS of `proc` and `children` (those gone since the scan count 0), or None when
-    `proc` itself is gone."""
+    `proc` itself is gone. An RSS of 0 is a process that has exited and not been reaped yet (a
+    zombie: health showed a dying worker as "0 B"): gone too."""
     try:
         total = proc.memory_info().rss
     except psutil.Error:
+        return None
+    if total == 0:
         return None
     for child in children:
         try:
