@@ -78,8 +78,11 @@ def test_the_wheel_holds_every_module_template_and_static_file(dist):
     assert not stale, f"in the wheel but not in the source tree (a stale build/?): {stale}"
     with tarfile.open(dist["sdist"]) as archive:
         members = {m.split("/", 1)[1] for m in archive.getnames() if "/" in m}
-    for name in ("pyproject.toml", "README.md", "CHANGELOG.md"):
+    for name in ("pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE"):
         assert name in members, name
+    # the licence text pyproject's `license` names, in the wheel's metadata (PEP 639: licenses/)
+    assert any(n.endswith("/LICENSE") and ".dist-info/" in n for n in names), sorted(
+        n for n in names if ".dist-info/" in n)
 
 
 @pytest.mark.timeout(120)
