@@ -38,6 +38,33 @@ def _not_exposed(exc):
     return isinstance(exc, AttributeError) and "not exposed" in str(exc)
 
 
+def send_until_answered(send, worker_id, who, what, sleep=time.sleep, unanswered=None):
+    """send() until the server answers: (its answer, how many times it was sent again). On
+    ServerUnavailable (a stall, a lost reply, a refused change) `unanswered(exc)` is called
+    first, then the same call goes out again after BACKOFF_FIRST doubling to BACKOFF_MAX; the
+    log says so once when it begins ("sending the <what> again until it answers": the stress
+    harness counts these lines) and once when it ends. `who`: "thread 2", "outcome reporter"."""
+    pause, since, resends = BACKOFF_FIRST, None, 0
+    while True:
+        try:
+            got = send()
+        except ServerUnavailable as exc:
+            if unanswered is not None:
+                unanswered(exc)
+            if since is None:
+                since = time.monotonic()
+                logger.warning("worker %s %s: %s -- sending the %s again until it answers",
+                               worker_id, who, str(exc).rstrip("."), what)
+            resends += 1
+            sleep(pause)
+            pause = min(pause * 2, BACKOFF_MAX)
+            continue
+        if since is not None:
+            logger.warning("worker %s %s: the task server answered after %.1f s", worker_id,
+                           who, time.monotonic() - since)
+        return got, resends
+
+
 class Claimer:
     """The claim loop's side of the wire for ONE worker thread."""
 
@@ -57,33 +84,20 @@ class Claimer:
         answered."""
         if outcome is not None and record is not None:
             outcome["attempt"] = len(record["worker_ids"])  # accepted once per attempt
-        pause = BACKOFF_FIRST
-        unanswered = None
-        while True:
-            try:
-                got = self._send(outcome)
-            except ServerUnavailable as exc:
-                if self.legacy.is_set():
-                    # An old server may have handed us a task we never saw: exit, so that the
-                    # supervisor fails it (WorkerLost) and replaces this worker.
-                    logger.error("worker %s: no answer from the task server: %s",
-                                 self.worker_id, exc)
-                    os._exit(4)
-                if unanswered is None:
-                    unanswered = time.monotonic()
-                    logger.warning("worker %s thread %d: %s -- sending the %s again until it "
-                                   "answers", self.worker_id, self.thread,
-                                   str(exc).rstrip("."),
-                                   "report" if outcome is not None else "claim")
-                self.resends += 1
-                self.sleep(pause)
-                pause = min(pause * 2, BACKOFF_MAX)
-                continue
-            if unanswered is not None:
-                logger.warning("worker %s thread %d: the task server answered after %.1f s",
-                               self.worker_id, self.thread, time.monotonic() - unanswered)
-            self.seq += 1
-            return got
+        got, resends = send_until_answered(
+            lambda: self._send(outcome), self.worker_id, f"thread {self.thread}",
+            "report" if outcome is not None else "claim", sleep=self.sleep,
+            unanswered=self._unanswered)
+        self.resends += resends
+        self.seq += 1
+        return got
+
+    def _unanswered(self, exc):
+        if self.legacy.is_set():
+            # An old server may have handed us a task we never saw: exit, so that the
+            # supervisor fails it (WorkerLost) and replaces this worker.
+            logger.error("worker %s: no answer from the task server: %s", self.worker_id, exc)
+            os._exit(4)
 
     def _send(self, outcome):
         if not self.legacy.is_set():

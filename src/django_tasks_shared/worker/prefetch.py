@@ -32,10 +32,9 @@ import threading
 import time
 import traceback
 
-from ..exceptions import ServerUnavailable
 from ..protocol.starts import GONE, PAYLOAD, REVOKED
 from ..protocol.status import FAILED, STOP, class_path
-from .claims import BACKOFF_FIRST, BACKOFF_MAX, _not_exposed
+from .claims import _not_exposed, send_until_answered
 
 REPORT_AFTER = 0.005  # seconds an outcome may wait for its batch's next claim
 logger = logging.getLogger("django_tasks_shared.worker")
@@ -43,25 +42,9 @@ FALLBACK = "fallback"  # claim_batch not exposed: one task per claim from now on
 
 
 def _send_until_answered(client, worker_id, who, what, method, *args):
-    """client.call(method, ...) until the server answers (ServerUnavailable: a stall, a lost
-    reply, a refused change): both calls here are idempotent on the server. `who` ("thread 2",
-    "reporter") and `what` ("report", "claim") for the log, as worker/claims.py words it."""
-    pause, since = BACKOFF_FIRST, None
-    while True:
-        try:
-            got = client.call(method, *args)
-        except ServerUnavailable as exc:
-            if since is None:
-                since = time.monotonic()
-                logger.warning("worker %s %s: %s -- sending the %s again until it answers",
-                               worker_id, who, str(exc).rstrip("."), what)
-            time.sleep(pause)
-            pause = min(pause * 2, BACKOFF_MAX)
-            continue
-        if since is not None:
-            logger.warning("worker %s %s: the task server answered after %.1f s", worker_id,
-                           who, time.monotonic() - since)
-        return got
+    """client.call(method, ...) until the server answers (worker/claims.py's
+    send_until_answered): both calls here are idempotent on the server."""
+    return send_until_answered(lambda: client.call(method, *args), worker_id, who, what)[0]
 
 
 class Reporter:
