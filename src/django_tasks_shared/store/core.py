@@ -466,14 +466,9 @@ class TaskStore:
             again = self.claims.repeat(worker_id, token)
             if again is not None:
                 return again
-        stop = self._may_claim(worker)
-        if stop is not None:
-            return stop
-        assert worker is not None  # (_may_claim answers STOP for an unknown worker)
-        now = self.clock()
-        record = self.queue.pop(now, worker["queues"])  # its pool's queues (None: all)
-        if record is None:
-            return NOTHING
+        record, now = self._next_record(worker)
+        if now is None:
+            return record  # STOP or NOTHING
         got = self._start(record, worker_id, worker, now)
         if token is not None:
             self.claims.note(worker_id, token, got)
@@ -485,22 +480,14 @@ class TaskStore:
         its "rseq"; READY here until the worker's start table says it started). STOP or
         NOTHING as claim(). A repeated claim (same token) gets the same batch again."""
         worker = self.workers.get(worker_id)
-        if outcomes:
-            self.journal.check()  # a full disk: not applied; the worker sends them again
-        for outcome in outcomes:
-            self._finish(outcome, worker_id)
+        self._report(worker_id, outcomes)
         if worker is not None:
             again = self.claims.repeat_batch(worker_id, token)
             if again is not None:
                 return again
-        stop = self._may_claim(worker)
-        if stop is not None:
-            return stop
-        assert worker is not None  # (_may_claim answers STOP for an unknown worker)
-        now = self.clock()
-        record = self.queue.pop(now, worker["queues"])
-        if record is None:
-            return NOTHING
+        record, now = self._next_record(worker)
+        if now is None:
+            return record  # STOP or NOTHING
         n = self.reservations.size(worker_id, worker, token[0], want)
         got = [self._start(record, worker_id, worker, now)]
         if n > 1:  # its outcome is held in the table while the reserved ones run ("hold")
@@ -513,11 +500,29 @@ class TaskStore:
         """Outcomes a worker sends before its next claim (prefetch: an early task of a batch
         whose next task runs long). Idempotent like a claim's report; returns how many."""
         with self.lock:
-            if outcomes:
-                self.journal.check()  # a full disk: refused; the worker sends them again
-            for outcome in outcomes:
-                self._finish(outcome, worker_id)
+            self._report(worker_id, outcomes)
             return len(outcomes)
+
+    def _report(self, worker_id, outcomes):
+        """Take a worker's outcomes, or none while the journal cannot be written: a full disk
+        refuses them all (StorageUnavailable) and the worker sends them again (lock held)."""
+        if outcomes:
+            self.journal.check()
+        for outcome in outcomes:
+            self._finish(outcome, worker_id)
+
+    def _next_record(self, worker):
+        """(the record a claim of `worker` hands out next, now), or (STOP or NOTHING, None)
+        (lock held). Popped from its pool's queues (None: all); the caller starts it."""
+        stop = self._may_claim(worker)
+        if stop is not None:
+            return stop, None
+        assert worker is not None  # (_may_claim answers STOP for an unknown worker)
+        now = self.clock()
+        record = self.queue.pop(now, worker["queues"])
+        if record is None:
+            return NOTHING, None
+        return record, now
 
     def _may_claim(self, worker):
         """None when the worker may get a task now, else STOP, or NOTHING while the journal
