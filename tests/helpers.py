@@ -24,6 +24,20 @@ SECRET_KEY = "tests-secret-key-not-for-production-0123456789"
 CREATED_DIRS = []  # removed at the end of the session (conftest.py)
 
 
+class Clock:
+    """A manual clock for a TaskStore or a scheduler (clock=Clock()): deferral, TTLs, windows
+    and schedules tested without sleeping."""
+
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
 def temp_dir(prefix="dts-"):
     """A short temporary directory, removed at the end of the test session."""
     directory = tempfile.mkdtemp(prefix=prefix)

@@ -9,14 +9,7 @@ import pytest
 from django_tasks_shared.protocol.records import new_record
 from django_tasks_shared.store import TaskStore
 from django_tasks_shared.store.results import COMPACT_SLACK
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
+from helpers import Clock
 
 
 def finish_many(store, n, clock, start=0):

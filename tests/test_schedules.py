@@ -20,6 +20,7 @@ from django_tasks_shared.store import TaskStore
 from helpers import (
     MANAGE,
     SECRET_KEY,
+    Clock,
     ServerProcess,
     child_env,
     ping,
@@ -108,13 +109,6 @@ def test_every_next_due_and_description():
 
 
 # ---- the scheduler against a real store, with a controlled clock (pure code) -----------------
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 def test_missed_slots_while_down_give_one_run_at_start_up_not_one_per_slot():

@@ -9,19 +9,7 @@ from django_tasks_shared.exceptions import QueueFull, ServerUnavailable
 from django_tasks_shared.protocol.records import new_record
 from django_tasks_shared.protocol.status import STOP
 from django_tasks_shared.store import TaskStore
-
-
-class Clock:
-    """A manual clock so deferral and TTL are tested without sleeping."""
-
-    def __init__(self, now=1_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
+from helpers import Clock
 
 
 def rec(task_id, priority=0, queue="default", run_after=None, args=()):
@@ -392,12 +380,12 @@ def test_time_limit_spares_a_task_whose_report_came_after_it_was_found_overdue()
     and the worker runs its next task. fail_task(worker_id, over) then changes nothing (the
     supervisor leaves the worker alone); an attempt that really is over its limit still ends.
     Without the check, the next task ended WorkerLost (the stress harness's stall fault)."""
-    now = [1000.0]
-    store = make_store(clock=lambda: now[0])
+    clock = Clock()
+    store = make_store(clock=clock)
     for task_id in "abc":
         store.enqueue(rec(task_id))
     assert claim(store)["id"] == "a"
-    now[0] += 3.0  # a stall: a's report waits in the socket
+    clock.advance(3.0)  # a stall: a's report waits in the socket
     assert [t for _, t, _ in store.overdue(2.0)] == ["a"]
     assert claim(store, outcome=ok("a"))["id"] == "b"  # the report comes first after all
     limit = "django_tasks_shared.exceptions.TimeLimitExceeded"
@@ -406,7 +394,7 @@ def test_time_limit_spares_a_task_whose_report_came_after_it_was_found_overdue()
     assert store.get("b")["status"] == "RUNNING"
     assert not store.fail_task("b", limit, "not over", worker_id="w1", over=2.0)  # 0 s in
     assert not store.fail_task("b", limit, "elsewhere", worker_id="w2", over=0.0)
-    now[0] += 2.5
+    clock.advance(2.5)
     assert store.fail_task("b", limit, "over", worker_id="w1", over=2.0)
     assert store.get("b")["status"] == "FAILED"
 

@@ -25,17 +25,7 @@ from django_tasks_shared.protocol.status import (
 )
 from django_tasks_shared.store import TaskStore
 from django_tasks_shared.store.longpoll import NOTHING
-
-
-class Clock:
-    def __init__(self, now=1_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
+from helpers import Clock
 
 
 def rec(task_id, *, task="app.tasks.t", priority=0, queue="default", run_after=None,
