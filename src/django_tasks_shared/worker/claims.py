@@ -77,6 +77,7 @@ class Claimer:
         self.resends = 0              # claims sent again (for tests and logs)
         self.legacy = legacy
         self.sleep = sleep
+        self.who = f"thread {thread}"  # for the log
 
     def next(self, outcome, record=None):
         """Report `outcome` (of `record`, the task this thread ran; None at first) and claim the
@@ -85,7 +86,7 @@ class Claimer:
         if outcome is not None and record is not None:
             outcome["attempt"] = len(record["worker_ids"])  # accepted once per attempt
         got, resends = send_until_answered(
-            lambda: self._send(outcome), self.worker_id, f"thread {self.thread}",
+            lambda: self._send(outcome), self.worker_id, self.who,
             "report" if outcome is not None else "claim", sleep=self.sleep,
             unanswered=self._unanswered)
         self.resends += resends
